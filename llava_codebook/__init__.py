@@ -1,0 +1,38 @@
+"""llava-codebook: redundancy-codebook visual token pruning for LLaVA-NeXT models on the Hugging Face Hub."""
+
+from .codebook import CodebookError, CodebookNotFoundError, RedundancyCodebook
+from .configuration_llava_next_codebook import LlavaNextCodebookConfig
+from .modeling_llava_next_codebook import (
+    LlavaNextCodebookForConditionalGeneration,
+    LlavaNextCodebookModel,
+    PruningSettings,
+    VisualTokenSelection,
+)
+from .processing_llava_next_codebook import LlavaNextCodebookProcessor
+from .selection import codebook_similarity, select_tokens
+
+__version__ = "0.1.0"
+
+
+def register_auto_classes() -> None:
+    """Make `save_pretrained` write the remote-code files and an `auto_map` for the four Auto classes."""
+    LlavaNextCodebookConfig.register_for_auto_class()
+    LlavaNextCodebookModel.register_for_auto_class("AutoModel")
+    LlavaNextCodebookForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+    LlavaNextCodebookProcessor.register_for_auto_class("AutoProcessor")
+
+
+__all__ = [
+    "CodebookError",
+    "CodebookNotFoundError",
+    "LlavaNextCodebookConfig",
+    "LlavaNextCodebookForConditionalGeneration",
+    "LlavaNextCodebookModel",
+    "LlavaNextCodebookProcessor",
+    "PruningSettings",
+    "RedundancyCodebook",
+    "VisualTokenSelection",
+    "codebook_similarity",
+    "register_auto_classes",
+    "select_tokens",
+]

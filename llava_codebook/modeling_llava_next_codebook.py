@@ -1,0 +1,562 @@
+"""LLaVA-NeXT with redundancy-codebook visual token pruning.
+
+The vision tower and projector run as in the stock model. Every packed visual token (base crop, unpadded AnyRes
+tiles and row newlines) is scored against the codebook, each image keeps its own subset, and the prompt is
+compacted (dropped placeholders removed, the batch re-padded on the left) *before* the stock `generate` /
+`forward` sees it, so the KV cache, masks and position ids downstream describe one consistent shorter prompt.
+"""
+
+import contextlib
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from transformers import LlavaNextForConditionalGeneration, LlavaNextModel
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+from transformers.models.llava_next.modeling_llava_next import (
+    LlavaNextCausalLMOutputWithPast,
+    LlavaNextModelOutputWithPast,
+    image_size_to_num_patches,
+)
+from transformers.utils import logging
+
+from .codebook import RedundancyCodebook
+from .configuration_llava_next_codebook import LlavaNextCodebookConfig, validate_pruning_settings
+from .selection import codebook_similarity, select_tokens
+
+logger = logging.get_logger(__name__)
+
+PRUNING_FIELDS = (
+    "pruning_strategy",
+    "pruning_mode",
+    "codebook_threshold",
+    "keep_ratio",
+    "keep_tokens",
+    "min_visual_tokens",
+    "always_keep_newline",
+    "position_mode",
+)
+OVERRIDE_NAMES = PRUNING_FIELDS + ("pruning",)
+_CODEBOOK_LOAD_KWARGS = ("cache_dir", "local_files_only", "token")
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """The pruning knobs in force for one call: the config's values with any per-call overrides applied."""
+
+    pruning_strategy: str = "codebook"
+    pruning_mode: str = "threshold"
+    codebook_threshold: float = 0.11
+    keep_ratio: float = 0.25
+    keep_tokens: int | None = None
+    min_visual_tokens: int = 1
+    always_keep_newline: bool = True
+    position_mode: str = "contiguous"
+
+    @property
+    def active(self) -> bool:
+        return self.pruning_strategy == "codebook"
+
+
+@dataclass
+class VisualTokenSelection(ModelOutput):
+    r"""
+    Which packed visual tokens of each image reached the language model.
+
+    num_kept (`torch.LongTensor` of shape `(num_images,)`):
+        Tokens kept per image, row newlines included (what the language model receives).
+    num_total (`torch.LongTensor` of shape `(num_images,)`):
+        Tokens the stock model would have given the language model for each image.
+    kept_indices (`list[torch.LongTensor]`):
+        Per image, ascending indices of the kept tokens in the stock packed order (base crop, then the unpadded
+        tile grid row by row, each row followed by its newline token).
+    scores (`list[torch.FloatTensor]`):
+        Per image, every packed token's redundancy score `max_k cos(z_i, C_k)`.
+    newline_mask (`list[torch.BoolTensor]`):
+        Per image, which packed tokens are `image_newline` tokens.
+    """
+
+    num_kept: torch.LongTensor | None = None
+    num_total: torch.LongTensor | None = None
+    kept_indices: list[torch.LongTensor] | None = None
+    scores: list[torch.FloatTensor] | None = None
+    newline_mask: list[torch.BoolTensor] | None = None
+
+    def keep_masks(self) -> list[torch.BoolTensor]:
+        """Per image, a bool mask over its packed tokens (True = kept)."""
+        masks = []
+        for indices, scores in zip(self.kept_indices, self.scores):
+            mask = torch.zeros(scores.shape[0], dtype=torch.bool, device=indices.device)
+            mask[indices] = True
+            masks.append(mask)
+        return masks
+
+
+@dataclass
+class LlavaNextCodebookModelOutputWithPast(LlavaNextModelOutputWithPast):
+    r"""
+    visual_token_selection (`VisualTokenSelection`, *optional*):
+        Which packed visual tokens were kept, per image; `None` when nothing was pruned in this call.
+    """
+
+    visual_token_selection: VisualTokenSelection | None = None
+
+
+@dataclass
+class LlavaNextCodebookCausalLMOutputWithPast(LlavaNextCausalLMOutputWithPast):
+    r"""
+    visual_token_selection (`VisualTokenSelection`, *optional*):
+        Which packed visual tokens were kept, per image; `None` when nothing was pruned in this call. Logits and
+        the loss are over the compacted sequence (dropped image placeholders removed, batch re-padded on the left).
+    """
+
+    visual_token_selection: VisualTokenSelection | None = None
+
+
+@dataclass
+class CodebookGenerateDecoderOnlyOutput(GenerateDecoderOnlyOutput):
+    visual_token_selection: VisualTokenSelection | None = None
+
+
+@dataclass
+class CodebookGenerateBeamDecoderOnlyOutput(GenerateBeamDecoderOnlyOutput):
+    visual_token_selection: VisualTokenSelection | None = None
+
+
+def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -> dict:
+    """Drop the `False` positions of every `[B, S]` tensor and left-pad the rows back to one length.
+
+    Positions that are kept keep their order; row `b` ends up right-aligned, padded with `pad_values[name]`.
+    """
+    batch, _ = keep.shape
+    lengths = keep.sum(dim=1)
+    width = int(lengths.max()) if batch else 0
+    dest = (width - lengths)[:, None] + keep.long().cumsum(dim=1) - 1
+    rows = torch.arange(batch, device=keep.device)[:, None].expand_as(keep)[keep]
+    cols = dest[keep]
+    out = {}
+    for name, tensor in tensors.items():
+        if tensor is None:
+            out[name] = None
+            continue
+        compacted = torch.full((batch, width), pad_values[name], dtype=tensor.dtype, device=tensor.device)
+        compacted[rows.to(tensor.device), cols.to(tensor.device)] = tensor[keep.to(tensor.device)]
+        out[name] = compacted
+    return out
+
+
+class _CodebookPruningMixin:
+    """Codebook loading and the `pruning_disabled()` toggle, shared by the base model and the generation model."""
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # The codebook is not a weight: it is resolved from the config's reference once the weights are in place,
+        # so that meta-device initialisation cannot touch it.
+        base = model._pruning_base()
+        if base.config.pruning_strategy == "codebook" and base.config.codebook_repo is not None:
+            base.load_codebook(**{key: kwargs[key] for key in _CODEBOOK_LOAD_KWARGS if key in kwargs})
+        return loaded
+
+    @contextlib.contextmanager
+    def pruning_disabled(self):
+        """Run the stock LLaVA-NeXT computation (no scoring, no compaction) inside the `with` block."""
+        base = self._pruning_base()
+        previous = base._pruning_enabled
+        base._pruning_enabled = False
+        try:
+            yield self
+        finally:
+            base._pruning_enabled = previous
+
+    @property
+    def codebook(self) -> RedundancyCodebook | None:
+        return self._pruning_base()._codebook
+
+
+class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
+    config_class = LlavaNextCodebookConfig
+    config: LlavaNextCodebookConfig
+
+    def __init__(self, config: LlavaNextCodebookConfig):
+        super().__init__(config)
+        self._codebook: RedundancyCodebook | None = None
+        self._prototypes_on_device: dict = {}
+        self._pruning_enabled = True
+
+    def _pruning_base(self) -> "LlavaNextCodebookModel":
+        return self
+
+    # ------------------------------------------------------------------ codebook
+    def load_codebook(self, codebook: RedundancyCodebook | str | None = None, **hub_kwargs) -> RedundancyCodebook:
+        """Attach a codebook: a `RedundancyCodebook`, a reference (Hub repo id / local dir), or, when `None`, the
+        reference in the config (`codebook_repo`, `codebook_filename`, `codebook_revision`)."""
+        if codebook is None or isinstance(codebook, str):
+            repo = codebook if codebook is not None else self.config.codebook_repo
+            if repo is None:
+                raise ValueError(
+                    "No codebook is configured: set `codebook_repo` in the config (a Hub repo id or a local "
+                    "directory), pass a codebook to `load_codebook`, or use `pruning=False` / pruning_strategy='none'."
+                )
+            codebook = RedundancyCodebook.from_pretrained(
+                repo,
+                filename=self.config.codebook_filename,
+                revision=self.config.codebook_revision if codebook is None else hub_kwargs.pop("revision", None),
+                **hub_kwargs,
+            )
+        codebook.check_compatible(self.config.text_config.hidden_size)
+        self._codebook = codebook
+        self._prototypes_on_device = {}
+        return codebook
+
+    def _prototypes(self, device: torch.device) -> torch.Tensor:
+        if self._codebook is None:
+            self.load_codebook()
+        key = str(device)
+        if key not in self._prototypes_on_device:
+            self._prototypes_on_device[key] = self._codebook.prototypes.to(device)
+        return self._prototypes_on_device[key]
+
+    # ------------------------------------------------------------------ settings
+    def pruning_settings(self, **overrides) -> PruningSettings:
+        """The settings in force: config values, then per-call overrides (`pruning=False` turns pruning off)."""
+        unknown = set(overrides) - set(OVERRIDE_NAMES)
+        if unknown:
+            raise TypeError(f"Unknown pruning arguments {sorted(unknown)}; expected some of {OVERRIDE_NAMES}.")
+        values = {name: getattr(self.config, name) for name in PRUNING_FIELDS}
+        values.update({k: v for k, v in overrides.items() if k in PRUNING_FIELDS and v is not None})
+        pruning = overrides.get("pruning")
+        if pruning is not None:
+            values["pruning_strategy"] = "codebook" if pruning else "none"
+        if not self._pruning_enabled:
+            values["pruning_strategy"] = "none"
+        if isinstance(values["codebook_threshold"], int) and not isinstance(values["codebook_threshold"], bool):
+            values["codebook_threshold"] = float(values["codebook_threshold"])
+        validate_pruning_settings(*(values[name] for name in PRUNING_FIELDS if name != "always_keep_newline"))
+        return PruningSettings(**values)
+
+    # ------------------------------------------------------------------ selection
+    def newline_masks(self, image_sizes: torch.Tensor, vision_feature_select_strategy: str | None = None):
+        """Per image, which packed tokens are row newlines, found by packing a one-channel marker map with the
+        stock `pack_image_features` (so the layout logic is never duplicated here)."""
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        per_crop = side * side + (1 if strategy == "full" else 0)
+        markers = [
+            torch.zeros(
+                image_size_to_num_patches(size, self.config.image_grid_pinpoints, self.config.vision_config.image_size),
+                per_crop,
+                1,
+            )
+            for size in image_sizes
+        ]
+        packed, _ = self.pack_image_features(markers, image_sizes.cpu(), strategy, image_newline=torch.ones(1))
+        return [marker[:, 0].bool() for marker in packed]
+
+    def select_visual_tokens(
+        self,
+        packed_features: list[torch.Tensor],
+        image_sizes: torch.Tensor,
+        settings: PruningSettings | None = None,
+        vision_feature_select_strategy: str | None = None,
+    ) -> VisualTokenSelection:
+        """Score each image's packed post-projector tokens against the codebook and choose the kept ones."""
+        settings = settings or self.pruning_settings()
+        newline = self.newline_masks(image_sizes, vision_feature_select_strategy)
+        if len(newline) != len(packed_features):
+            raise ValueError(f"Got {len(packed_features)} packed images but {len(newline)} image sizes.")
+        device = packed_features[0].device
+        prototypes = self._prototypes(device)
+        all_scores = codebook_similarity(torch.cat(list(packed_features)), prototypes).split(
+            [f.shape[0] for f in packed_features]
+        )
+        kept, scores, masks = [], [], []
+        for features, image_scores, is_newline in zip(packed_features, all_scores, newline):
+            if is_newline.shape[0] != features.shape[0]:
+                raise ValueError(
+                    f"An image has {features.shape[0]} packed tokens but its size implies {is_newline.shape[0]}; "
+                    "image_sizes does not describe pixel_values."
+                )
+            is_newline = is_newline.to(device)
+            kept.append(
+                select_tokens(
+                    image_scores,
+                    mode=settings.pruning_mode,
+                    threshold=settings.codebook_threshold,
+                    keep_ratio=settings.keep_ratio,
+                    keep_tokens=settings.keep_tokens,
+                    min_keep=settings.min_visual_tokens,
+                    protected=is_newline if settings.always_keep_newline else None,
+                )
+            )
+            scores.append(image_scores)
+            masks.append(is_newline)
+        return VisualTokenSelection(
+            num_kept=torch.tensor([k.numel() for k in kept]),
+            num_total=torch.tensor([f.shape[0] for f in packed_features]),
+            kept_indices=kept,
+            scores=scores,
+            newline_mask=masks,
+        )
+
+    def prepare_pruned_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor,
+        settings: PruningSettings,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        vision_feature_layer=None,
+        vision_feature_select_strategy=None,
+        pad_token_id: int = 0,
+    ) -> tuple[dict, VisualTokenSelection]:
+        """Encode the images once, choose the kept tokens, and compact the text-side tensors to match.
+
+        Returns the keyword arguments for the stock `forward` / `generate` (`input_ids`, `attention_mask`,
+        `position_ids`, `labels`, `mm_encoder_outputs`) and the selection.
+        """
+        if input_ids is None:
+            raise ValueError(
+                "Pruning needs `input_ids` to find the image placeholders; `inputs_embeds` alone is not supported. "
+                "Pass input_ids, or call with pruning=False."
+            )
+        image_outputs = self.get_image_features(
+            pixel_values,
+            image_sizes,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            return_dict=True,
+        )
+        packed = list(image_outputs.pooler_output)
+        is_placeholder = input_ids == self.config.image_token_id
+        n_placeholders, n_features = int(is_placeholder.sum()), sum(f.shape[0] for f in packed)
+        if n_placeholders != n_features:
+            raise ValueError(
+                f"The prompt holds {n_placeholders} image placeholder tokens but the {len(packed)} image(s) give "
+                f"{n_features} visual tokens. Each image needs exactly one `<image>` in the text, expanded by the "
+                "processor: build inputs with `processor(images=..., text=...)` and as many `<image>` as images."
+            )
+        selection = self.select_visual_tokens(packed, image_sizes, settings, vision_feature_select_strategy)
+        keep = torch.ones_like(input_ids, dtype=torch.bool)
+        keep[is_placeholder] = torch.cat(selection.keep_masks()).to(input_ids.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None and settings.position_mode == "original":
+            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        compacted = compact_sequences(
+            keep,
+            {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "labels": labels},
+            {"input_ids": pad_token_id, "attention_mask": 0, "position_ids": 0, "labels": -100},
+        )
+        image_outputs.pooler_output = [f[k.to(f.device)] for f, k in zip(packed, selection.kept_indices)]
+        compacted["mm_encoder_outputs"] = {"image": image_outputs}
+        return compacted, selection
+
+    def forward(
+        self,
+        input_ids=None,
+        pixel_values=None,
+        image_sizes=None,
+        attention_mask=None,
+        position_ids=None,
+        vision_feature_layer=None,
+        vision_feature_select_strategy=None,
+        pruning: bool | None = None,
+        **kwargs,
+    ) -> LlavaNextCodebookModelOutputWithPast:
+        """Stock `LlavaNextModel.forward`, with the images pruned first when `pixel_values` are given.
+
+        Accepts the pruning config fields (`codebook_threshold=...`, `pruning_mode=...`, ...) and `pruning=False` as
+        per-call overrides; the output's `visual_token_selection` reports what was kept.
+        """
+        overrides = {name: kwargs.pop(name) for name in PRUNING_FIELDS if name in kwargs}
+        settings = self.pruning_settings(pruning=pruning, **overrides)
+        selection = None
+        if settings.active and pixel_values is not None and pixel_values.size(0) > 0:
+            compacted, selection = self.prepare_pruned_inputs(
+                input_ids,
+                pixel_values,
+                image_sizes,
+                settings,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                pad_token_id=_pad_token_id(self.config),
+            )
+            compacted.pop("labels")
+            input_ids, attention_mask, position_ids = (compacted[k] for k in ("input_ids", "attention_mask", "position_ids"))
+            kwargs["mm_encoder_outputs"] = compacted["mm_encoder_outputs"]
+            pixel_values = image_sizes = None
+        outputs = super().forward(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kwargs,
+        )
+        if isinstance(outputs, tuple):
+            return outputs
+        return LlavaNextCodebookModelOutputWithPast(**outputs, visual_token_selection=selection)
+
+
+def _pad_token_id(config) -> int:
+    for candidate in (getattr(config, "pad_token_id", None), getattr(config.text_config, "pad_token_id", None)):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNextForConditionalGeneration):
+    config_class = LlavaNextCodebookConfig
+    config: LlavaNextCodebookConfig
+
+    def __init__(self, config: LlavaNextCodebookConfig):
+        # The stock __init__ hard-codes `LlavaNextModel`; build the same two modules, with the pruning-aware inner
+        # model, without constructing (and discarding) a stock one first. Weight names stay stock (`model.*`).
+        super(LlavaNextForConditionalGeneration, self).__init__(config)
+        self.model = LlavaNextCodebookModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def _pruning_base(self) -> LlavaNextCodebookModel:
+        return self.model
+
+    def load_codebook(self, codebook=None, **hub_kwargs) -> RedundancyCodebook:
+        return self.model.load_codebook(codebook, **hub_kwargs)
+
+    def pruning_settings(self, **overrides) -> PruningSettings:
+        return self.model.pruning_settings(**overrides)
+
+    def select_visual_tokens(self, packed_features, image_sizes, settings=None, vision_feature_select_strategy=None):
+        return self.model.select_visual_tokens(packed_features, image_sizes, settings, vision_feature_select_strategy)
+
+    def _pad_token_id(self, kwargs) -> int:
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        for candidate in (kwargs.get("pad_token_id"), generation_config.pad_token_id):
+            if candidate is not None:
+                return int(candidate if not isinstance(candidate, (list, tuple)) else candidate[0])
+        return _pad_token_id(self.config)
+
+    def forward(
+        self,
+        input_ids=None,
+        pixel_values=None,
+        image_sizes=None,
+        attention_mask=None,
+        position_ids=None,
+        labels=None,
+        vision_feature_layer=None,
+        vision_feature_select_strategy=None,
+        pruning: bool | None = None,
+        **kwargs,
+    ) -> LlavaNextCodebookCausalLMOutputWithPast:
+        """Stock `LlavaNextForConditionalGeneration.forward`, with the images pruned first when `pixel_values` are
+        given. `input_ids`, `attention_mask`, `position_ids` and `labels` are compacted together, so the logits and
+        the loss cover the kept tokens only. Accepts the pruning config fields and `pruning=False` as overrides.
+        """
+        overrides = {name: kwargs.pop(name) for name in PRUNING_FIELDS if name in kwargs}
+        settings = self.model.pruning_settings(pruning=pruning, **overrides)
+        selection = None
+        if settings.active and pixel_values is not None and pixel_values.size(0) > 0:
+            compacted, selection = self.model.prepare_pruned_inputs(
+                input_ids,
+                pixel_values,
+                image_sizes,
+                settings,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                pad_token_id=self._pad_token_id(kwargs),
+            )
+            input_ids, attention_mask, position_ids, labels = (
+                compacted[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")
+            )
+            kwargs["mm_encoder_outputs"] = compacted["mm_encoder_outputs"]
+            pixel_values = image_sizes = None
+        with self.pruning_disabled():
+            outputs = super().forward(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                image_sizes=image_sizes,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                **kwargs,
+            )
+        if isinstance(outputs, tuple):
+            return outputs
+        return LlavaNextCodebookCausalLMOutputWithPast(**outputs, visual_token_selection=selection)
+
+    @torch.no_grad()
+    def generate(self, inputs=None, pixel_values=None, image_sizes=None, attention_mask=None, pruning=None, **kwargs):
+        """Stock `generate`, on a prompt compacted per image before prefill.
+
+        Accepts the pruning config fields (`codebook_threshold=0.2`, `pruning_mode="budget"`, `keep_ratio=0.1`, ...)
+        and `pruning=False` as per-call overrides. The returned sequences start with the caller's original prompt,
+        so `out[:, input_ids.shape[1]:]` are the new tokens. With `return_dict_in_generate=True` the output also
+        carries `visual_token_selection`.
+        """
+        overrides = {name: kwargs.pop(name) for name in PRUNING_FIELDS if name in kwargs}
+        settings = self.model.pruning_settings(pruning=pruning, **overrides)
+        input_ids = kwargs.pop("input_ids", None)
+        if input_ids is None and isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
+            input_ids, inputs = inputs, None
+        if not settings.active or pixel_values is None or pixel_values.size(0) == 0:
+            with self.pruning_disabled():
+                return super().generate(
+                    inputs,
+                    input_ids=input_ids,
+                    pixel_values=pixel_values,
+                    image_sizes=image_sizes,
+                    attention_mask=attention_mask,
+                    **kwargs,
+                )
+        compacted, selection = self.model.prepare_pruned_inputs(
+            input_ids,
+            pixel_values,
+            image_sizes,
+            settings,
+            attention_mask=attention_mask,
+            position_ids=kwargs.pop("position_ids", None),
+            vision_feature_layer=kwargs.pop("vision_feature_layer", None),
+            vision_feature_select_strategy=kwargs.pop("vision_feature_select_strategy", None),
+            pad_token_id=self._pad_token_id(kwargs),
+        )
+        compacted.pop("labels")
+        if compacted["position_ids"] is None:
+            compacted.pop("position_ids")
+        with self.pruning_disabled():
+            output = super().generate(inputs, **compacted, **kwargs)
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        expand = sequences.shape[0] // input_ids.shape[0]
+        new_tokens = sequences[:, compacted["input_ids"].shape[1] :]
+        spliced = torch.cat([input_ids.repeat_interleave(expand, dim=0).to(new_tokens.device), new_tokens], dim=1)
+        if isinstance(output, torch.Tensor):
+            return spliced
+        output_cls = (
+            CodebookGenerateBeamDecoderOnlyOutput
+            if isinstance(output, GenerateBeamDecoderOnlyOutput)
+            else CodebookGenerateDecoderOnlyOutput
+        )
+        fields = {key: value for key, value in output.items() if key != "sequences"}
+        return output_cls(sequences=spliced, visual_token_selection=selection, **fields)
+
+
+__all__ = [
+    "LlavaNextCodebookModel",
+    "LlavaNextCodebookForConditionalGeneration",
+    "VisualTokenSelection",
+    "PruningSettings",
+]
