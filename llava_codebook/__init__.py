@@ -2,6 +2,7 @@
 
 from .codebook import CodebookError, CodebookNotFoundError, RedundancyCodebook
 from .configuration_llava_next_codebook import LlavaNextCodebookConfig
+from .loading import load_pruned_model
 from .modeling_llava_next_codebook import (
     LlavaNextCodebookForConditionalGeneration,
     LlavaNextCodebookModel,
@@ -33,6 +34,7 @@ __all__ = [
     "RedundancyCodebook",
     "VisualTokenSelection",
     "codebook_similarity",
+    "load_pruned_model",
     "register_auto_classes",
     "select_tokens",
 ]

@@ -1,0 +1,28 @@
+"""Load any LLaVA-NeXT checkpoint (a stock llava-hf repo or a pruning-enabled one) into the pruning-aware class."""
+
+from .configuration_llava_next_codebook import LlavaNextCodebookConfig
+from .modeling_llava_next_codebook import PRUNING_FIELDS, LlavaNextCodebookForConditionalGeneration
+
+CONFIG_OVERRIDES = PRUNING_FIELDS + ("codebook_repo", "codebook_filename", "codebook_revision")
+_HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
+
+
+def load_pruned_model(model_id: str, **kwargs) -> LlavaNextCodebookForConditionalGeneration:
+    """Load `model_id` as `LlavaNextCodebookForConditionalGeneration`, with pruning settings given as arguments.
+
+    `model_id` is a Hub id or local directory of a stock LLaVA-NeXT checkpoint (e.g. `llava-hf/llava-v1.6-mistral-7b-hf`)
+    or of a pruning-enabled repo. Config fields (`codebook_repo`, `codebook_threshold`, `pruning_mode`, ...) override
+    what the checkpoint's config says; every other argument (`dtype`, `device_map`, `revision`, ...) goes to
+    `from_pretrained`.
+
+    Example:
+        >>> model = load_pruned_model("llava-hf/llava-v1.6-mistral-7b-hf", codebook_repo="org/codebook", dtype="auto")
+    """
+    overrides = {name: kwargs.pop(name) for name in CONFIG_OVERRIDES if name in kwargs}
+    hub = {name: kwargs[name] for name in _HUB_KWARGS if name in kwargs}
+    config = LlavaNextCodebookConfig.from_pretrained(model_id, **hub)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    # Re-run validation on the merged values (setattr on a strict config checks types, not ranges).
+    config = LlavaNextCodebookConfig(**{k: v for k, v in config.to_dict().items() if k != "model_type"})
+    return LlavaNextCodebookForConditionalGeneration.from_pretrained(model_id, config=config, **kwargs)
