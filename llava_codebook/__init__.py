@@ -23,6 +23,8 @@ def register_auto_classes() -> None:
     LlavaNextCodebookProcessor.register_for_auto_class("AutoProcessor")
 
 
+register_auto_classes()
+
 __all__ = [
     "CodebookError",
     "CodebookNotFoundError",

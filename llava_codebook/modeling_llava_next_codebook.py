@@ -429,6 +429,14 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
     def _pruning_base(self) -> LlavaNextCodebookModel:
         return self.model
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # `register_for_auto_class` records one Auto class per class; the base model's entry is added by hand so the
+        # saved repo also answers `AutoModel.from_pretrained(..., trust_remote_code=True)`.
+        if getattr(type(self), "_auto_class", None) is not None:
+            module = type(self.model).__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {"AutoModel": f"{module}.{type(self.model).__name__}", **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def load_codebook(self, codebook=None, **hub_kwargs) -> RedundancyCodebook:
         return self.model.load_codebook(codebook, **hub_kwargs)
 

@@ -144,14 +144,6 @@ def build_tiny_default(directory: str | Path, seed: int = 0, threshold: float = 
     model.config.codebook_repo = str(codebook_dir)
     model.config.codebook_threshold = threshold
     model.load_codebook(codebook)
-    save_pretrained_with_code(model, processor, directory)
-    return directory
-
-
-def save_pretrained_with_code(model, processor, directory: str | Path) -> None:
-    """`save_pretrained` for model and processor, registering the remote-code auto classes."""
-    from . import register_auto_classes
-
-    register_auto_classes()
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
+    return directory
