@@ -1,0 +1,52 @@
+"""The config: typed fields validated at construction, with messages that name the allowed range."""
+
+import pytest
+
+from llava_codebook import LlavaNextCodebookConfig
+
+
+def test_defaults_follow_the_release_threshold_mode_contiguous_positions_and_kept_newlines():
+    config = LlavaNextCodebookConfig()
+    assert config.model_type == "llava_next_codebook"
+    assert (config.pruning_strategy, config.pruning_mode, config.position_mode) == ("codebook", "threshold", "contiguous")
+    assert config.always_keep_newline is True
+    assert config.codebook_filename == "codebook.safetensors"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("codebook_threshold", 1.5, r"outside \[-1.0, 1.0\]"),
+        ("codebook_threshold", -2, r"outside \[-1.0, 1.0\]"),
+        ("keep_ratio", 0.0, r"outside \(0.0, 1.0\]"),
+        ("keep_ratio", 1.2, r"outside \(0.0, 1.0\]"),
+        ("keep_tokens", 0, "integer >= 1"),
+        ("min_visual_tokens", -1, "integer >= 0"),
+        ("codebook_filename", "codebook.pt", "not a .safetensors file.*import-seed"),
+    ],
+)
+def test_out_of_range_values_raise_and_name_the_allowed_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        LlavaNextCodebookConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["pruning_strategy", "pruning_mode", "position_mode"])
+def test_unknown_choices_are_rejected_with_the_choices_listed(field):
+    with pytest.raises(Exception, match="expected one of"):
+        LlavaNextCodebookConfig(**{field: "nonsense"})
+
+
+def test_integers_are_accepted_for_float_fields_and_stored_as_float():
+    config = LlavaNextCodebookConfig(codebook_threshold=1, keep_ratio=1)
+    assert config.codebook_threshold == 1.0 and isinstance(config.codebook_threshold, float)
+    assert isinstance(config.keep_ratio, float)
+
+
+def test_round_trip_through_dict_and_json(tmp_path):
+    config = LlavaNextCodebookConfig(
+        codebook_repo="org/cb", codebook_revision="v1", pruning_mode="budget", keep_tokens=64, position_mode="original"
+    )
+    config.save_pretrained(tmp_path)
+    loaded = LlavaNextCodebookConfig.from_pretrained(tmp_path)
+    for field in ("codebook_repo", "codebook_revision", "pruning_mode", "keep_tokens", "position_mode"):
+        assert getattr(loaded, field) == getattr(config, field)
