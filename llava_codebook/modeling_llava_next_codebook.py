@@ -269,7 +269,10 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
             raise ValueError(f"Got {len(packed_features)} packed images but {len(newline)} image sizes.")
         device = packed_features[0].device
         prototypes = self._prototypes(device)
-        all_scores = codebook_similarity(torch.cat(list(packed_features)), prototypes).split(
+        # Selection is discrete: no gradient flows through the scores.
+        with torch.no_grad():
+            flat_scores = codebook_similarity(torch.cat(list(packed_features)), prototypes)
+        all_scores = flat_scores.split(
             [f.shape[0] for f in packed_features]
         )
         kept, scores, masks = [], [], []
@@ -356,6 +359,7 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
         compacted["mm_encoder_outputs"] = {"image": image_outputs}
         return compacted, selection
 
+    # The stock parameters are spelled out: `generate` inspects this signature (e.g. for `mm_encoder_outputs`).
     def forward(
         self,
         input_ids=None,
@@ -363,8 +367,12 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
         image_sizes=None,
         attention_mask=None,
         position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
         vision_feature_layer=None,
         vision_feature_select_strategy=None,
+        use_cache=None,
+        mm_encoder_outputs=None,
         pruning: bool | None = None,
         **kwargs,
     ) -> LlavaNextCodebookModelOutputWithPast:
@@ -388,9 +396,9 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
                 vision_feature_select_strategy=vision_feature_select_strategy,
                 pad_token_id=_pad_token_id(self.config),
             )
-            compacted.pop("labels")
-            input_ids, attention_mask, position_ids = (compacted[k] for k in ("input_ids", "attention_mask", "position_ids"))
-            kwargs["mm_encoder_outputs"] = compacted["mm_encoder_outputs"]
+            input_ids, attention_mask, position_ids, mm_encoder_outputs = (
+                compacted[k] for k in ("input_ids", "attention_mask", "position_ids", "mm_encoder_outputs")
+            )
             pixel_values = image_sizes = None
         outputs = super().forward(
             input_ids=input_ids,
@@ -398,8 +406,12 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
             image_sizes=image_sizes,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
+            use_cache=use_cache,
+            mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )
         if isinstance(outputs, tuple):
@@ -453,6 +465,8 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
                 return int(candidate if not isinstance(candidate, (list, tuple)) else candidate[0])
         return _pad_token_id(self.config)
 
+    # The stock parameters are spelled out: `generate` inspects this signature (`logits_to_keep`,
+    # `mm_encoder_outputs`, `position_ids`), and a missing name silently changes what it passes.
     def forward(
         self,
         input_ids=None,
@@ -460,9 +474,14 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
         image_sizes=None,
         attention_mask=None,
         position_ids=None,
-        labels=None,
+        past_key_values=None,
+        inputs_embeds=None,
         vision_feature_layer=None,
         vision_feature_select_strategy=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        mm_encoder_outputs=None,
         pruning: bool | None = None,
         **kwargs,
     ) -> LlavaNextCodebookCausalLMOutputWithPast:
@@ -486,10 +505,9 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
                 vision_feature_select_strategy=vision_feature_select_strategy,
                 pad_token_id=self._pad_token_id(kwargs),
             )
-            input_ids, attention_mask, position_ids, labels = (
-                compacted[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")
+            input_ids, attention_mask, position_ids, labels, mm_encoder_outputs = (
+                compacted[k] for k in ("input_ids", "attention_mask", "position_ids", "labels", "mm_encoder_outputs")
             )
-            kwargs["mm_encoder_outputs"] = compacted["mm_encoder_outputs"]
             pixel_values = image_sizes = None
         with self.pruning_disabled():
             outputs = super().forward(
@@ -498,9 +516,14 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
                 image_sizes=image_sizes,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                labels=labels,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
                 vision_feature_layer=vision_feature_layer,
                 vision_feature_select_strategy=vision_feature_select_strategy,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                mm_encoder_outputs=mm_encoder_outputs,
                 **kwargs,
             )
         if isinstance(outputs, tuple):

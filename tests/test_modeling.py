@@ -1,0 +1,281 @@
+"""The pruning-aware model against the stock LLaVA-NeXT model, which serves as the oracle."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlavaNextForConditionalGeneration, pipeline
+
+from llava_codebook import CodebookError, RedundancyCodebook
+
+GREEDY = dict(max_new_tokens=6, do_sample=False)
+
+
+def stock_twin(model):
+    """The stock transformers class with the same weights: the reference every test compares against."""
+    stock = LlavaNextForConditionalGeneration(model.config)
+    stock.load_state_dict(model.state_dict())
+    stock.generation_config = model.generation_config
+    return stock.eval()
+
+
+def batch(processor, texts, images):
+    return processor(images=images or None, text=texts, padding=True, return_tensors="pt")
+
+
+def oracle_generate(stock, inputs, selection, model, position_mode="contiguous", **kwargs):
+    """Stock generate on the full prompt with the dropped placeholders masked out of attention."""
+    mask = inputs["attention_mask"].clone()
+    placeholders = inputs["input_ids"] == model.config.image_token_id
+    mask[placeholders] = torch.cat(selection.keep_masks()).long()
+    extra = {}
+    if position_mode == "original":
+        full = inputs["attention_mask"]
+        extra["position_ids"] = (full.cumsum(-1) - 1).masked_fill(full == 0, 0)
+    return stock.generate(**{**inputs, "attention_mask": mask}, **extra, **kwargs)
+
+
+CASES = {
+    "batch_of_two_left_padded_different_grids": (
+        ["<image>\nwhat does this image show?", "describe the <image> picture"],
+        ["wide", "tall"],
+    ),
+    "two_images_in_one_prompt_and_a_sample_without_image": (
+        ["<image> left <image> right ?", "what is the sky colour ?", "<image> where is the cat ?"],
+        ["wide", "square", "tall"],
+    ),
+}
+SETTINGS = {
+    "threshold": dict(codebook_threshold=0.9),
+    "budget_ratio": dict(pruning_mode="budget", keep_ratio=0.3),
+    "budget_tokens_original_positions": dict(pruning_mode="budget", keep_tokens=5, position_mode="original"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_pruned_generate_matches_stock_model_with_dropped_placeholders_masked(
+    tiny_model, tiny_processor, images, case, setting
+):
+    texts, names = CASES[case]
+    inputs = batch(tiny_processor, texts, [images[n] for n in names])
+    out = tiny_model.generate(**inputs, **SETTINGS[setting], **GREEDY, return_dict_in_generate=True)
+    selection = out.visual_token_selection
+    assert (selection.num_kept < selection.num_total).all(), "the case must actually prune every image"
+    expected = oracle_generate(
+        stock_twin(tiny_model), inputs, selection, tiny_model, SETTINGS[setting].get("position_mode", "contiguous"), **GREEDY
+    )
+    assert torch.equal(out.sequences, expected)
+    # The caller's prompt is spliced back in front of the new tokens.
+    assert torch.equal(out.sequences[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+
+
+def test_pruned_beam_search_matches_the_oracle(tiny_model, tiny_processor, images):
+    inputs = batch(tiny_processor, ["<image> what is this ?", "describe <image>"], [images["wide"], images["square"]])
+    out = tiny_model.generate(**inputs, num_beams=3, num_return_sequences=2, return_dict_in_generate=True, **GREEDY)
+    expected = oracle_generate(
+        stock_twin(tiny_model), inputs, out.visual_token_selection, tiny_model, num_beams=3, num_return_sequences=2, **GREEDY
+    )
+    assert out.sequences.shape[0] == 4
+    assert torch.equal(out.sequences, expected)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_every_attention_backend_keeps_working(tiny_model, tiny_processor, images, attn):
+    tiny_model.set_attn_implementation(attn)
+    stock = stock_twin(tiny_model)
+    stock.set_attn_implementation(attn)
+    inputs = batch(tiny_processor, ["<image> what ?", "a <image> b c"], [images["tall"], images["wide"]])
+    out = tiny_model.generate(**inputs, return_dict_in_generate=True, **GREEDY)
+    assert torch.equal(out.sequences, oracle_generate(stock, inputs, out.visual_token_selection, tiny_model, **GREEDY))
+
+
+def _generate_with_logits(model, inputs, **kwargs):
+    return model.generate(**inputs, **GREEDY, output_logits=True, return_dict_in_generate=True, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["pruning_disabled", "pruning_false", "budget_keep_all"])
+def test_keep_all_is_bit_identical_to_stock_tokens_and_logits(tiny_model, tiny_processor, images, how):
+    inputs = batch(tiny_processor, ["<image> what ?", "describe it"], [images["wide"]])
+    expected = _generate_with_logits(stock_twin(tiny_model), inputs)
+    if how == "pruning_disabled":
+        with tiny_model.pruning_disabled():
+            out = _generate_with_logits(tiny_model, inputs)
+        assert tiny_model.model._pruning_enabled, "the context manager restores pruning on exit"
+    elif how == "pruning_false":
+        out = _generate_with_logits(tiny_model, inputs, pruning=False)
+    else:
+        out = _generate_with_logits(tiny_model, inputs, pruning_mode="budget", keep_ratio=1.0)
+        assert torch.equal(out.visual_token_selection.num_kept, out.visual_token_selection.num_total)
+    assert torch.equal(out.sequences, expected.sequences)
+    for got, want in zip(out.logits, expected.logits):
+        assert torch.equal(got, want)
+
+
+def test_pruning_disabled_restores_state_after_an_exception(tiny_model):
+    with pytest.raises(RuntimeError):
+        with tiny_model.pruning_disabled():
+            raise RuntimeError("boom")
+    assert tiny_model.model._pruning_enabled
+
+
+def _independent_selection(stock, inputs, prototypes, threshold=None, keep_tokens=None):
+    """The rule recomputed from scratch on the stock packed post-projector features (float64 cosine, own newline
+    detection: a packed row equal to the `image_newline` parameter)."""
+    with torch.no_grad():
+        packed = stock.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"], return_dict=True)
+    results = []
+    for features in packed.pooler_output:
+        newline = (features == stock.model.image_newline).all(-1)
+        scores = F.cosine_similarity(features.double()[:, None], prototypes.double()[None], dim=-1).amax(-1)
+        content = (~newline).nonzero().squeeze(-1)
+        if threshold is not None:
+            chosen = content[scores[content] < threshold]
+        else:
+            chosen = content[scores[content].argsort()[:keep_tokens]]
+        results.append(sorted(chosen.tolist() + newline.nonzero().squeeze(-1).tolist()))
+    return results
+
+
+@pytest.mark.parametrize("mode", ["threshold", "budget"])
+def test_kept_indices_equal_an_independent_computation_of_the_rule(tiny_model, tiny_processor, images, mode):
+    inputs = batch(tiny_processor, ["<image> a", "<image> b", "<image> c"], list(images.values()))
+    if mode == "threshold":
+        # Pick a threshold in the middle of a gap between scores so float rounding cannot flip a token.
+        scores = torch.cat(tiny_model(**inputs, codebook_threshold=0.9).visual_token_selection.scores).sort().values
+        gap = (scores[1:] - scores[:-1]).argmax()
+        threshold = float(scores[gap] + scores[gap + 1]) / 2
+        settings, expected = dict(codebook_threshold=threshold, min_visual_tokens=0), dict(threshold=threshold)
+    else:
+        settings, expected = dict(pruning_mode="budget", keep_tokens=7), dict(keep_tokens=7)
+    selection = tiny_model(**inputs, **settings).visual_token_selection
+    want = _independent_selection(stock_twin(tiny_model), inputs, tiny_model.codebook.prototypes, **expected)
+    assert [k.tolist() for k in selection.kept_indices] == want
+    assert selection.num_kept.tolist() == [len(w) for w in want]
+
+
+def test_minimum_keep_guard_holds_when_the_threshold_drops_everything(tiny_model, tiny_processor, images):
+    inputs = batch(tiny_processor, ["<image> a", "<image> b"], [images["wide"], images["tall"]])
+    for minimum in (0, 1, 4):
+        selection = tiny_model(**inputs, codebook_threshold=-1.0, min_visual_tokens=minimum).visual_token_selection
+        for kept, newline in zip(selection.kept_indices, selection.newline_mask):
+            content_kept = (~newline[kept]).sum().item()
+            assert content_kept == minimum
+            assert newline[kept].sum() == newline.sum(), "newline tokens are always kept"
+
+
+def test_newlines_can_be_pruned_when_not_protected(tiny_model, tiny_processor, images):
+    inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
+    selection = tiny_model(
+        **inputs, codebook_threshold=-1.0, always_keep_newline=False, min_visual_tokens=0
+    ).visual_token_selection
+    assert selection.num_kept.tolist() == [0]
+
+
+def test_raising_the_threshold_never_keeps_fewer_tokens_in_the_model(tiny_model, tiny_processor, images):
+    inputs = batch(tiny_processor, ["<image> a", "<image> b"], [images["square"], images["tall"]])
+    previous = None
+    for threshold in (-1.0, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0):
+        kept = tiny_model(**inputs, codebook_threshold=threshold).visual_token_selection.num_kept
+        if previous is not None:
+            assert (kept >= previous).all()
+        previous = kept
+
+
+def test_per_call_threshold_override_changes_the_kept_count_without_touching_the_config(
+    tiny_model, tiny_processor, images
+):
+    inputs = batch(tiny_processor, ["<image> a"], [images["square"]])
+    low = tiny_model.generate(**inputs, codebook_threshold=0.5, return_dict_in_generate=True, **GREEDY)
+    high = tiny_model.generate(**inputs, codebook_threshold=0.99, return_dict_in_generate=True, **GREEDY)
+    assert low.visual_token_selection.num_kept[0] < high.visual_token_selection.num_kept[0]
+    assert tiny_model.config.codebook_threshold == 0.9
+
+
+def test_forward_compacts_inputs_and_labels_together(tiny_model, tiny_processor, images):
+    """Kept positions get the same logits as the stock model with dropped placeholders masked (and the same
+    position ids); the loss is the cross-entropy over the compacted labels."""
+    inputs = batch(tiny_processor, ["<image> what is the colour ?", "describe <image> the sky"], [images["wide"], images["tall"]])
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == tiny_model.config.image_token_id, -100)
+    labels = labels.masked_fill(inputs["attention_mask"] == 0, -100)
+    out = tiny_model(**inputs, labels=labels)
+    selection = out.visual_token_selection
+    keep = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
+    keep[inputs["input_ids"] == tiny_model.config.image_token_id] = torch.cat(selection.keep_masks())
+    mask = inputs["attention_mask"] * keep
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        reference = stock_twin(tiny_model)(**{**inputs, "attention_mask": mask}, position_ids=positions).logits
+    width = out.logits.shape[1]
+    for row in range(keep.shape[0]):
+        kept_positions = (keep[row] & (inputs["attention_mask"][row] == 1)).nonzero().squeeze(-1)
+        got = out.logits[row, width - kept_positions.numel() :]
+        torch.testing.assert_close(got, reference[row, kept_positions], atol=1e-4, rtol=1e-4)
+    compact_labels = torch.full((keep.shape[0], width), -100)
+    for row in range(keep.shape[0]):
+        kept_labels = labels[row][keep[row]]
+        compact_labels[row, width - kept_labels.numel() :] = kept_labels
+    shifted = F.cross_entropy(
+        out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), compact_labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+    torch.testing.assert_close(out.loss, shifted)
+
+
+def test_pipeline_image_text_to_text_runs_the_pruned_model(tiny_model, tiny_processor, images, monkeypatch):
+    calls = []
+    original = tiny_model.model.select_visual_tokens
+    monkeypatch.setattr(tiny_model.model, "select_visual_tokens", lambda *a, **k: calls.append(1) or original(*a, **k))
+    pipe = pipeline("image-text-to-text", model=tiny_model, processor=tiny_processor)
+    result = pipe(images=images["wide"], text="<image> what is this ?", max_new_tokens=4, do_sample=False)
+    assert result[0]["generated_text"].startswith("<image> what is this ?")
+    assert calls, "the pipeline went through the pruning path"
+
+
+def test_base_model_forward_prunes_and_reports_the_selection(tiny_model, tiny_processor, images):
+    inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
+    out = tiny_model.model(**inputs)
+    selection = out.visual_token_selection
+    dropped = int(selection.num_total.sum() - selection.num_kept.sum())
+    assert dropped > 0
+    assert out.last_hidden_state.shape[1] == inputs["input_ids"].shape[1] - dropped
+
+
+# ---------------------------------------------------------------- bad input
+def test_codebook_dimension_mismatch_is_rejected(tiny_model):
+    with pytest.raises(CodebookError, match="dimension 32 but the language model's hidden size is 64"):
+        tiny_model.load_codebook(RedundancyCodebook(torch.randn(4, 32)))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (dict(codebook_threshold=3.0), r"outside \[-1.0, 1.0\]"),
+        (dict(keep_ratio=0.0), r"outside \(0.0, 1.0\]"),
+        (dict(pruning_strategy="magic"), "pruning_strategy='magic' is unknown"),
+        (dict(pruning_mode="random"), "pruning_mode='random' is unknown"),
+    ],
+)
+def test_bad_per_call_overrides_raise_clear_errors(tiny_model, tiny_processor, images, override, message):
+    inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
+    with pytest.raises(ValueError, match=message):
+        tiny_model.generate(**inputs, **override, **GREEDY)
+
+
+def test_image_count_that_does_not_match_the_placeholders_is_rejected(tiny_model, tiny_processor, images):
+    inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
+    extra = torch.full((1, 3), tiny_model.config.image_token_id)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(extra)], dim=1)
+    with pytest.raises(ValueError, match=r"holds \d+ image placeholder tokens but the 1 image\(s\) give \d+"):
+        tiny_model.generate(**inputs, **GREEDY)
+    with pytest.raises(ValueError, match="number of images"):
+        tiny_processor(images=[images["wide"], images["tall"]], text=["<image> only one"], return_tensors="pt")
+
+
+def test_a_model_without_codebook_says_how_to_configure_one(tiny_processor, images):
+    from llava_codebook.tiny import build_tiny_model
+
+    model = build_tiny_model()
+    inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
+    with pytest.raises(ValueError, match="No codebook is configured: set `codebook_repo`"):
+        model.generate(**inputs, **GREEDY)
+    assert model.generate(**inputs, pruning=False, **GREEDY).shape[1] == inputs["input_ids"].shape[1] + 6
