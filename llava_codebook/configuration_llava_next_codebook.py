@@ -49,8 +49,10 @@ def validate_pruning_settings(
 class LlavaNextCodebookConfig(LlavaNextConfig):
     r"""
     codebook_repo (`str`, *optional*):
-        Where the redundancy codebook lives: a Hub repo id (`"org/codebook-llava-next"`) or a local directory. `None`
-        means no codebook: the model then behaves exactly like the stock LLaVA-NeXT model.
+        Where the redundancy codebook lives: a Hub repo id (`"org/codebook-llava-next"`), a local directory, or
+        `"."` for the repo the model itself is loaded from (a self-contained repo, e.g. with
+        `codebook_filename="codebook/codebook.safetensors"`). With `None`, pruning raises until a codebook is given
+        (`model.load_codebook(...)`) or is turned off (`pruning_strategy="none"`).
     codebook_filename (`str`, *optional*, defaults to `"codebook.safetensors"`):
         File inside `codebook_repo` holding the `prototypes` tensor of shape `[K, text_hidden_size]`.
     codebook_revision (`str`, *optional*):

@@ -39,6 +39,7 @@ PRUNING_FIELDS = (
 )
 OVERRIDE_NAMES = PRUNING_FIELDS + ("pruning",)
 _CODEBOOK_LOAD_KWARGS = ("cache_dir", "local_files_only", "token")
+SELF_REPO = "."  # `codebook_repo` value meaning "the repo this model was loaded from"
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,11 @@ class _CodebookPruningMixin:
         # so that meta-device initialisation cannot touch it.
         base = model._pruning_base()
         if base.config.pruning_strategy == "codebook" and base.config.codebook_repo is not None:
-            base.load_codebook(**{key: kwargs[key] for key in _CODEBOOK_LOAD_KWARGS if key in kwargs})
+            hub_kwargs = {key: kwargs[key] for key in _CODEBOOK_LOAD_KWARGS if key in kwargs}
+            if base.config.codebook_repo == SELF_REPO:
+                # The codebook ships inside this model's repo: resolve it at the revision the weights came from.
+                hub_kwargs["revision"] = base.config.codebook_revision or kwargs.get("revision")
+            base.load_codebook(**hub_kwargs)
         return loaded
 
     @contextlib.contextmanager
@@ -190,21 +195,25 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
         return self
 
     # ------------------------------------------------------------------ codebook
-    def load_codebook(self, codebook: RedundancyCodebook | str | None = None, **hub_kwargs) -> RedundancyCodebook:
+    def load_codebook(
+        self, codebook: RedundancyCodebook | str | None = None, revision: str | None = None, **hub_kwargs
+    ) -> RedundancyCodebook:
         """Attach a codebook: a `RedundancyCodebook`, a reference (Hub repo id / local dir), or, when `None`, the
-        reference in the config (`codebook_repo`, `codebook_filename`, `codebook_revision`)."""
+        reference in the config (`codebook_repo`, `codebook_filename`, `codebook_revision`). `hub_kwargs`
+        (`cache_dir`, `local_files_only`, `token`) go to the Hub download."""
         if codebook is None or isinstance(codebook, str):
             repo = codebook if codebook is not None else self.config.codebook_repo
+            if codebook is None:
+                revision = revision or self.config.codebook_revision
+            if repo == SELF_REPO:
+                repo = getattr(self.config, "_name_or_path", None) or None
             if repo is None:
                 raise ValueError(
                     "No codebook is configured: set `codebook_repo` in the config (a Hub repo id or a local "
                     "directory), pass a codebook to `load_codebook`, or use `pruning=False` / pruning_strategy='none'."
                 )
             codebook = RedundancyCodebook.from_pretrained(
-                repo,
-                filename=self.config.codebook_filename,
-                revision=self.config.codebook_revision if codebook is None else hub_kwargs.pop("revision", None),
-                **hub_kwargs,
+                repo, filename=self.config.codebook_filename, revision=revision, **hub_kwargs
             )
         codebook.check_compatible(self.config.text_config.hidden_size)
         self._codebook = codebook

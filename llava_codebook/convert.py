@@ -1,0 +1,125 @@
+"""Turn a stock LLaVA-NeXT checkpoint plus a codebook into a pruning-enabled, `trust_remote_code` model repo."""
+
+from pathlib import Path
+
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+from .codebook import CODEBOOK_FILENAME
+from .loading import load_pruned_model
+from .modeling_llava_next_codebook import SELF_REPO
+from .processing_llava_next_codebook import LlavaNextCodebookProcessor
+
+EMBEDDED_CODEBOOK = f"codebook/{CODEBOOK_FILENAME}"
+
+
+def codebook_processor(processor) -> LlavaNextCodebookProcessor:
+    """The same tokenizer, image processor and settings, under the pruning-aware processor class."""
+    return LlavaNextCodebookProcessor(
+        image_processor=processor.image_processor,
+        tokenizer=processor.tokenizer,
+        patch_size=processor.patch_size,
+        vision_feature_select_strategy=processor.vision_feature_select_strategy,
+        chat_template=getattr(processor, "chat_template", None),
+        image_token=processor.image_token,
+        num_additional_image_tokens=processor.num_additional_image_tokens,
+    )
+
+
+def model_card(config, base: str, repo_id: str | None, base_revision: str | None) -> ModelCard:
+    repo = repo_id or "<this repo>"
+    data = ModelCardData(
+        base_model=base if not Path(base).exists() else None,
+        pipeline_tag="image-text-to-text",
+        library_name="transformers",
+        tags=["llava-codebook", "llava_next", "visual-token-pruning", "custom_code"],
+    )
+    codebook = config.codebook_repo if config.codebook_repo != SELF_REPO else f"this repo ({config.codebook_filename})"
+    body = f"""
+# {repo.split("/")[-1]}: {base} with redundancy-codebook token pruning
+
+The weights of [`{base}`]({"https://huggingface.co/" + base if not Path(base).exists() else base})
+{f"(revision `{base_revision}`) " if base_revision else ""}unchanged, with a vision path that drops redundant
+visual tokens before the language model sees them: each packed visual token (base view and every AnyRes tile)
+is compared with the prototypes of a redundancy codebook, and tokens too similar to one are pruned per image.
+
+## Quick start
+
+```python
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from PIL import Image
+
+model = AutoModelForImageTextToText.from_pretrained("{repo}", trust_remote_code=True, dtype="auto")
+processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)
+inputs = processor(images=[Image.open("photo.jpg")], text=["<image>\\nWhat is shown here?"], return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=64, return_dict_in_generate=True)
+print(processor.batch_decode(out.sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+print(out.visual_token_selection.num_kept, "of", out.visual_token_selection.num_total, "visual tokens kept")
+
+model.generate(**inputs, codebook_threshold=0.2)   # per-call override
+with model.pruning_disabled():                      # exact stock behaviour
+    model.generate(**inputs)
+```
+
+## Pruning settings
+
+| field | value |
+|---|---|
+| codebook | `{codebook}` (revision `{config.codebook_revision}`) |
+| pruning_mode | `{config.pruning_mode}` |
+| codebook_threshold | `{config.codebook_threshold}` |
+| keep_ratio / keep_tokens | `{config.keep_ratio}` / `{config.keep_tokens}` |
+| min_visual_tokens | `{config.min_visual_tokens}` |
+| always_keep_newline | `{config.always_keep_newline}` |
+| position_mode | `{config.position_mode}` |
+
+Made with [llava-codebook](https://pypi.org/project/llava-codebook/) `convert`.
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def convert_checkpoint(
+    base: str,
+    codebook: str,
+    out: str | Path,
+    *,
+    threshold: float | None = None,
+    base_revision: str | None = None,
+    codebook_revision: str | None = None,
+    codebook_filename: str = CODEBOOK_FILENAME,
+    push_to: str | None = None,
+    create_pr: bool = False,
+    private: bool | None = None,
+    **pruning,
+) -> Path:
+    """Write a pruning-enabled repo to `out` (and push it when `push_to` is given); returns `out`.
+
+    A codebook given as a local path is copied into the repo (`codebook/`) and referenced as `"."`, so the repo is
+    self-contained on the Hub; a Hub repo id stays a reference (pin it with `codebook_revision`).
+    """
+    from transformers import AutoProcessor
+
+    out = Path(out)
+    local_codebook = Path(codebook).exists()
+    if threshold is not None:
+        pruning["codebook_threshold"] = threshold
+    reference = {"codebook_repo": codebook, "codebook_revision": codebook_revision, "codebook_filename": codebook_filename}
+    model = load_pruned_model(base, revision=base_revision, dtype="auto", **reference, **pruning)
+    processor = codebook_processor(AutoProcessor.from_pretrained(base, revision=base_revision))
+    out.mkdir(parents=True, exist_ok=True)
+    if local_codebook:
+        model.codebook.save_pretrained(out / "codebook")
+        model.config.codebook_repo, model.config.codebook_filename = SELF_REPO, EMBEDDED_CODEBOOK
+        model.config.codebook_revision = None
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    model_card(model.config, base, push_to, base_revision).save(out / "README.md")
+    if push_to:
+        api = HfApi()
+        api.create_repo(push_to, private=private, exist_ok=True)
+        api.upload_folder(
+            repo_id=push_to,
+            folder_path=str(out),
+            create_pr=create_pr,
+            commit_message=f"Pruning-enabled {base} (llava-codebook convert)",
+        )
+    return out
