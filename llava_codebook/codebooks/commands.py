@@ -1,0 +1,179 @@
+"""`llava-codebook build | push | import-seed | inspect`: the codebook commands, registered on the main CLI app.
+
+Heavy imports (torch, transformers, datasets, accelerate) happen inside the command bodies.
+"""
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def _parse_ids(ids: Optional[str]):
+    """`--ids` is a text file (one id per line) or a comma-separated list."""
+    if ids is None:
+        return None
+    if Path(ids).is_file():
+        return Path(ids)
+    return [i.strip() for i in ids.split(",") if i.strip()]
+
+
+def build(
+    model: Annotated[str, typer.Option(help="Hub id or local directory of a LLaVA-NeXT checkpoint.")],
+    images: Annotated[str, typer.Option(help="A folder of images, or a `datasets` id / path.")],
+    out: Annotated[Path, typer.Option(help="Directory to write the codebook to.")],
+    num_images: Annotated[Optional[int], typer.Option(help="Use the first N images of the source.")] = None,
+    split: Annotated[str, typer.Option(help="Dataset split (datasets sources only).")] = "train",
+    image_column: Annotated[str, typer.Option(help="Image column (datasets sources only).")] = "image",
+    id_column: Annotated[Optional[str], typer.Option(help="Column with a stable image id (default: split/row).")] = None,
+    ids: Annotated[Optional[str], typer.Option(help="Only these ids: a text file (one per line) or a comma list.")] = None,
+    streaming: Annotated[bool, typer.Option(help="Stream the dataset instead of downloading it whole.")] = True,
+    preset: Annotated[str, typer.Option(help="Thresholds: llava-1.5, llava-next-llama3 or llava-ov.")] = "llava-next-llama3",
+    top1_prob_thres: Annotated[Optional[float], typer.Option(help="Override the preset's p_max threshold.")] = None,
+    jsd_thres: Annotated[Optional[float], typer.Option(help="Override the preset's divergence threshold.")] = None,
+    cluster_size_thres: Annotated[Optional[int], typer.Option(help="Override the per-image cluster size limit.")] = None,
+    prototype_cluster_nums: Annotated[Optional[int], typer.Option(help="Override the number of global clusters.")] = None,
+    min_unique_images: Annotated[Optional[int], typer.Option(help="Override: a kept cluster spans more images than this.")] = None,
+    divergence: Annotated[Optional[str], typer.Option(help="'release' (default, the thresholds' scale) or 'jsd'.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Language-model sequences per forward pass.")] = 96,
+    image_batch_size: Annotated[int, typer.Option(help="Images encoded and probed together.")] = 4,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Per-image probe results (default OUT/probes); reuse to resume.")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Model revision (recorded in the codebook).")] = None,
+    dtype: Annotated[str, typer.Option(help="Model dtype: auto, float16, bfloat16 or float32.")] = "auto",
+    pad_embedding: Annotated[Optional[Path], typer.Option(help="A .pt tensor [D] to use as the pad embedding (read weights-only).")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Probe prompt (default: the release's).")] = None,
+    probe_ranks: Annotated[Optional[str], typer.Option(help="Comma-separated 1-based ranks (default: the release's 96).")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow the checkpoint's own code (pruning-enabled repos).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Build a redundancy codebook for a LLaVA-NeXT model (multi-GPU: run under `accelerate launch`)."""
+    import torch
+    from accelerate import PartialState
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .build import CodebookBuildError, build_codebook
+    from .data import open_image_source
+    from .presets import RELEASE_PROBE_RANKS, RELEASE_PROMPT
+
+    state = PartialState()
+    overrides = {
+        "top1_prob_thres": top1_prob_thres,
+        "jsd_thres": jsd_thres,
+        "cluster_size_thres": cluster_size_thres,
+        "prototype_cluster_nums": prototype_cluster_nums,
+        "min_unique_images": min_unique_images,
+        "divergence": divergence,
+    }
+    try:
+        source = open_image_source(
+            images, split=split, image_column=image_column, id_column=id_column, ids=_parse_ids(ids), streaming=streaming
+        )
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        processor = AutoProcessor.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+        network = AutoModelForImageTextToText.from_pretrained(
+            model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        ).to(state.device).eval()
+        pad = torch.load(pad_embedding, map_location="cpu", weights_only=True).flatten() if pad_embedding else None
+        ranks = [int(r) for r in probe_ranks.split(",")] if probe_ranks else RELEASE_PROBE_RANKS
+        result = build_codebook(
+            network,
+            processor,
+            source,
+            out=out,
+            work_dir=work_dir,
+            preset=preset,
+            preset_overrides=overrides,
+            num_images=num_images,
+            batch_size=batch_size,
+            image_batch_size=image_batch_size,
+            probe_ranks=ranks,
+            prompt=prompt or RELEASE_PROMPT,
+            pad_embedding=pad,
+            base_model=model,
+            base_model_revision=revision,
+            source={"images": images, "split": split, "image_column": image_column, "id_column": id_column},
+            progress=progress,
+        )
+    except (CodebookBuildError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    if result.codebook is not None:
+        typer.echo(str(result.summary))
+        typer.echo(f"Wrote {result.codebook.num_prototypes} x {result.codebook.dim} codebook to {out}")
+
+
+def push(
+    path: Annotated[Path, typer.Argument(help="Local codebook directory (or codebook.safetensors).")],
+    repo: Annotated[str, typer.Option(help="Target Hub repo id, e.g. org/codebook-llama3-llava-next-8b.")],
+    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing).")] = None,
+    create_pr: Annotated[bool, typer.Option(help="Open a pull request instead of committing directly.")] = False,
+    private: Annotated[Optional[bool], typer.Option(help="Create the repo as private.")] = None,
+    verify_base_model: Annotated[bool, typer.Option(help="Check dimension and feature space against the base model's config.")] = True,
+    token: Annotated[Optional[str], typer.Option(help="Hub token (default: the logged-in one).")] = None,
+) -> None:
+    """Publish a codebook on the Hub, after checking it fits its declared base model."""
+    from ..codebook import CodebookError
+    from .hub import push_codebook
+
+    try:
+        info = push_codebook(
+            path, repo, revision=revision, create_pr=create_pr, private=private, token=token,
+            verify_base_model=verify_base_model,
+        )  # fmt: skip
+    except CodebookError as err:
+        _fail(str(err))
+    typer.echo(f"Pushed {path} to {repo}: {getattr(info, 'pr_url', None) or getattr(info, 'commit_url', info)}")
+
+
+def import_seed(
+    path: Annotated[Path, typer.Argument(help="A released .pt codebook (torch.save of one [K, D] tensor).")],
+    base_model: Annotated[str, typer.Option(help="The model it was built for, e.g. liuhaotian/llava-v1.5-7b.")],
+    out: Annotated[Path, typer.Option(help="Directory to write the safetensors codebook to.")],
+    vision_feature_layer: Annotated[int, typer.Option(help="Vision feature layer the codebook was built at.")] = -2,
+) -> None:
+    """Convert a released pickled codebook to safetensors (read tensor-only, weights_only=True)."""
+    from ..codebook import CodebookError
+    from .release import import_release_codebook
+
+    try:
+        codebook = import_release_codebook(path, base_model, out=out, vision_feature_layer=vision_feature_layer)
+    except (CodebookError, FileNotFoundError) as err:
+        _fail(str(err))
+    typer.echo(f"Wrote {codebook.num_prototypes} x {codebook.dim} {codebook.prototypes.dtype} codebook to {out}")
+
+
+def inspect(
+    reference: Annotated[str, typer.Argument(help="Hub repo id or local codebook path.")],
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Describe a codebook: size, dtype, base model, build parameters, duplicate rows."""
+    from ..codebook import CodebookError
+    from .hub import inspect_codebook
+
+    try:
+        info = inspect_codebook(reference, revision=revision)
+    except CodebookError as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    params = info.pop("build_parameters")
+    for key, value in info.items():
+        typer.echo(f"{key:>26}: {value}")
+    typer.echo("          build_parameters:")
+    for key, value in sorted(params.items()):
+        typer.echo(f"{key:>26}  {json.dumps(value, default=str)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `build`, `push`, `import-seed` and `inspect` to the main app."""
+    app.command("build")(build)
+    app.command("push")(push)
+    app.command("import-seed")(import_seed)
+    app.command("inspect")(inspect)

@@ -1,0 +1,51 @@
+"""Stages 3 and 4 of a build, pure functions of tensors: the redundancy test and the two clustering steps."""
+
+import torch
+
+from .dpcknn import dpc_knn
+from .presets import BuildPreset
+
+
+def redundant_mask(
+    p_max: torch.Tensor, div_ctx: torch.Tensor, div_global: torch.Tensor, preset: BuildPreset
+) -> torch.Tensor:
+    """Stage 3: `ctx_weight * div_ctx + global_weight * div_global < jsd_thres` and `p_max < top1_prob_thres`.
+
+    A token is redundant when removing it barely changes the answer, locally and globally, and when on its own it
+    does not make the model confident about any word.
+    """
+    combined = preset.ctx_weight * div_ctx.double() + preset.global_weight * div_global.double()
+    return (combined < preset.jsd_thres) & (p_max.double() < preset.top1_prob_thres)
+
+
+def select_in_image(tokens: torch.Tensor, redundant: torch.Tensor, preset: BuildPreset) -> torch.Tensor:
+    """Stage 4a: cluster one image's probed tokens (`per_image_clusters` DPC-KNN clusters over *all* probed tokens)
+    and keep the redundant ones lying in clusters of at most `cluster_size_thres` tokens.
+
+    Returns ascending indices into `tokens`. Small clusters are what makes a redundant token a prototype: a token
+    that dominates the image (a large cluster) is part of the content, not background.
+    """
+    if tokens.shape[0] == 0:
+        return torch.empty(0, dtype=torch.long)
+    labels, _ = dpc_knn(tokens, preset.per_image_clusters, k=preset.knn_k)
+    sizes = torch.bincount(labels)
+    small = sizes[labels] <= preset.cluster_size_thres
+    return (small & redundant.cpu()).nonzero().squeeze(-1)
+
+
+def select_prototype_clusters(tokens: torch.Tensor, image_of: torch.Tensor, preset: BuildPreset) -> dict:
+    """Stage 4b: DPC-KNN over every token kept by 4a into `prototype_cluster_nums` clusters; keep whole clusters
+    whose members come from more than `min_unique_images` distinct images.
+
+    Returns `members` (ascending indices into `tokens` of the kept clusters' members), `labels` `[N]`,
+    `kept_clusters` (cluster ids) and `unique_images` per cluster.
+    """
+    if tokens.shape[0] == 0:
+        empty = torch.empty(0, dtype=torch.long)
+        return {"members": empty, "labels": empty, "kept_clusters": empty, "unique_images": empty}
+    labels, _ = dpc_knn(tokens, preset.prototype_cluster_nums, k=preset.knn_k)
+    n_clusters = int(labels.max()) + 1
+    unique_images = torch.tensor([int(image_of[labels == c].unique().numel()) for c in range(n_clusters)])
+    kept = (unique_images > preset.min_unique_images).nonzero().squeeze(-1)
+    members = torch.isin(labels, kept).nonzero().squeeze(-1)
+    return {"members": members, "labels": labels, "kept_clusters": kept, "unique_images": unique_images}
