@@ -1,0 +1,1 @@
+"""The Gradio Space of llava-codebook (see README.md here). `app.py` is the Space entry point."""

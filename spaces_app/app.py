@@ -1,0 +1,551 @@
+"""Gradio Space: see which visual tokens a redundancy codebook drops, and what that does to the answer and its cost.
+
+The logic lives in plain functions (`load_backend`, `preview`, `answer`, `token_counts`, `flops_estimate`, ...);
+`build_demo` only wires them to components. Run locally with `python spaces_app/app.py` (embedded random-weight
+demo model) or `python spaces_app/app.py --model llava-hf/llava-v1.6-mistral-7b-hf --codebook org/codebook`.
+"""
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
+
+APP_DIR = Path(__file__).resolve().parent
+try:
+    import llava_codebook  # noqa: F401
+except ImportError:
+    # Not installed: use a copy uploaded beside app.py (the Space) or the repo checkout this file lives in.
+    for candidate in (APP_DIR, APP_DIR.parent):
+        if (candidate / "llava_codebook" / "__init__.py").exists():
+            sys.path.insert(0, str(candidate))
+            break
+    import llava_codebook  # noqa: F401
+
+from llava_codebook.flops import prefill_flops  # noqa: E402
+from llava_codebook.processing_llava_next_codebook import (  # noqa: E402
+    geometry_for_processor,
+    render_keep_overlay,
+    view_counts,
+)
+
+try:
+    from .examples import write_examples  # imported as the package `spaces_app`
+except ImportError:
+    from examples import write_examples  # run as a script, or as the Space's app_file
+
+try:  # ZeroGPU Spaces: borrow a GPU for the duration of each generation call. A no-op anywhere else.
+    import spaces
+
+    gpu = spaces.GPU(duration=120)
+except ImportError:
+
+    def gpu(fn):
+        return fn
+
+
+logger = logging.getLogger("llava_codebook.space")
+
+MAX_IMAGE_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", 40_000_000))
+MAX_IMAGE_SIDE = int(os.environ.get("MAX_IMAGE_SIDE", 12_000))
+MAX_QUESTION_CHARS = 1_000
+TINY_THRESHOLD = 0.9
+DEMO_NOTICE = (
+    "**Demonstration model.** This Space is serving the embedded *random-weight* tiny LLaVA-NeXT (56 px crops, 4×4 "
+    "tokens each) with a codebook of flat-colour patches. Its answers are meaningless words; the pruning mechanics "
+    "(AnyRes packing, scoring, kept/dropped tokens, prompt compaction, FLOPs) are the real ones. Set `MODEL_ID` (and "
+    "`CODEBOOK_REPO`) to serve a real checkpoint."
+)
+
+
+class InputError(ValueError):
+    """A problem with what the user gave (image, question, settings), worded for the user."""
+
+
+# ---------------------------------------------------------------------------------------------------- backend
+@dataclass
+class EncodedImage:
+    """One image run through the processor and the vision tower once; re-scoring reuses `packed`."""
+
+    image: Image.Image
+    pixel_values: torch.Tensor
+    image_sizes: torch.Tensor
+    packed: torch.Tensor
+    geometry: object
+
+
+class EncodingCache:
+    """A small thread-safe LRU of encoded images, keyed by the image's pixels."""
+
+    def __init__(self, capacity: int = 8):
+        self.capacity = capacity
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class Backend:
+    """The model the Space serves, its processor, and what to tell the user about it."""
+
+    model: object
+    processor: object
+    name: str
+    is_demo: bool
+    notice: str
+    default_threshold: float
+    cache: EncodingCache = field(default_factory=EncodingCache)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_tiny_backend(notice: str = DEMO_NOTICE) -> Backend:
+    """The embedded default: built in code, offline, in about a second."""
+    from llava_codebook.tiny import build_tiny_model, build_tiny_processor, flat_colour_codebook
+
+    model = build_tiny_model(seed=0, codebook_threshold=TINY_THRESHOLD)
+    processor = build_tiny_processor()
+    model.load_codebook(flat_colour_codebook(model, processor))
+    return Backend(model, processor, "embedded tiny random-weight LLaVA-NeXT", True, notice, TINY_THRESHOLD)
+
+
+def load_backend(model_id: str | None = None, codebook_repo: str | None = None) -> Backend:
+    """Serve `model_id` (Hub id or local directory) with `codebook_repo`; with no model, or when it cannot be loaded
+    (offline, missing codebook), serve the embedded demo model and say so."""
+    if not model_id:
+        return load_tiny_backend()
+    try:
+        from llava_codebook import LlavaNextCodebookProcessor, load_pruned_model
+
+        cuda = torch.cuda.is_available()
+        overrides = {"codebook_repo": codebook_repo} if codebook_repo else {}
+        model = load_pruned_model(model_id, dtype=torch.float16 if cuda else torch.float32, **overrides).eval()
+        if cuda:
+            model = model.to("cuda")
+        processor = LlavaNextCodebookProcessor.from_pretrained(model_id)
+        if model.codebook is None:
+            model.load_codebook()
+    except Exception as exc:  # offline, wrong id, no codebook: fall back, and tell the user why
+        logger.exception("Could not load %s", model_id)
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        return load_tiny_backend(f"⚠️ Could not load `{model_id}` ({reason}). Falling back. " + DEMO_NOTICE)
+    codebook = model.codebook
+    notice = (
+        f"Serving **{model_id}** with codebook **{codebook_repo or model.config.codebook_repo}** "
+        f"({codebook.prototypes.shape[0]} prototypes) on {'GPU' if cuda else 'CPU'}."
+    )
+    return Backend(model, processor, model_id, False, notice, float(model.config.codebook_threshold))
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+def check_image(image) -> Image.Image:
+    """An RGB PIL image from a path or PIL image, or an `InputError` that says what is wrong with it."""
+    if image is None:
+        raise InputError("Upload an image (or pick an example) first.")
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        try:
+            image = Image.open(image)  # reads the header only: the size is checked before any pixel is decoded
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+            raise InputError(
+                f"That file could not be read as an image ({type(exc).__name__}). Upload a PNG, JPEG or WebP picture."
+            ) from exc
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InputError("That image is empty (0 pixels).")
+    if width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_IMAGE_SIDE:
+        raise InputError(
+            f"That image is {width}x{height} pixels; this Space accepts up to {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+            f"and {MAX_IMAGE_SIDE} px a side. Downscale it first (the model sees at most 1008 px a side anyway)."
+        )
+    try:
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"The image could not be decoded ({type(exc).__name__}); the file may be truncated.") from exc
+
+
+def check_question(question) -> str:
+    question = (question or "").strip()
+    if not question:
+        raise InputError("Type a question about the image.")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InputError(f"The question is {len(question)} characters long; keep it under {MAX_QUESTION_CHARS}.")
+    return question
+
+
+def pruning_overrides(mode: str, threshold: float, keep_ratio: float) -> dict:
+    """Per-call pruning arguments for the model from the UI controls."""
+    if mode == "threshold":
+        if not -1.0 <= float(threshold) <= 1.0:
+            raise InputError(f"The threshold must lie in [-1, 1]; got {threshold}.")
+        return {"pruning_mode": "threshold", "codebook_threshold": float(threshold)}
+    if mode == "budget":
+        if not 0.0 < float(keep_ratio) <= 1.0:
+            raise InputError(f"The token budget must lie in (0, 1]; got {keep_ratio}.")
+        return {"pruning_mode": "budget", "keep_ratio": float(keep_ratio)}
+    raise InputError(f"Unknown pruning mode {mode!r}; choose 'threshold' or 'budget'.")
+
+
+def build_prompt(processor, question: str) -> str:
+    """The checkpoint's chat template with one image and the question, or `<image> question` without a template."""
+    if getattr(processor, "chat_template", None):
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return processor.apply_chat_template(conversation, add_generation_prompt=True)
+    return f"{processor.image_token} {question}"
+
+
+def text_token_count(processor, question: str) -> int:
+    """Prompt tokens other than the image placeholders (the one `<image>` before the processor expands it)."""
+    ids = processor.tokenizer(build_prompt(processor, question or "?"))["input_ids"]
+    return len(ids) - sum(1 for token in ids if token == processor.image_token_id)
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+def image_key(image: Image.Image) -> str:
+    digest = hashlib.sha1(image.tobytes())
+    digest.update(f"{image.size}{image.mode}".encode())
+    return digest.hexdigest()
+
+
+def encode_image(backend: Backend, image: Image.Image) -> EncodedImage:
+    """Processor + vision tower + projector, once per distinct image (cached)."""
+    key = image_key(image)
+    cached = backend.cache.get(key)
+    if cached is not None:
+        return cached
+    inputs = backend.processor.image_processor(images=[image], return_tensors="pt")
+    pixel_values = inputs["pixel_values"].to(backend.device, backend.model.dtype)
+    image_sizes = inputs["image_sizes"].to(backend.device)
+    with torch.no_grad():
+        packed = backend.model.get_image_features(pixel_values, image_sizes, return_dict=True).pooler_output[0]
+    geometry = geometry_for_processor(backend.processor, inputs["image_sizes"])[0]
+    if len(geometry) != packed.shape[0]:
+        raise RuntimeError(
+            f"The processor's geometry lists {len(geometry)} tokens but the model packed {packed.shape[0]}: the "
+            "processor and model configs disagree (crop size, patch size or grid pinpoints)."
+        )
+    encoded = EncodedImage(image, pixel_values, image_sizes, packed, geometry)
+    backend.cache.put(key, encoded)
+    return encoded
+
+
+def score(backend: Backend, encoded: EncodedImage, overrides: dict):
+    """Re-score cached features under new settings: no vision tower. Returns the `VisualTokenSelection`."""
+    settings = backend.model.pruning_settings(**overrides)
+    with torch.no_grad():
+        return backend.model.select_visual_tokens([encoded.packed], encoded.image_sizes, settings)
+
+
+def token_counts(geometry, keep_mask) -> dict:
+    """Kept / total tokens for the base view, the tiles, the row newlines and overall, with kept percentages."""
+    counts = view_counts(geometry, keep_mask)
+    for entry in counts.values():
+        entry["percent_kept"] = 100.0 * entry["kept"] / entry["total"] if entry["total"] else 0.0
+    return counts
+
+
+def flops_estimate(text_config, text_tokens: int, visual_tokens: int, kept_visual_tokens: int) -> dict:
+    """Predicted LLM prefill FLOPs with all visual tokens and with the kept ones (see `llava_codebook.flops`)."""
+    full = prefill_flops(text_config, text_tokens + visual_tokens)
+    pruned = prefill_flops(text_config, text_tokens + kept_visual_tokens)
+    return {"full": full, "pruned": pruned, "percent_saved": 100.0 * (1.0 - pruned / full)}
+
+
+def _flops_text(value: float) -> str:
+    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} FLOPs"
+
+
+def format_counts(counts: dict, flops: dict, geometry) -> str:
+    layout = geometry.layout
+    side = layout.tokens_per_side
+    rows, cols = layout.kept_token_grid
+    lines = [
+        "| view | kept | total | kept % |",
+        "|---|---:|---:|---:|",
+        f"| base view (whole image, {side}×{side} tokens) | {counts['base']['kept']} | {counts['base']['total']} "
+        f"| {counts['base']['percent_kept']:.1f} % |",
+        f"| high-res tiles ({layout.tile_grid[0]}×{layout.tile_grid[1]} crops, {rows}×{cols} tokens unpadded) "
+        f"| {counts['tile']['kept']} | {counts['tile']['total']} | {counts['tile']['percent_kept']:.1f} % |",
+        f"| row newlines (always kept) | {counts['newline']['kept']} | {counts['newline']['total']} | |",
+        f"| **all visual tokens** | **{counts['all']['kept']}** | **{counts['all']['total']}** "
+        f"| **{counts['all']['percent_kept']:.1f} %** |",
+        "",
+        f"**Kept {counts['all']['kept']} / {counts['all']['total']} visual tokens "
+        f"({counts['all']['percent_kept']:.1f} %).** Predicted LLM prefill: {_flops_text(flops['full'])} → "
+        f"{_flops_text(flops['pruned'])}, **{flops['percent_saved']:.1f} % saved**.",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass
+class Preview:
+    base_overlay: Image.Image
+    tile_overlay: Image.Image
+    counts: dict
+    flops: dict
+    markdown: str
+    selection: object
+
+
+def preview(backend: Backend, image, mode: str, threshold: float, keep_ratio: float, question: str = "") -> Preview:
+    """Overlays and counts for the current settings; the vision tower runs only the first time an image is seen."""
+    image = check_image(image)
+    overrides = pruning_overrides(mode, threshold, keep_ratio)
+    encoded = encode_image(backend, image)
+    selection = score(backend, encoded, overrides)
+    keep = selection.keep_masks()[0].cpu().numpy()
+    counts = token_counts(encoded.geometry, keep)
+    flops = flops_estimate(
+        backend.model.config.text_config,
+        text_token_count(backend.processor, question),
+        counts["all"]["total"],
+        counts["all"]["kept"],
+    )
+    return Preview(
+        base_overlay=render_keep_overlay(image, encoded.geometry, keep, "base", max_side=512),
+        tile_overlay=render_keep_overlay(image, encoded.geometry, keep, "tile", max_side=512),
+        counts=counts,
+        flops=flops,
+        markdown=format_counts(counts, flops, encoded.geometry),
+        selection=selection,
+    )
+
+
+@dataclass
+class Answer:
+    pruned_text: str
+    pruned_seconds: float
+    full_text: str
+    full_seconds: float
+    pruned_prompt_tokens: int
+    full_prompt_tokens: int
+    preview: Preview
+
+
+def _timed_generate(model, inputs: dict, **kwargs):
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    output = model.generate(**inputs, do_sample=False, return_dict_in_generate=True, **kwargs)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return output, time.perf_counter() - start
+
+
+def answer(
+    backend: Backend, image, question: str, mode: str, threshold: float, keep_ratio: float, max_new_tokens: int = 24
+) -> Answer:
+    """Answer with pruning and without (stock model), timing each end to end (vision tower included)."""
+    image = check_image(image)
+    question = check_question(question)
+    overrides = pruning_overrides(mode, threshold, keep_ratio)
+    max_new_tokens = int(max_new_tokens)
+    if not 1 <= max_new_tokens <= 512:
+        raise InputError(f"max new tokens must lie in [1, 512]; got {max_new_tokens}.")
+    shown = preview(backend, image, mode, threshold, keep_ratio, question)
+    processor, model = backend.processor, backend.model
+    inputs = processor(images=[image], text=[build_prompt(processor, question)], return_tensors="pt")
+    inputs = {k: (v.to(model.device, model.dtype) if k == "pixel_values" else v.to(model.device)) for k, v in inputs.items()}
+    prompt_len = inputs["input_ids"].shape[1]
+    pruned, pruned_seconds = _timed_generate(model, inputs, max_new_tokens=max_new_tokens, **overrides)
+    full, full_seconds = _timed_generate(model, inputs, max_new_tokens=max_new_tokens, pruning=False)
+    decode = processor.tokenizer.decode
+    selection = pruned.visual_token_selection
+    return Answer(
+        pruned_text=decode(pruned.sequences[0, prompt_len:], skip_special_tokens=True).strip(),
+        pruned_seconds=pruned_seconds,
+        full_text=decode(full.sequences[0, prompt_len:], skip_special_tokens=True).strip(),
+        full_seconds=full_seconds,
+        pruned_prompt_tokens=prompt_len - int(selection.num_total.sum() - selection.num_kept.sum()),
+        full_prompt_tokens=prompt_len,
+        preview=shown,
+    )
+
+
+_SERVED: dict = {}
+
+
+@gpu
+def answer_on_gpu(image, question, mode, threshold, keep_ratio, max_new_tokens) -> Answer:
+    """`answer` on the served backend. On ZeroGPU this runs in a worker that borrows a GPU; its arguments and
+    result cross a process boundary, so the backend (the model) is looked up here rather than passed in."""
+    return answer(_SERVED["backend"], image, question, mode, threshold, keep_ratio, max_new_tokens)
+
+
+# ---------------------------------------------------------------------------------------------------- UI
+class ImageUpload(gr.Image):
+    """`gr.Image` whose upload errors (not an image, an image bomb) reach the user as a message, not a trace."""
+
+    is_template = True  # rendered by the stock image front end
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise gr.Error(
+                f"That file could not be read as an image ({type(exc).__name__}). Upload a PNG, JPEG or WebP picture."
+            ) from exc
+
+
+def _user_error(exc: Exception) -> gr.Error:
+    if isinstance(exc, InputError):
+        return gr.Error(str(exc))
+    logger.exception("Unexpected error in the Space")
+    return gr.Error(f"Something went wrong ({type(exc).__name__}). Try another image or other settings.")
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.Blocks:
+    examples_dir = examples_dir or Path(tempfile.gettempdir()) / "llava-codebook-space-examples"
+    _SERVED.setdefault("backend", backend)
+    example_rows = write_examples(examples_dir)
+
+    def on_preview(image, mode, threshold, keep_ratio, question):
+        if image is None:
+            return None, None, "Upload an image (or pick an example) to see which tokens are kept.", {}
+        try:
+            shown = preview(backend, image, mode, threshold, keep_ratio, question)
+        except Exception as exc:  # the preview runs on every slider move: report in place, no modal
+            error = _user_error(exc)
+            return None, None, f"⚠️ {error.message}", {}
+        return shown.base_overlay, shown.tile_overlay, shown.markdown, {"counts": shown.counts, "flops": shown.flops}
+
+    def on_answer(image, question, mode, threshold, keep_ratio, max_new_tokens):
+        try:
+            if _SERVED.get("backend") is backend:
+                result = answer_on_gpu(image, question, mode, threshold, keep_ratio, max_new_tokens)
+            else:  # several demos in one process (tests): each answers with its own backend
+                result = answer(backend, image, question, mode, threshold, keep_ratio, max_new_tokens)
+        except Exception as exc:
+            raise _user_error(exc) from None
+        shown = result.preview
+        return (
+            shown.base_overlay,
+            shown.tile_overlay,
+            shown.markdown,
+            {"counts": shown.counts, "flops": shown.flops},
+            result.pruned_text,
+            f"**With pruning:** {_seconds(result.pruned_seconds)} · prompt of {result.pruned_prompt_tokens} tokens",
+            result.full_text,
+            f"**Without pruning:** {_seconds(result.full_seconds)} · prompt of {result.full_prompt_tokens} tokens",
+        )
+
+    with gr.Blocks(title="Redundancy-codebook token pruning") as demo:
+        gr.Markdown(
+            "# Which visual tokens does a redundancy codebook drop?\n"
+            "A visual token is dropped when its best cosine similarity to a codebook prototype reaches the threshold "
+            "(or, with a budget, only the least redundant share is kept). Move the controls: the overlay is "
+            "re-scored from cached features, without re-running the vision tower.\n\n"
+            "**Legend:** clear = kept · dark = dropped · yellow = crop borders · magenta = a strip no tile token sees "
+            "(the stock unpadding works in whole tokens)."
+        )
+        gr.Markdown(backend.notice, elem_id="model-notice")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = ImageUpload(type="filepath", image_mode=None, label="Image", elem_id="input-image")
+                question = gr.Textbox(label="Question", placeholder="What is in the picture?", elem_id="question")
+                mode = gr.Radio(["threshold", "budget"], value="threshold", label="Pruning rule")
+                threshold = gr.Slider(
+                    -1.0, 1.0, value=backend.default_threshold, step=0.01, label="Threshold (keep iff score < t)"
+                )
+                keep_ratio = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Token budget (share kept)")
+                max_new_tokens = gr.Slider(1, 128, value=24, step=1, label="Max new tokens")
+                ask = gr.Button("Ask", variant="primary", elem_id="ask")
+                gr.Examples(example_rows, inputs=[image, question], label="Examples (drawn in code)")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    base_view = gr.Image(label="Base view (whole image, one crop)", interactive=False, elem_id="base-overlay")
+                    tile_view = gr.Image(label="High-resolution tile grid", interactive=False, elem_id="tile-overlay")
+                counts = gr.Markdown("Upload an image (or pick an example) to see which tokens are kept.", elem_id="counts")
+                with gr.Accordion("Raw counts", open=False):
+                    details = gr.JSON(label="counts and FLOPs")
+                with gr.Row():
+                    with gr.Column():
+                        pruned_time = gr.Markdown("**With pruning**", elem_id="pruned-time")
+                        pruned_answer = gr.Textbox(label="Answer with pruning", interactive=False, elem_id="pruned-answer")
+                    with gr.Column():
+                        full_time = gr.Markdown("**Without pruning**", elem_id="full-time")
+                        full_answer = gr.Textbox(label="Answer without pruning", interactive=False, elem_id="full-answer")
+
+        preview_inputs = [image, mode, threshold, keep_ratio, question]
+        preview_outputs = [base_view, tile_view, counts, details]
+        for control in (image, mode, threshold, keep_ratio):
+            control.change(
+                on_preview,
+                preview_inputs,
+                preview_outputs,
+                api_name="preview" if control is image else False,
+                trigger_mode="always_last",
+                show_progress="hidden",
+                concurrency_limit=2,
+                concurrency_id="preview",
+            )
+        answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens]
+        answer_outputs = preview_outputs + [pruned_answer, pruned_time, full_answer, full_time]
+        ask.click(on_answer, answer_inputs, answer_outputs, api_name="answer", concurrency_limit=1, concurrency_id="answer")
+        question.submit(on_answer, answer_inputs, answer_outputs, api_name=False, concurrency_id="answer")
+    demo.queue(max_size=32, default_concurrency_limit=1)
+    return demo
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run the redundancy-codebook pruning Space locally.")
+    parser.add_argument("--model", default=os.environ.get("MODEL_ID"), help="Hub id or local dir (default: $MODEL_ID, "
+                        "else the embedded random-weight demo model)")
+    parser.add_argument("--codebook", default=os.environ.get("CODEBOOK_REPO"), help="codebook repo or dir "
+                        "(default: $CODEBOOK_REPO, else the model config's)")
+    parser.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    demo = build_demo(load_backend(args.model, args.codebook))
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size="25mb", ssr_mode=False)
+
+
+if __name__ == "__main__":
+    main()

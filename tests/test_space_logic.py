@@ -1,0 +1,233 @@
+"""The Space's pure functions: inputs checked with clear messages, overlays, counts, FLOPs, cached re-scoring."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from llava_codebook.flops import prefill_flops_ratio  # noqa: E402
+from llava_codebook.processing_llava_next_codebook import DROPPED, KEPT, UNSEEN, token_state_map  # noqa: E402
+from spaces_app import app  # noqa: E402
+from spaces_app.examples import SCENES, write_examples  # noqa: E402
+
+# (width, height) of test pictures: wide, tall, square, tiny, huge, very wide.
+SIZES = {"wide": (150, 90), "tall": (70, 130), "square": (100, 100), "tiny": (12, 10), "huge": (3000, 2000), "very-wide": (900, 160)}
+
+
+def half_flat(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Noise on the left half, flat white on the right: the demo codebook drops the flat side."""
+    rng = np.random.default_rng(seed)
+    pixels = np.full((height, width, 3), 255, dtype=np.uint8)
+    pixels[:, : width // 2] = rng.integers(0, 256, (height, width // 2, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return app.load_tiny_backend()
+
+
+def test_with_no_model_the_space_serves_the_demo_model_and_says_so(backend):
+    assert backend.is_demo
+    assert "random-weight" in backend.notice and "Demonstration model" in backend.notice
+    assert backend.default_threshold == pytest.approx(0.9)
+
+
+def test_a_model_that_cannot_be_loaded_falls_back_to_the_demo_with_the_reason(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    fallback = app.load_backend(missing, codebook_repo="org/codebook")
+    assert fallback.is_demo
+    assert missing in fallback.notice and "random-weight" in fallback.notice and "Could not load" in fallback.notice
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_preview_overlays_cover_the_image_and_counts_match_the_selection(backend, name):
+    image = half_flat(*SIZES[name])
+    shown = app.preview(backend, image, "threshold", 0.9, 0.25)
+    selection = shown.selection
+    geometry = backend.cache.get(app.image_key(image)).geometry
+    keep = selection.keep_masks()[0].numpy()
+    assert len(geometry) == int(selection.num_total[0]) == shown.counts["all"]["total"]
+    assert shown.counts["all"]["kept"] == int(selection.num_kept[0])
+    for view in ("base", "tile"):
+        members = geometry.view_mask(view)
+        assert shown.counts[view]["total"] == int(members.sum())
+        assert shown.counts[view]["kept"] == int(keep[members].sum())
+    assert shown.counts["newline"]["kept"] == shown.counts["newline"]["total"]  # always kept
+    # Kept and dropped base tokens tile the whole picture; the tiles leave at most the thin unpadding strips.
+    base_state = token_state_map(geometry, keep, "base", image.size[::-1])
+    assert not (base_state == UNSEEN).any()
+    tile_state = token_state_map(geometry, keep, "tile", image.size[::-1])
+    if geometry.view_mask("tile").any():
+        assert (tile_state == UNSEEN).mean() < 0.35
+    # The overlays are pictures of the image's shape, larger side 512 px.
+    for overlay in (shown.base_overlay, shown.tile_overlay):
+        assert max(overlay.size) == 512
+        assert abs(overlay.size[0] / overlay.size[1] - image.width / image.height) < 0.05 * image.width / image.height
+
+
+def test_overlay_pixels_show_the_kept_and_dropped_tokens(backend):
+    image = half_flat(300, 180, seed=4)
+    shown = app.preview(backend, image, "threshold", 0.9, 0.25)
+    geometry = backend.cache.get(app.image_key(image)).geometry
+    keep = shown.selection.keep_masks()[0].numpy()
+    state = token_state_map(geometry, keep, "base", shown.base_overlay.size[::-1])
+    assert (state == KEPT).any() and (state == DROPPED).any()
+    overlay = np.asarray(shown.base_overlay.convert("RGB")).astype(float)
+    original = np.asarray(image.resize(shown.base_overlay.size, Image.BICUBIC)).astype(float)
+    # Dropped regions are darkened; kept ones keep their pixels (token grid lines aside).
+    assert overlay[state == DROPPED].mean() < 0.5 * original[state == DROPPED].mean()
+    assert np.median(np.abs(overlay[state == KEPT] - original[state == KEPT])) < 5
+
+
+def test_moving_the_slider_rescores_without_rerunning_the_vision_tower(backend, monkeypatch):
+    calls = []
+    original = backend.model.get_image_features
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(backend.model, "get_image_features", counting)
+    image = half_flat(140, 100, seed=7)
+    kept = []
+    for threshold in (0.5, 0.8, 0.9, 0.95, 1.0):
+        kept.append(app.preview(backend, image, "threshold", threshold, 0.25).counts["all"]["kept"])
+    budget = app.preview(backend, image, "budget", 0.9, 0.5).counts
+    assert len(calls) == 1, "the vision tower ran again for an image already seen"
+    assert kept == sorted(kept) and kept[0] < kept[-1], "a higher threshold keeps more tokens"
+    visual = budget["base"]["total"] + budget["tile"]["total"]
+    assert budget["base"]["kept"] + budget["tile"]["kept"] == round(0.5 * visual)
+    # A new image is encoded once more; the cache keeps the ones it has seen.
+    app.preview(backend, half_flat(140, 100, seed=8), "threshold", 0.9, 0.25)
+    assert len(calls) == 2
+
+
+def test_encoding_cache_is_bounded_and_evicts_the_oldest():
+    cache = app.EncodingCache(capacity=2)
+    for key in "abc":
+        cache.put(key, key.upper())
+    assert cache.get("a") is None and cache.get("c") == "C" and len(cache) == 2
+
+
+def test_counts_add_up_and_percentages_are_of_the_view():
+    from llava_codebook.processing_llava_next_codebook import packed_token_geometry
+    from llava_codebook.tiny import TINY_PINPOINTS
+
+    geometry = packed_token_geometry((90, 150), 56, 14, TINY_PINPOINTS)
+    keep = np.zeros(len(geometry), bool)
+    keep[geometry.newline_mask] = True
+    keep[:4] = True  # four base tokens
+    counts = app.token_counts(geometry, keep)
+    assert counts["base"] == {"kept": 4, "total": 16, "percent_kept": 25.0}
+    assert counts["tile"]["kept"] == 0 and counts["tile"]["total"] == 32
+    assert counts["all"]["kept"] == 4 + counts["newline"]["total"]
+    assert counts["all"]["total"] == 16 + 32 + counts["newline"]["total"] == len(geometry)
+    text = app.format_counts(counts, app.flops_estimate(_llama(), 10, 52, 8), geometry)
+    assert "| base view (whole image, 4×4 tokens) | 4 | 16 | 25.0 % |" in text
+    assert "Kept 8 / 52 visual tokens (15.4 %)" in text
+
+
+def _llama(**kwargs):
+    from transformers import LlamaConfig
+
+    defaults = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8, vocab_size=32064)
+    return LlamaConfig(**{**defaults, **kwargs})
+
+
+def test_flops_estimate_matches_the_shared_cost_model():
+    config = _llama()
+    estimate = app.flops_estimate(config, text_tokens=40, visual_tokens=2928, kept_visual_tokens=732)
+    ratio = prefill_flops_ratio(config, 40, 2928, 732)
+    assert estimate["percent_saved"] == pytest.approx(100 * (1 - ratio))
+    assert 70 < estimate["percent_saved"] < 80  # a quarter of the tokens: a bit over 3/4 of the cost saved
+    assert app.flops_estimate(config, 40, 2928, 2928)["percent_saved"] == pytest.approx(0.0)
+    assert estimate["full"] > estimate["pruned"] > 0
+
+
+def test_answer_with_and_without_pruning_uses_the_previewed_selection(backend):
+    image = half_flat(150, 90, seed=1)
+    result = app.answer(backend, image, "what is in this picture ?", "threshold", 0.9, 0.25, max_new_tokens=5)
+    assert isinstance(result.pruned_text, str) and result.pruned_text
+    assert isinstance(result.full_text, str) and result.full_text
+    assert result.pruned_seconds > 0 and result.full_seconds > 0
+    dropped = result.preview.counts["all"]["total"] - result.preview.counts["all"]["kept"]
+    assert dropped > 0
+    assert result.full_prompt_tokens - result.pruned_prompt_tokens == dropped
+    expected_text_tokens = result.full_prompt_tokens - result.preview.counts["all"]["total"]
+    assert app.text_token_count(backend.processor, "what is in this picture ?") == expected_text_tokens
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [(None, "Upload an image"), ("not-an-image", "could not be read as an image")],
+)
+def test_bad_images_get_a_clear_message(tmp_path, bad, message):
+    if bad == "not-an-image":
+        path = tmp_path / "notes.png"
+        path.write_text("this is text, not a picture")
+        bad = str(path)
+    with pytest.raises(app.InputError, match=message):
+        app.check_image(bad)
+
+
+def test_a_huge_image_is_refused_before_its_pixels_are_decoded(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("1", (9000, 6000)).save(path)  # 54 megapixels, a small file
+    with pytest.raises(app.InputError, match="9000x6000 pixels"):
+        app.check_image(str(path))
+
+
+def test_a_truncated_image_gets_a_clear_message(tmp_path):
+    path = tmp_path / "cut.png"
+    half_flat(200, 200).save(path)
+    path.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(app.InputError, match="could not be"):
+        app.check_image(str(path))
+
+
+@pytest.mark.parametrize("question", ["", "   ", None])
+def test_an_empty_question_gets_a_clear_message(question):
+    with pytest.raises(app.InputError, match="Type a question"):
+        app.check_question(question)
+
+
+def test_bad_settings_get_a_clear_message():
+    with pytest.raises(app.InputError, match="threshold must lie"):
+        app.pruning_overrides("threshold", 1.5, 0.25)
+    with pytest.raises(app.InputError, match="budget must lie"):
+        app.pruning_overrides("budget", 0.5, 0.0)
+    with pytest.raises(app.InputError, match="Unknown pruning mode"):
+        app.pruning_overrides("random", 0.5, 0.5)
+    assert app.pruning_overrides("budget", 0.5, 0.3) == {"pruning_mode": "budget", "keep_ratio": 0.3}
+
+
+def test_example_images_are_drawn_in_code_and_show_kept_and_dropped_tokens(backend, tmp_path):
+    rows = write_examples(tmp_path)
+    assert [Path(path).name for path, _ in rows] == list(SCENES)
+    for path, question in rows:
+        assert question
+        shown = app.preview(backend, path, "threshold", backend.default_threshold, 0.25)
+        assert 0 < shown.counts["all"]["kept"] < shown.counts["all"]["total"], path
+
+
+def test_command_line_options(monkeypatch):
+    monkeypatch.delenv("MODEL_ID", raising=False)
+    args = app.parse_args([])
+    assert args.model is None and args.port is None
+    args = app.parse_args(["--model", "org/model", "--codebook", "org/cb", "--port", "7999", "--host", "127.0.0.1"])
+    assert (args.model, args.codebook, args.port, args.host) == ("org/model", "org/cb", 7999, "127.0.0.1")
+    monkeypatch.setenv("MODEL_ID", "env/model")
+    monkeypatch.setenv("CODEBOOK_REPO", "env/cb")
+    args = app.parse_args([])
+    assert (args.model, args.codebook) == ("env/model", "env/cb")
