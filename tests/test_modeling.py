@@ -279,3 +279,17 @@ def test_a_model_without_codebook_says_how_to_configure_one(tiny_processor, imag
     with pytest.raises(ValueError, match="No codebook is configured: set `codebook_repo`"):
         model.generate(**inputs, **GREEDY)
     assert model.generate(**inputs, pruning=False, **GREEDY).shape[1] == inputs["input_ids"].shape[1] + 6
+
+
+def test_static_cache_generation_matches_the_oracle(tiny_model, tiny_processor, images):
+    inputs = batch(tiny_processor, ["<image> what ?", "the <image> sky"], [images["wide"], images["square"]])
+    out = tiny_model.generate(**inputs, cache_implementation="static", return_dict_in_generate=True, **GREEDY)
+    expected = oracle_generate(stock_twin(tiny_model), inputs, out.visual_token_selection, tiny_model, **GREEDY)
+    assert torch.equal(out.sequences, expected)
+
+
+def test_inputs_embeds_without_input_ids_asks_for_input_ids_or_no_pruning(tiny_model, tiny_processor, images):
+    inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
+    embeds = tiny_model.get_input_embeddings()(inputs.pop("input_ids"))
+    with pytest.raises(ValueError, match="Pruning needs `input_ids`.*pruning=False"):
+        tiny_model(inputs_embeds=embeds, **inputs)
