@@ -126,28 +126,33 @@ def run_probes(
         seen.extend(batch)
         if batch_number % world_size != rank:
             continue
-        todo = [item for item in batch if not store.is_done(item.key)]
-        summary.num_resumed += len(batch) - len(todo)
-        decoded, ready = [], []
-        for item in todo:
-            try:
-                decoded.append(item.load())
-                ready.append(item)
-            except UnreadableImageError as err:
-                store.mark_unreadable(item.key, item.image_id, item.index, str(err))
-        if ready:
-            for item, result in zip(ready, probe_images(runner, decoded, ready)):
-                store.write(item.key, result)
-            probed_images += len(ready)
-            summary.num_probed_now += len(ready)
+        done = {item.key for item in batch if store.is_done(item.key)}
+        summary.num_resumed += len(done)
+        settled = done | {item.key for item in batch if store.unreadable_record(item.key) is not None}
+        if len(settled) < len(batch):
+            # A partly finished batch is probed whole again (only the missing results are written) so that every
+            # image is always probed in the same company: batched kernels then give bit-identical results.
+            decoded, ready = [], []
+            for item in batch:
+                try:
+                    decoded.append(item.load())
+                    ready.append(item)
+                except UnreadableImageError as err:
+                    store.mark_unreadable(item.key, item.image_id, item.index, str(err))
+            if ready:
+                for item, result in zip(ready, probe_images(runner, decoded, ready)):
+                    if item.key not in done:
+                        store.write(item.key, result)
+                        summary.num_probed_now += 1
+                probed_images += len(ready)
         bar.update(len(batch))
         elapsed = time.perf_counter() - start
         if elapsed > 0 and probed_images:
             bar.set_postfix(probes_per_s=f"{probed_images * len(runner.probe_ranks) / elapsed:.1f}")
     bar.close()
     summary.probe_seconds = time.perf_counter() - start
-    if summary.probe_seconds > 0 and summary.num_probed_now:
-        summary.images_per_second = summary.num_probed_now / summary.probe_seconds
+    if summary.probe_seconds > 0 and probed_images:
+        summary.images_per_second = probed_images / summary.probe_seconds
         summary.probes_per_second = summary.images_per_second * len(runner.probe_ranks)
     return seen, summary
 
@@ -278,6 +283,8 @@ def build_codebook(
         "rank_by": rank_by,
         "pad_token_id": runner.pad_token_id,
         "pad_embedding_sha256": tensor_digest(runner.pad_embedding),
+        # The weights that make the tokens: a work dir of another checkpoint with the same name is caught here.
+        "projector_sha256": tensor_digest(torch.cat([p.flatten() for p in runner.base.multi_modal_projector.parameters()])),
         "dtype": str(runner.dtype).removeprefix("torch."),
         "top_logits": preset_obj.top_logits,
         "pmax_top_logits": preset_obj.pmax_top_logits,

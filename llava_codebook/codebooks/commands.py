@@ -59,7 +59,7 @@ def build(
 
     from .build import CodebookBuildError, build_codebook
     from .data import open_image_source
-    from .presets import RELEASE_PROBE_RANKS, RELEASE_PROMPT
+    from .presets import RELEASE_PROBE_RANKS, RELEASE_PROMPT, get_preset
 
     state = PartialState()
     overrides = {
@@ -71,6 +71,7 @@ def build(
         "divergence": divergence,
     }
     try:
+        get_preset(preset, **overrides)  # bad thresholds fail before the model is loaded
         source = open_image_source(
             images, split=split, image_column=image_column, id_column=id_column, ids=_parse_ids(ids), streaming=streaming
         )

@@ -88,8 +88,8 @@ def folder_images(folder: str | Path, ids: Iterable[str] | str | Path | None = N
         chosen = [(i, by_id[i]) for i in wanted]
     else:
         chosen = list(by_id.items())
-    for index, (image_id, path) in enumerate(chosen):
-        yield ImageItem(index=index, image_id=image_id, loader=lambda path=path: path)
+    # Validation above runs at call time; only the items are produced lazily.
+    return (ImageItem(index=index, image_id=image_id, loader=lambda path=path: path) for index, (image_id, path) in enumerate(chosen))
 
 
 def dataset_images(
