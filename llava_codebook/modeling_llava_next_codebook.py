@@ -7,6 +7,7 @@ compacted (dropped placeholders removed, the batch re-padded on the left) *befor
 """
 
 import contextlib
+import contextvars
 from dataclasses import dataclass, replace
 
 import torch
@@ -40,6 +41,8 @@ PRUNING_FIELDS = (
 OVERRIDE_NAMES = PRUNING_FIELDS + ("pruning",)
 _CODEBOOK_LOAD_KWARGS = ("cache_dir", "local_files_only", "token")
 SELF_REPO = "."  # `codebook_repo` value meaning "the repo this model was loaded from"
+# Base models (by id) with pruning switched off in the current thread / task; see `pruning_disabled`.
+_DISABLED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("llava_codebook_pruning_disabled", default=frozenset())
 
 
 @dataclass(frozen=True)
@@ -167,14 +170,20 @@ class _CodebookPruningMixin:
 
     @contextlib.contextmanager
     def pruning_disabled(self):
-        """Run the stock LLaVA-NeXT computation (no scoring, no compaction) inside the `with` block."""
-        base = self._pruning_base()
-        previous = base._pruning_enabled
-        base._pruning_enabled = False
+        """Run the stock LLaVA-NeXT computation (no scoring, no compaction) inside the `with` block.
+
+        The switch is per thread (and per asyncio task): a server answering one request without pruning does not
+        turn pruning off for a request served concurrently by the same model.
+        """
+        token = _DISABLED.set(_DISABLED.get() | {id(self._pruning_base())})
         try:
             yield self
         finally:
-            base._pruning_enabled = previous
+            _DISABLED.reset(token)
+
+    @property
+    def _pruning_enabled(self) -> bool:
+        return id(self._pruning_base()) not in _DISABLED.get()
 
     @property
     def codebook(self) -> RedundancyCodebook | None:
@@ -189,7 +198,6 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
         super().__init__(config)
         self._codebook: RedundancyCodebook | None = None
         self._prototypes_on_device: dict = {}
-        self._pruning_enabled = True
 
     def _pruning_base(self) -> "LlavaNextCodebookModel":
         return self
@@ -467,7 +475,7 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
     def select_visual_tokens(self, packed_features, image_sizes, settings=None, vision_feature_select_strategy=None):
         return self.model.select_visual_tokens(packed_features, image_sizes, settings, vision_feature_select_strategy)
 
-    def _pad_token_id(self, kwargs) -> int:
+    def _generation_pad_token_id(self, kwargs) -> int:
         generation_config = kwargs.get("generation_config") or self.generation_config
         for candidate in (kwargs.get("pad_token_id"), generation_config.pad_token_id):
             if candidate is not None:
@@ -512,7 +520,7 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
                 labels=labels,
                 vision_feature_layer=vision_feature_layer,
                 vision_feature_select_strategy=vision_feature_select_strategy,
-                pad_token_id=self._pad_token_id(kwargs),
+                pad_token_id=self._generation_pad_token_id(kwargs),
             )
             input_ids, attention_mask, position_ids, labels, mm_encoder_outputs = (
                 compacted[k] for k in ("input_ids", "attention_mask", "position_ids", "labels", "mm_encoder_outputs")
@@ -572,7 +580,7 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
             position_ids=kwargs.pop("position_ids", None),
             vision_feature_layer=kwargs.pop("vision_feature_layer", None),
             vision_feature_select_strategy=kwargs.pop("vision_feature_select_strategy", None),
-            pad_token_id=self._pad_token_id(kwargs),
+            pad_token_id=self._generation_pad_token_id(kwargs),
         )
         compacted.pop("labels")
         if compacted["position_ids"] is None:

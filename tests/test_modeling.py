@@ -293,3 +293,26 @@ def test_inputs_embeds_without_input_ids_asks_for_input_ids_or_no_pruning(tiny_m
     embeds = tiny_model.get_input_embeddings()(inputs.pop("input_ids"))
     with pytest.raises(ValueError, match="Pruning needs `input_ids`.*pruning=False"):
         tiny_model(inputs_embeds=embeds, **inputs)
+
+
+def test_pruning_disabled_in_one_thread_does_not_disable_it_in_another(tiny_model, tiny_processor, images):
+    import threading
+
+    inputs = batch(tiny_processor, ["<image> a"], [images["square"]])
+    inside, release, result = threading.Event(), threading.Event(), {}
+
+    def stock_request():
+        with tiny_model.pruning_disabled():
+            inside.set()
+            release.wait(timeout=60)
+
+    worker = threading.Thread(target=stock_request)
+    worker.start()
+    inside.wait(timeout=60)
+    try:
+        result["selection"] = tiny_model.generate(**inputs, return_dict_in_generate=True, **GREEDY).visual_token_selection
+    finally:
+        release.set()
+        worker.join(timeout=60)
+    assert result["selection"] is not None
+    assert result["selection"].num_kept[0] < result["selection"].num_total[0]
