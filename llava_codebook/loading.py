@@ -20,9 +20,9 @@ def load_pruned_model(model_id: str, **kwargs) -> LlavaNextCodebookForConditiona
     """
     overrides = {name: kwargs.pop(name) for name in CONFIG_OVERRIDES if name in kwargs}
     hub = {name: kwargs[name] for name in _HUB_KWARGS if name in kwargs}
-    config = LlavaNextCodebookConfig.from_pretrained(model_id, **hub)
-    for name, value in overrides.items():
-        setattr(config, name, value)
-    # Re-run validation on the merged values (setattr on a strict config checks types, not ranges).
-    config = LlavaNextCodebookConfig(**{k: v for k, v in config.to_dict().items() if k != "model_type"})
+    # Read the raw config so a stock `llava_next` config becomes a `llava_next_codebook` one without a type-mismatch
+    # warning, and the overrides are validated together with everything else at construction.
+    config_dict, _ = LlavaNextCodebookConfig.get_config_dict(model_id, **hub)
+    config_dict = {k: v for k, v in config_dict.items() if k not in ("model_type", "architectures", "auto_map")}
+    config = LlavaNextCodebookConfig.from_dict({**config_dict, **overrides})
     return LlavaNextCodebookForConditionalGeneration.from_pretrained(model_id, config=config, **kwargs)

@@ -205,3 +205,26 @@ def test_remote_code_files_are_flat_and_import_only_what_hub_users_have(name):
             for module in modules:
                 top = module.split(".")[0]
                 assert top in ALLOWED_IMPORTS or top in stdlib, f"{name} imports {module}"
+
+
+def test_load_pruned_model_loads_a_stock_checkpoint_with_settings_as_arguments(stock_checkpoint):
+    from llava_codebook import LlavaNextCodebookForConditionalGeneration, load_pruned_model
+
+    model = load_pruned_model(
+        str(stock_checkpoint / "base"),
+        codebook_repo=str(stock_checkpoint / "codebook"),
+        codebook_threshold=0.5,
+        pruning_mode="budget",
+        keep_tokens=3,
+    )
+    assert isinstance(model, LlavaNextCodebookForConditionalGeneration)
+    assert (model.config.model_type, model.config.codebook_threshold, model.config.keep_tokens) == (
+        "llava_next_codebook", 0.5, 3,
+    )
+    stock = LlavaNextForConditionalGeneration.from_pretrained(stock_checkpoint / "base")
+    for (name, got), want in zip(model.state_dict().items(), stock.state_dict().values()):
+        assert torch.equal(got, want), name
+    expected = RedundancyCodebook.from_pretrained(stock_checkpoint / "codebook").prototypes
+    assert torch.equal(model.codebook.prototypes, expected)
+    with pytest.raises(ValueError, match=r"outside \[-1.0, 1.0\]"):
+        load_pruned_model(str(stock_checkpoint / "base"), codebook_repo=str(stock_checkpoint / "codebook"), codebook_threshold=7.0)
