@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -167,3 +170,60 @@ def test_built_codebook_is_used_by_the_model_through_its_config_reference_from_t
     assert run.returncode == 0, run.stderr[-3000:]
     kept, total = (int(x) for x in run.stdout.split("KEPT")[1].split("OF"))
     assert 0 < kept < total  # a flat image: the codebook of flat/textured probes prunes part of it
+
+
+def test_dataset_rows_are_not_decoded_until_probed(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    images = synthetic_images(2)
+    table = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    items = list(dataset_images(table))
+    assert [i.image_id for i in items] == ["train/0", "train/1"]
+    raw = items[0].loader()
+    assert isinstance(raw, dict) and raw["bytes"]  # still encoded
+    assert items[0].load().size == images[0].size
+
+
+def test_data_parallel_processes_split_images_and_the_main_process_merges_them(tiny, tmp_path, monkeypatch):
+    images = synthetic_images(8)
+    single = _build(tiny, pil_images(images), work_dir=tmp_path / "single")
+    probed_by = {}
+    real_write = build_module.ResultStore.write
+    for rank in (1, 0):  # the other process finishes first; the main one then merges everything
+        monkeypatch.setattr(build_module, "_distributed_state", lambda rank=rank: (rank, 2, lambda: None))
+        monkeypatch.setattr(
+            build_module.ResultStore, "write",
+            lambda self, key, result, rank=rank: (probed_by.__setitem__(result.image_id, rank), real_write(self, key, result)),
+        )  # fmt: skip
+        merged = _build(tiny, pil_images(images), work_dir=tmp_path / "parallel")
+        assert (merged.codebook is None) == (rank == 1)
+    # batches of 2 dealt round-robin: images 0,1 / 4,5 to process 0 and 2,3 / 6,7 to process 1
+    assert probed_by == {str(i): (i // 2) % 2 for i in range(8)}
+    assert torch.equal(merged.codebook.prototypes, single.codebook.prototypes)
+    assert merged.codebook.build_parameters["num_processes"] == 2
+
+
+@pytest.mark.slow
+def test_two_real_processes_under_torchrun_build_the_same_codebook_as_one(tmp_path):
+    script = tmp_path / "build.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, torch
+            from llava_codebook.codebooks.build import partial_state
+            from llava_codebook.codebooks.tiny_pipeline import build_tiny_pipeline_codebook
+            state = partial_state()
+            result = build_tiny_pipeline_codebook(work_dir=sys.argv[1], num_images=8, image_batch_size=2)
+            print("RANK", state.process_index, state.num_processes, result.summary.num_probed_now, flush=True)
+            if result.codebook is not None:
+                torch.save(result.codebook.prototypes, sys.argv[2])
+            """
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    run = subprocess.run(command + [str(tmp_path / "work"), str(tmp_path / "protos.pt")], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(line for line in run.stdout.splitlines() if line.startswith("RANK")) == ["RANK 0 2 4", "RANK 1 2 4"]
+    single = build_tiny_pipeline_codebook(num_images=8, image_batch_size=2)
+    assert torch.equal(torch.load(tmp_path / "protos.pt", weights_only=True), single.codebook.prototypes)

@@ -80,13 +80,26 @@ class BuildResult:
     output_dir: Path | None = None
 
 
-def _distributed_state():
-    """(rank, world size, barrier) from `accelerate` when it is installed, else a single process."""
+def partial_state():
+    """`accelerate.PartialState` for this launch (None without accelerate).
+
+    On a machine without an accelerator it is created with `cpu=True`: that is what lets `torchrun` /
+    `accelerate launch --cpu` start several CPU processes (gloo) instead of each process thinking it is alone.
+    """
     try:
         from accelerate import PartialState
     except ImportError:
+        return None
+    accelerator = getattr(torch, "accelerator", None)
+    has_accelerator = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    return PartialState(cpu=not has_accelerator)
+
+
+def _distributed_state():
+    """(rank, world size, barrier) from `accelerate` when it is installed, else a single process."""
+    state = partial_state()
+    if state is None:
         return 0, 1, lambda: None
-    state = PartialState()
     return state.process_index, state.num_processes, state.wait_for_everyone
 
 
@@ -123,7 +136,9 @@ def run_probes(
     start = time.perf_counter()
     probed_images = 0
     for batch_number, batch in enumerate(_batches(items, image_batch_size, num_images)):
-        seen.extend(batch)
+        # Keep ids only: an item's loader may hold the image itself (dataset rows), and memory must not grow with
+        # the dataset.
+        seen.extend(ImageItem(index=item.index, image_id=item.image_id, loader=_released) for item in batch)
         if batch_number % world_size != rank:
             continue
         done = {item.key for item in batch if store.is_done(item.key)}
@@ -346,6 +361,10 @@ def build_codebook(
     if out is not None:
         codebook.save_pretrained(out)
     return BuildResult(codebook=codebook, summary=summary, output_dir=Path(out) if out is not None else None)
+
+
+def _released():
+    raise RuntimeError("This image was already probed; its data is no longer held.")
 
 
 def _is_item_iterable(images) -> bool:

@@ -54,14 +54,13 @@ def build(
 ) -> None:
     """Build a redundancy codebook for a LLaVA-NeXT model (multi-GPU: run under `accelerate launch`)."""
     import torch
-    from accelerate import PartialState
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .build import CodebookBuildError, build_codebook
+    from .build import CodebookBuildError, build_codebook, partial_state
     from .data import open_image_source
     from .presets import RELEASE_PROBE_RANKS, RELEASE_PROMPT, get_preset
 
-    state = PartialState()
+    state = partial_state()
     overrides = {
         "top1_prob_thres": top1_prob_thres,
         "jsd_thres": jsd_thres,
@@ -79,7 +78,7 @@ def build(
         processor = AutoProcessor.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
         network = AutoModelForImageTextToText.from_pretrained(
             model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
-        ).to(state.device).eval()
+        ).to(state.device if state is not None else "cpu").eval()
         pad = torch.load(pad_embedding, map_location="cpu", weights_only=True).flatten() if pad_embedding else None
         ranks = [int(r) for r in probe_ranks.split(",")] if probe_ranks else RELEASE_PROBE_RANKS
         result = build_codebook(

@@ -121,6 +121,7 @@ def dataset_images(
             if column not in columns:
                 raise ValueError(f"The dataset has no column {column!r}; its columns are {columns}.")
         dataset = dataset.select_columns([image_column] + ([id_column] if id_column else []))
+    dataset = _undecoded(dataset, image_column)
     wanted = read_id_list(ids)
     wanted_set = set(wanted) if wanted is not None else None
     position = 0
@@ -138,6 +139,17 @@ def pil_images(images: Iterable[Any], ids: Iterable[str] | None = None) -> Itera
     for index, image in enumerate(images):
         image_id = ids[index] if ids is not None else str(index)
         yield ImageItem(index=index, image_id=image_id, loader=lambda image=image: image)
+
+
+def _undecoded(dataset, image_column: str):
+    """Switch an `Image` column to raw bytes, so that rows are only decoded for images the builder probes."""
+    features = getattr(dataset, "features", None) or {}
+    feature = features.get(image_column) if hasattr(features, "get") else None
+    if feature is None or type(feature).__name__ != "Image" or not getattr(feature, "decode", False):
+        return dataset
+    import datasets
+
+    return dataset.cast_column(image_column, datasets.Image(decode=False))
 
 
 def open_image_source(

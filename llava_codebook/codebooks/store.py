@@ -40,9 +40,9 @@ class ResultStore:
                     f"{differ}). Use another --work-dir, or delete this one to start over."
                 )
             return
+        self.images.mkdir(parents=True, exist_ok=True)
+        self.unreadable.mkdir(parents=True, exist_ok=True)
         if main_process:
-            self.images.mkdir(parents=True, exist_ok=True)
-            self.unreadable.mkdir(parents=True, exist_ok=True)
             _atomic_write_text(run, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
 
     def result_path(self, key: str) -> Path:
