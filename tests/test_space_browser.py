@@ -7,6 +7,7 @@ temporary directory.
 
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -32,12 +33,28 @@ pytestmark = [
 ]
 
 
+def launch_on_a_free_port(demo, attempts: int = 5) -> str:
+    """Serve on 127.0.0.1 at a port the OS says is free, so that no other server on this machine is reached."""
+    for _ in range(attempts):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        try:
+            _, url, _ = demo.launch(
+                server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False
+            )
+            return url
+        except OSError:  # taken between the probe and the launch: try another
+            continue
+    raise RuntimeError(f"No free port on 127.0.0.1 after {attempts} attempts")
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     from spaces_app import app
 
     demo = app.build_demo(app.load_tiny_backend(), examples_dir=tmp_path_factory.mktemp("examples"))
-    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    url = launch_on_a_free_port(demo)
     try:
         yield url
     finally:
