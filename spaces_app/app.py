@@ -7,6 +7,7 @@ demo model) or `python spaces_app/app.py --model llava-hf/llava-v1.6-mistral-7b-
 
 import argparse
 import hashlib
+import io
 import logging
 import os
 import sys
@@ -432,6 +433,39 @@ def _user_error(exc: Exception) -> gr.Error:
     return gr.Error(f"Something went wrong ({type(exc).__name__}). Try another image or other settings.")
 
 
+class OverlayFiles:
+    """Overlays handed to Gradio as PNG files named by their content, written atomically.
+
+    Gradio saves a returned PIL image into its cache by rewriting a content-named file in place, so two requests
+    producing the same overlay (the preview and the answer of one user) can serve a half-written file. A file path
+    output is instead copied under a temporary name and renamed, which is safe. At most `capacity` files are kept.
+    """
+
+    def __init__(self, directory: str | Path | None = None, capacity: int = 256):
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="llava-codebook-overlays-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.capacity = capacity
+        self._lock = threading.Lock()
+
+    def save(self, image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        path = self.directory / f"{hashlib.sha1(data).hexdigest()}.png"
+        if not path.exists():
+            partial = path.with_suffix(f".{threading.get_ident()}.part")
+            partial.write_bytes(data)
+            os.replace(partial, path)
+            self._prune()
+        return str(path)
+
+    def _prune(self) -> None:
+        with self._lock:
+            files = sorted(self.directory.glob("*.png"), key=lambda f: f.stat().st_mtime)
+            for old in files[: max(0, len(files) - self.capacity)]:
+                old.unlink(missing_ok=True)
+
+
 def _seconds(value: float) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
@@ -439,6 +473,7 @@ def _seconds(value: float) -> str:
 def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.Blocks:
     examples_dir = examples_dir or Path(tempfile.gettempdir()) / "llava-codebook-space-examples"
     _SERVED.setdefault("backend", backend)
+    overlays = OverlayFiles()
     example_rows = write_examples(examples_dir)
 
     def on_preview(image, mode, threshold, keep_ratio, question):
@@ -449,7 +484,12 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
         except Exception as exc:  # the preview runs on every slider move: report in place, no modal
             error = _user_error(exc)
             return None, None, f"⚠️ {error.message}", {}
-        return shown.base_overlay, shown.tile_overlay, shown.markdown, {"counts": shown.counts, "flops": shown.flops}
+        return (
+            overlays.save(shown.base_overlay),
+            overlays.save(shown.tile_overlay),
+            shown.markdown,
+            {"counts": shown.counts, "flops": shown.flops},
+        )
 
     def on_answer(image, question, mode, threshold, keep_ratio, max_new_tokens):
         try:
@@ -461,8 +501,8 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             raise _user_error(exc) from None
         shown = result.preview
         return (
-            shown.base_overlay,
-            shown.tile_overlay,
+            overlays.save(shown.base_overlay),
+            overlays.save(shown.tile_overlay),
             shown.markdown,
             {"counts": shown.counts, "flops": shown.flops},
             result.pruned_text,
@@ -471,7 +511,8 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             f"**Without pruning:** {_seconds(result.full_seconds)} · prompt of {result.full_prompt_tokens} tokens",
         )
 
-    with gr.Blocks(title="Redundancy-codebook token pruning") as demo:
+    # Gradio's own cache of uploads and outputs is emptied of files older than an hour, every half hour.
+    with gr.Blocks(title="Redundancy-codebook token pruning", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(
             "# Which visual tokens does a redundancy codebook drop?\n"
             "A visual token is dropped when its best cosine similarity to a codebook prototype reaches the threshold "
@@ -495,8 +536,12 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                 gr.Examples(example_rows, inputs=[image, question], label="Examples (drawn in code)")
             with gr.Column(scale=2):
                 with gr.Row():
-                    base_view = gr.Image(label="Base view (whole image, one crop)", interactive=False, elem_id="base-overlay")
-                    tile_view = gr.Image(label="High-resolution tile grid", interactive=False, elem_id="tile-overlay")
+                    base_view = gr.Image(
+                        label="Base view (whole image, one crop)", type="filepath", interactive=False, elem_id="base-overlay"
+                    )
+                    tile_view = gr.Image(
+                        label="High-resolution tile grid", type="filepath", interactive=False, elem_id="tile-overlay"
+                    )
                 counts = gr.Markdown("Upload an image (or pick an example) to see which tokens are kept.", elem_id="counts")
                 with gr.Accordion("Raw counts", open=False):
                     details = gr.JSON(label="counts and FLOPs")

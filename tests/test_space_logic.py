@@ -231,3 +231,13 @@ def test_command_line_options(monkeypatch):
     monkeypatch.setenv("CODEBOOK_REPO", "env/cb")
     args = app.parse_args([])
     assert (args.model, args.codebook) == ("env/model", "env/cb")
+
+
+def test_overlay_files_are_named_by_content_and_bounded(tmp_path):
+    files = app.OverlayFiles(tmp_path, capacity=3)
+    red = Image.new("RGB", (8, 8), (255, 0, 0))
+    first = files.save(red)
+    assert files.save(red.copy()) == first and Image.open(first).getpixel((0, 0)) == (255, 0, 0)
+    for shade in range(5):
+        files.save(Image.new("RGB", (8, 8), (shade, 0, 0)))
+    assert len(list(tmp_path.glob("*.png"))) == 3 and not list(tmp_path.glob("*.part"))
