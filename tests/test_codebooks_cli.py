@@ -60,3 +60,21 @@ def test_inspect_command_prints_the_provenance(tmp_path):
     assert "org/base" in result.output and "<10 items>" in result.output
     info = json.loads(CliRunner().invoke(app, ["inspect", str(tmp_path), "--json"]).output)
     assert info["unique_rows"] == 1 and info["max_cosine_between_rows"] == pytest.approx(1.0)
+
+
+def test_build_command_uses_a_given_pad_embedding_file(tiny_checkpoint, tmp_path):
+    from llava_codebook.codebooks.store import tensor_digest
+
+    folder = tmp_path / "images"
+    save_images(folder, synthetic_images(3))
+    pad = torch.randn(1, 64, dtype=torch.float16)  # the release stores pad embeddings as [1, D]
+    torch.save(pad, tmp_path / "pad.pt")
+    args = [
+        "build", "--model", str(tiny_checkpoint), "--images", str(folder), "--out", str(tmp_path / "cb"),
+        "--trust-remote-code", "--pad-embedding", str(tmp_path / "pad.pt"), "--top1-prob-thres", "0.5",
+        "--prototype-cluster-nums", "4", "--min-unique-images", "0", "--no-progress",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    params = RedundancyCodebook.from_pretrained(tmp_path / "cb").build_parameters
+    assert params["pad_embedding_sha256"] == tensor_digest(pad.flatten().float())

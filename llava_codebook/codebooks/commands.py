@@ -52,7 +52,12 @@ def build(
     trust_remote_code: Annotated[bool, typer.Option(help="Allow the checkpoint's own code (pruning-enabled repos).")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Build a redundancy codebook for a LLaVA-NeXT model (multi-GPU: run under `accelerate launch`)."""
+    """Build a redundancy codebook for a LLaVA-NeXT model from a folder of images or a `datasets` dataset.
+
+    Probes use the base crop only (the first crop of pixel_values, the whole image at the tower's resolution), as
+    the release does. Rerunning the same command resumes; a different preset reuses the stored probes. For several
+    GPUs run it under `accelerate launch` (or torchrun): images are split across processes and merged at the end.
+    """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
