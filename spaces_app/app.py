@@ -48,11 +48,13 @@ try:
 except ImportError:
     from examples import write_examples  # run as a script, or as the Space's app_file
 
-try:  # ZeroGPU Spaces: borrow a GPU for the duration of each generation call. A no-op anywhere else.
+try:  # ZeroGPU Spaces: borrow a GPU for the duration of each model call. A no-op anywhere else.
     import spaces
 
     gpu = spaces.GPU(duration=120)
+    HAS_SPACES = True
 except ImportError:
+    HAS_SPACES = False
 
     def gpu(fn):
         return fn
@@ -79,10 +81,13 @@ class InputError(ValueError):
 # ---------------------------------------------------------------------------------------------------- backend
 @dataclass
 class EncodedImage:
-    """One image run through the processor and the vision tower once; re-scoring reuses `packed`."""
+    """One image run through the processor and the vision tower once; re-scoring reuses `packed`.
+
+    `packed` (post-projector features, stock packed order) and `image_sizes` live on the CPU: scoring them against
+    the codebook is cheap there, and on ZeroGPU the GPU is only held inside `@spaces.GPU` calls.
+    """
 
     image: Image.Image
-    pixel_values: torch.Tensor
     image_sizes: torch.Tensor
     packed: torch.Tensor
     geometry: object
@@ -241,6 +246,33 @@ def image_key(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
+_SERVED: dict = {}
+
+
+@gpu
+def _on_served_gpu(function_name: str, *args):
+    """Run `function_name(served backend, *args)` where the GPU is. On ZeroGPU this is a worker process that borrows
+    a GPU, and arguments and results cross a process boundary: the backend (the model) is looked up, not passed."""
+    return globals()[function_name](_SERVED["backend"], *args)
+
+
+def on_model_device(backend: Backend, function, *args):
+    """`function(backend, *args)`, through `@spaces.GPU` when this backend is the one the Space serves on ZeroGPU."""
+    if HAS_SPACES and _SERVED.get("backend") is backend:
+        return _on_served_gpu(function.__name__, *args)
+    return function(backend, *args)
+
+
+def vision_features(backend: Backend, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+    """Vision tower + projector + stock packing for one image: `[L, D]` features, returned on the CPU."""
+    model = backend.model
+    with torch.no_grad():
+        packed = model.get_image_features(
+            pixel_values.to(model.device, model.dtype), image_sizes.to(model.device), return_dict=True
+        ).pooler_output[0]
+    return packed.cpu()
+
+
 def encode_image(backend: Backend, image: Image.Image) -> EncodedImage:
     """Processor + vision tower + projector, once per distinct image (cached)."""
     key = image_key(image)
@@ -248,23 +280,20 @@ def encode_image(backend: Backend, image: Image.Image) -> EncodedImage:
     if cached is not None:
         return cached
     inputs = backend.processor.image_processor(images=[image], return_tensors="pt")
-    pixel_values = inputs["pixel_values"].to(backend.device, backend.model.dtype)
-    image_sizes = inputs["image_sizes"].to(backend.device)
-    with torch.no_grad():
-        packed = backend.model.get_image_features(pixel_values, image_sizes, return_dict=True).pooler_output[0]
+    packed = on_model_device(backend, vision_features, inputs["pixel_values"], inputs["image_sizes"])
     geometry = geometry_for_processor(backend.processor, inputs["image_sizes"])[0]
     if len(geometry) != packed.shape[0]:
         raise RuntimeError(
             f"The processor's geometry lists {len(geometry)} tokens but the model packed {packed.shape[0]}: the "
             "processor and model configs disagree (crop size, patch size or grid pinpoints)."
         )
-    encoded = EncodedImage(image, pixel_values, image_sizes, packed, geometry)
+    encoded = EncodedImage(image, inputs["image_sizes"], packed, geometry)
     backend.cache.put(key, encoded)
     return encoded
 
 
 def score(backend: Backend, encoded: EncodedImage, overrides: dict):
-    """Re-score cached features under new settings: no vision tower. Returns the `VisualTokenSelection`."""
+    """Re-score cached features under new settings (on the CPU, no vision tower): a `VisualTokenSelection`."""
     settings = backend.model.pruning_settings(**overrides)
     with torch.no_grad():
         return backend.model.select_visual_tokens([encoded.packed], encoded.image_sizes, settings)
@@ -349,13 +378,18 @@ def preview(backend: Backend, image, mode: str, threshold: float, keep_ratio: fl
 
 
 @dataclass
-class Answer:
+class Generations:
     pruned_text: str
     pruned_seconds: float
+    pruned_prompt_tokens: int
     full_text: str
     full_seconds: float
-    pruned_prompt_tokens: int
     full_prompt_tokens: int
+
+
+@dataclass
+class Answer:
+    generations: Generations
     preview: Preview
 
 
@@ -369,10 +403,30 @@ def _timed_generate(model, inputs: dict, **kwargs):
     return output, time.perf_counter() - start
 
 
+def generate_both(backend: Backend, image: Image.Image, question: str, overrides: dict, max_new_tokens: int) -> Generations:
+    """Greedy answers with pruning and without (the stock computation), each timed end to end, vision tower included."""
+    processor, model = backend.processor, backend.model
+    inputs = processor(images=[image], text=[build_prompt(processor, question)], return_tensors="pt")
+    inputs = {k: (v.to(model.device, model.dtype) if k == "pixel_values" else v.to(model.device)) for k, v in inputs.items()}
+    prompt_len = inputs["input_ids"].shape[1]
+    pruned, pruned_seconds = _timed_generate(model, inputs, max_new_tokens=max_new_tokens, **overrides)
+    full, full_seconds = _timed_generate(model, inputs, max_new_tokens=max_new_tokens, pruning=False)
+    selection = pruned.visual_token_selection
+    decode = processor.tokenizer.decode
+    return Generations(
+        pruned_text=decode(pruned.sequences[0, prompt_len:], skip_special_tokens=True).strip(),
+        pruned_seconds=pruned_seconds,
+        pruned_prompt_tokens=prompt_len - int(selection.num_total.sum() - selection.num_kept.sum()),
+        full_text=decode(full.sequences[0, prompt_len:], skip_special_tokens=True).strip(),
+        full_seconds=full_seconds,
+        full_prompt_tokens=prompt_len,
+    )
+
+
 def answer(
     backend: Backend, image, question: str, mode: str, threshold: float, keep_ratio: float, max_new_tokens: int = 24
 ) -> Answer:
-    """Answer with pruning and without (stock model), timing each end to end (vision tower included)."""
+    """Check the inputs, show the selection (cached features), then answer with pruning and without."""
     image = check_image(image)
     question = check_question(question)
     overrides = pruning_overrides(mode, threshold, keep_ratio)
@@ -380,33 +434,8 @@ def answer(
     if not 1 <= max_new_tokens <= 512:
         raise InputError(f"max new tokens must lie in [1, 512]; got {max_new_tokens}.")
     shown = preview(backend, image, mode, threshold, keep_ratio, question)
-    processor, model = backend.processor, backend.model
-    inputs = processor(images=[image], text=[build_prompt(processor, question)], return_tensors="pt")
-    inputs = {k: (v.to(model.device, model.dtype) if k == "pixel_values" else v.to(model.device)) for k, v in inputs.items()}
-    prompt_len = inputs["input_ids"].shape[1]
-    pruned, pruned_seconds = _timed_generate(model, inputs, max_new_tokens=max_new_tokens, **overrides)
-    full, full_seconds = _timed_generate(model, inputs, max_new_tokens=max_new_tokens, pruning=False)
-    decode = processor.tokenizer.decode
-    selection = pruned.visual_token_selection
-    return Answer(
-        pruned_text=decode(pruned.sequences[0, prompt_len:], skip_special_tokens=True).strip(),
-        pruned_seconds=pruned_seconds,
-        full_text=decode(full.sequences[0, prompt_len:], skip_special_tokens=True).strip(),
-        full_seconds=full_seconds,
-        pruned_prompt_tokens=prompt_len - int(selection.num_total.sum() - selection.num_kept.sum()),
-        full_prompt_tokens=prompt_len,
-        preview=shown,
-    )
-
-
-_SERVED: dict = {}
-
-
-@gpu
-def answer_on_gpu(image, question, mode, threshold, keep_ratio, max_new_tokens) -> Answer:
-    """`answer` on the served backend. On ZeroGPU this runs in a worker that borrows a GPU; its arguments and
-    result cross a process boundary, so the backend (the model) is looked up here rather than passed in."""
-    return answer(_SERVED["backend"], image, question, mode, threshold, keep_ratio, max_new_tokens)
+    generations = on_model_device(backend, generate_both, image, question, overrides, max_new_tokens)
+    return Answer(generations=generations, preview=shown)
 
 
 # ---------------------------------------------------------------------------------------------------- UI
@@ -472,7 +501,6 @@ def _seconds(value: float) -> str:
 
 def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.Blocks:
     examples_dir = examples_dir or Path(tempfile.gettempdir()) / "llava-codebook-space-examples"
-    _SERVED.setdefault("backend", backend)
     overlays = OverlayFiles()
     example_rows = write_examples(examples_dir)
 
@@ -493,22 +521,19 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
 
     def on_answer(image, question, mode, threshold, keep_ratio, max_new_tokens):
         try:
-            if _SERVED.get("backend") is backend:
-                result = answer_on_gpu(image, question, mode, threshold, keep_ratio, max_new_tokens)
-            else:  # several demos in one process (tests): each answers with its own backend
-                result = answer(backend, image, question, mode, threshold, keep_ratio, max_new_tokens)
+            result = answer(backend, image, question, mode, threshold, keep_ratio, max_new_tokens)
         except Exception as exc:
             raise _user_error(exc) from None
-        shown = result.preview
+        shown, made = result.preview, result.generations
         return (
             overlays.save(shown.base_overlay),
             overlays.save(shown.tile_overlay),
             shown.markdown,
             {"counts": shown.counts, "flops": shown.flops},
-            result.pruned_text,
-            f"**With pruning:** {_seconds(result.pruned_seconds)} · prompt of {result.pruned_prompt_tokens} tokens",
-            result.full_text,
-            f"**Without pruning:** {_seconds(result.full_seconds)} · prompt of {result.full_prompt_tokens} tokens",
+            made.pruned_text,
+            f"**With pruning:** {_seconds(made.pruned_seconds)} · prompt of {made.pruned_prompt_tokens} tokens",
+            made.full_text,
+            f"**Without pruning:** {_seconds(made.full_seconds)} · prompt of {made.full_prompt_tokens} tokens",
         )
 
     # Gradio's own cache of uploads and outputs is emptied of files older than an hour, every half hour.
@@ -588,7 +613,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    demo = build_demo(load_backend(args.model, args.codebook))
+    backend = load_backend(args.model, args.codebook)
+    _SERVED["backend"] = backend  # the one `@spaces.GPU` calls run with
+    demo = build_demo(backend)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size="25mb", ssr_mode=False)
 
 

@@ -158,13 +158,14 @@ def test_flops_estimate_matches_the_shared_cost_model():
 def test_answer_with_and_without_pruning_uses_the_previewed_selection(backend):
     image = half_flat(150, 90, seed=1)
     result = app.answer(backend, image, "what is in this picture ?", "threshold", 0.9, 0.25, max_new_tokens=5)
-    assert isinstance(result.pruned_text, str) and result.pruned_text
-    assert isinstance(result.full_text, str) and result.full_text
-    assert result.pruned_seconds > 0 and result.full_seconds > 0
+    made = result.generations
+    assert isinstance(made.pruned_text, str) and made.pruned_text
+    assert isinstance(made.full_text, str) and made.full_text
+    assert made.pruned_seconds > 0 and made.full_seconds > 0
     dropped = result.preview.counts["all"]["total"] - result.preview.counts["all"]["kept"]
     assert dropped > 0
-    assert result.full_prompt_tokens - result.pruned_prompt_tokens == dropped
-    expected_text_tokens = result.full_prompt_tokens - result.preview.counts["all"]["total"]
+    assert made.full_prompt_tokens - made.pruned_prompt_tokens == dropped
+    expected_text_tokens = made.full_prompt_tokens - result.preview.counts["all"]["total"]
     assert app.text_token_count(backend.processor, "what is in this picture ?") == expected_text_tokens
 
 
@@ -241,3 +242,24 @@ def test_overlay_files_are_named_by_content_and_bounded(tmp_path):
     for shade in range(5):
         files.save(Image.new("RGB", (8, 8), (shade, 0, 0)))
     assert len(list(tmp_path.glob("*.png"))) == 3 and not list(tmp_path.glob("*.part"))
+
+
+def test_zerogpu_calls_carry_only_picklable_values_and_never_the_model(backend, monkeypatch):
+    """On ZeroGPU, `@spaces.GPU` runs the model calls in a worker: what crosses must pickle, and the model must not."""
+    import pickle
+
+    crossings = []
+
+    def fake_gpu_worker(function_name, *args):
+        crossings.append(function_name)
+        payload = pickle.dumps(args)
+        assert backend.model.__class__.__name__.encode() not in payload
+        result = getattr(app, function_name)(app._SERVED["backend"], *pickle.loads(payload))
+        return pickle.loads(pickle.dumps(result))
+
+    monkeypatch.setattr(app, "HAS_SPACES", True)
+    monkeypatch.setattr(app, "_on_served_gpu", fake_gpu_worker)
+    monkeypatch.setitem(app._SERVED, "backend", backend)
+    result = app.answer(backend, half_flat(160, 96, seed=21), "what is it ?", "budget", 0.9, 0.5, 3)
+    assert crossings == ["vision_features", "generate_both"]
+    assert result.generations.pruned_text and result.preview.counts["all"]["kept"] < result.preview.counts["all"]["total"]
