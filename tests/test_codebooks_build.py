@@ -227,3 +227,9 @@ def test_two_real_processes_under_torchrun_build_the_same_codebook_as_one(tmp_pa
     assert sorted(line for line in run.stdout.splitlines() if line.startswith("RANK")) == ["RANK 0 2 4", "RANK 1 2 4"]
     single = build_tiny_pipeline_codebook(num_images=8, image_batch_size=2)
     assert torch.equal(torch.load(tmp_path / "protos.pt", weights_only=True), single.codebook.prototypes)
+
+
+def test_the_probe_stage_shows_a_progress_bar_in_images_per_second(tiny, image_folder, tmp_path, capsys):
+    build_codebook(*tiny, folder_images(image_folder), work_dir=tmp_path, preset=TINY_PRESET, progress=True)
+    err = capsys.readouterr().err
+    assert "probing" in err and "8/8" in err and "img/s" in err and "selecting" in err

@@ -139,3 +139,29 @@ def test_a_model_without_a_pad_token_needs_one_explicitly(tiny):
         ProbeRunner(model, processor)
     runner = ProbeRunner(model, processor, pad_embedding=torch.zeros(64))
     assert torch.equal(runner.pad_embedding, torch.zeros(64))
+
+
+def test_a_chat_template_shapes_the_probe_prompt(tiny):
+    model, _ = tiny
+    processor = build_tiny_processor()
+    processor.chat_template = (
+        "{% for m in messages %}user : {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %} answer :{% endif %}"
+    )
+    ids = prompt_ids(processor, "what is this ?", model.config.image_token_id)
+    expected = processor.tokenizer("user : <image>\nwhat is this ? answer :", add_special_tokens=False)["input_ids"]
+    assert ids == expected
+
+
+def test_the_stock_llava_next_class_gives_the_same_probes(tiny):
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    model, processor = tiny
+    config = LlavaNextConfig(**{k: v for k, v in model.config.to_dict().items() if k in LlavaNextConfig.__dataclass_fields__})
+    stock = LlavaNextForConditionalGeneration(config).eval()
+    stock.load_state_dict(model.state_dict())
+    images = synthetic_images(2)
+    ours = probe_images(ProbeRunner(model, processor), images, list(pil_images(images)))
+    theirs = probe_images(ProbeRunner(stock, processor), images, list(pil_images(images)))
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.tokens, b.tokens) and torch.allclose(a.div_global_release, b.div_global_release)

@@ -131,7 +131,10 @@ def run_probes(
     """Stages 1-2 over all items, writing each finished image to `store`; returns every item seen (all ranks)."""
     summary = summary or BuildSummary()
     seen: list[ImageItem] = []
-    bar = tqdm(total=num_images, desc=f"probing (process {rank})" if world_size > 1 else "probing", unit="img",
+    total = num_images
+    if hasattr(items, "__len__"):
+        total = len(items) if num_images is None else min(num_images, len(items))
+    bar = tqdm(total=total, desc=f"probing (process {rank})" if world_size > 1 else "probing", unit="img",
                disable=not progress)  # fmt: skip
     start = time.perf_counter()
     probed_images = 0

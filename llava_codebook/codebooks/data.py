@@ -65,8 +65,8 @@ def read_id_list(ids: Iterable[str] | str | Path | None) -> list[str] | None:
     return [str(i) for i in ids]
 
 
-def folder_images(folder: str | Path, ids: Iterable[str] | str | Path | None = None) -> Iterator[ImageItem]:
-    """Image files under `folder` (recursively), sorted by relative path, which is also the id."""
+def folder_images(folder: str | Path, ids: Iterable[str] | str | Path | None = None) -> list[ImageItem]:
+    """Image files under `folder` (recursively), sorted by relative path, which is also the id (only paths are held)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Image folder {str(folder)!r} does not exist.")
@@ -88,8 +88,7 @@ def folder_images(folder: str | Path, ids: Iterable[str] | str | Path | None = N
         chosen = [(i, by_id[i]) for i in wanted]
     else:
         chosen = list(by_id.items())
-    # Validation above runs at call time; only the items are produced lazily.
-    return (ImageItem(index=index, image_id=image_id, loader=lambda path=path: path) for index, (image_id, path) in enumerate(chosen))
+    return [ImageItem(index=index, image_id=image_id, loader=lambda path=path: path) for index, (image_id, path) in enumerate(chosen)]
 
 
 def dataset_images(
@@ -160,7 +159,7 @@ def open_image_source(
     id_column: str | None = None,
     ids: Iterable[str] | str | Path | None = None,
     streaming: bool = True,
-) -> Iterator[ImageItem]:
+) -> Iterable[ImageItem]:
     """`images` is a folder, a `datasets` id / path, a loaded dataset, or a list of images."""
     if isinstance(images, (str, Path)) and Path(images).is_dir() and not _looks_like_dataset_dir(Path(images)):
         return folder_images(images, ids)
