@@ -20,19 +20,21 @@ UPLOADED = ["README.md", "codebook.safetensors", "config.json"]
 def offline_cache(tmp_path, monkeypatch):
     """An offline Hub cache holding the config of `org/base-64` (text hidden size 64)."""
     cache = tmp_path / "hub"
-    config = json.dumps({"model_type": "llava_next", "text_config": {"hidden_size": 64}}).encode()
-    seed_hub_cache(cache, "org/base-64", {"config.json": config})
+    config = json.dumps({"model_type": "llava_next", "vision_feature_layer": -2, "text_config": {"hidden_size": 64}})
+    seed_hub_cache(cache, "org/base-64", {"config.json": config.encode()})
+    original = json.dumps({"model_type": "llava", "hidden_size": 64, "mm_vision_select_layer": -1})  # liuhaotian-style
+    seed_hub_cache(cache, "org/original-llava", {"config.json": original.encode()})
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
 
 
-def _codebook_dir(tmp_path, dim=64, base_model="org/base-64", feature_space="post-projector") -> Path:
+def _codebook_dir(tmp_path, dim=64, base_model="org/base-64", feature_space="post-projector", layer=-2) -> Path:
     codebook = RedundancyCodebook(
         prototypes=torch.randn(5, dim), base_model=base_model, feature_space=feature_space,
-        build_parameters={"jsd_thres": 2e-3},
+        vision_feature_layer=layer, build_parameters={"jsd_thres": 2e-3},
     )  # fmt: skip
-    return codebook.save_pretrained(tmp_path / f"cb-{dim}-{feature_space}")
+    return codebook.save_pretrained(tmp_path / f"cb-{dim}-{feature_space}-{base_model.replace('/', '-')}-{layer}")
 
 
 @pytest.fixture
@@ -76,14 +78,18 @@ def test_push_to_a_revision_creates_the_branch_and_a_pr_targets_it(tmp_path, off
     assert upload_folder.call_args.kwargs["create_pr"] is True and upload_folder.call_args.kwargs["revision"] == "v1"
 
 
-def test_push_refuses_a_codebook_whose_dimension_disagrees_with_the_base_model(tmp_path, offline_cache, patched_api):
+def test_push_refuses_a_codebook_whose_dimension_or_feature_space_disagrees_with_the_base_model(tmp_path, offline_cache, patched_api):
     create_repo, _, upload_folder, _ = patched_api
     with pytest.raises(CodebookError, match="dimension 32 but its declared base model 'org/base-64' has text hidden size 64"):
         push_codebook(_codebook_dir(tmp_path, dim=32), "org/codebook-tiny")
     with pytest.raises(CodebookError, match="feature space 'pre-projector'"):
         push_codebook(_codebook_dir(tmp_path, feature_space="pre-projector"), "org/codebook-tiny")
+    with pytest.raises(CodebookError, match="vision feature layer -2 but .* 'org/original-llava' projects layer -1"):
+        push_codebook(_codebook_dir(tmp_path, base_model="org/original-llava"), "org/codebook-tiny")
     create_repo.assert_not_called()
     upload_folder.assert_not_called()
+    push_codebook(_codebook_dir(tmp_path, base_model="org/original-llava", layer=-1), "org/codebook-tiny")
+    upload_folder.assert_called_once()
 
 
 def test_push_says_clearly_when_the_base_model_config_cannot_be_reached(tmp_path, offline_cache, patched_api):

@@ -26,8 +26,8 @@ def split_revision(model: str) -> tuple[str, str | None]:
     return name, revision or None
 
 
-def base_model_hidden_size(base_model: str, *, token: str | bool | None = None) -> int:
-    """The text hidden size of `base_model` (Hub id, optionally `@revision`, or a local directory)."""
+def base_model_config(base_model: str, *, token: str | bool | None = None) -> dict:
+    """The `config.json` of `base_model` (Hub id, optionally `@revision`, or a local directory) as a dict."""
     repo, revision = split_revision(base_model)
     if Path(repo).is_dir():
         config_path = Path(repo) / "config.json"
@@ -43,7 +43,12 @@ def base_model_hidden_size(base_model: str, *, token: str | bool | None = None) 
                 f"it ({type(err).__name__}: {err}).{offline} Fix: check the id, log in for a gated/private model, go "
                 "online, or skip the check deliberately with --no-verify-base-model / verify_base_model=False."
             ) from err
-    config = json.loads(Path(config_path).read_text())
+    return json.loads(Path(config_path).read_text())
+
+
+def base_model_hidden_size(base_model: str, *, token: str | bool | None = None) -> int:
+    """The text hidden size of `base_model` (`text_config.hidden_size`, or `hidden_size` for original LLaVA repos)."""
+    config = base_model_config(base_model, token=token)
     hidden = (config.get("text_config") or {}).get("hidden_size") or config.get("hidden_size")
     if hidden is None:
         raise BaseModelUnreachableError(
@@ -54,7 +59,8 @@ def base_model_hidden_size(base_model: str, *, token: str | bool | None = None) 
 
 
 def verify_against_base_model(codebook: RedundancyCodebook, *, token: str | bool | None = None) -> int:
-    """Raise `CodebookError` unless the codebook fits its declared base model; returns the base hidden size."""
+    """Raise `CodebookError` unless the codebook fits its declared base model: post-projector rows, of the base
+    model's text hidden size, from the vision feature layer the base model projects. Returns the hidden size."""
     if codebook.feature_space != FEATURE_SPACE:
         raise CodebookError(
             f"The codebook lives in feature space {codebook.feature_space!r}; LLaVA-NeXT models score "
@@ -65,13 +71,27 @@ def verify_against_base_model(codebook: RedundancyCodebook, *, token: str | bool
             "The codebook declares no base model, so nobody can tell which model it is for. Set `base_model` "
             "(e.g. rebuild, or import with --base-model)."
         )
-    hidden = base_model_hidden_size(codebook.base_model, token=token)
-    if hidden != codebook.dim:
+    config = base_model_config(codebook.base_model, token=token)
+    hidden = (config.get("text_config") or {}).get("hidden_size") or config.get("hidden_size")
+    if hidden is None:
+        raise BaseModelUnreachableError(
+            f"The config of {codebook.base_model!r} has neither text_config.hidden_size nor hidden_size; is it a "
+            "vision-language model?"
+        )
+    if int(hidden) != codebook.dim:
         raise CodebookError(
             f"The codebook has dimension {codebook.dim} but its declared base model {codebook.base_model!r} has text "
             f"hidden size {hidden}: it was built for another model. Fix the declared base model or rebuild."
         )
-    return hidden
+    # llava-hf configs say `vision_feature_layer`, original LLaVA repos `mm_vision_select_layer`.
+    layer = config.get("vision_feature_layer", config.get("mm_vision_select_layer"))
+    if layer is not None and codebook.vision_feature_layer is not None and layer != codebook.vision_feature_layer:
+        raise CodebookError(
+            f"The codebook was built from vision feature layer {codebook.vision_feature_layer} but its declared base "
+            f"model {codebook.base_model!r} projects layer {layer}: its tokens live in another feature space. Rebuild "
+            "it for this model, or fix the declared layer (import-seed --vision-feature-layer)."
+        )
+    return int(hidden)
 
 
 def push_codebook(
