@@ -233,3 +233,9 @@ def test_the_probe_stage_shows_a_progress_bar_in_images_per_second(tiny, image_f
     build_codebook(*tiny, folder_images(image_folder), work_dir=tmp_path, preset=TINY_PRESET, progress=True)
     err = capsys.readouterr().err
     assert "probing" in err and "8/8" in err and "img/s" in err and "selecting" in err
+
+
+def test_duplicate_image_ids_are_refused(tiny, tmp_path):
+    images = synthetic_images(3)
+    with pytest.raises(ValueError, match="'a' occurs twice"):
+        _build(tiny, pil_images(images, ids=["a", "b", "a"]), work_dir=tmp_path)

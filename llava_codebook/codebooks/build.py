@@ -7,7 +7,8 @@ again. Under `accelerate launch`, image batches are dealt round-robin to the pro
 `k % num_processes`); the work directory must then be on a filesystem all processes share.
 
 Determinism: a batch is always the same images (batch `k` holds source positions `[k*B, (k+1)*B)`), and every
-later step is deterministic, so an interrupted and resumed build gives the same codebook as an uninterrupted one.
+later step is deterministic, so an interrupted build resumed with the same `image_batch_size` (and `batch_size`)
+gives the same codebook as an uninterrupted one. Another batch size only changes the float rounding of the probes.
 """
 
 import time
@@ -134,11 +135,22 @@ def run_probes(
     total = num_images
     if hasattr(items, "__len__"):
         total = len(items) if num_images is None else min(num_images, len(items))
+    if total is not None and world_size > 1:  # only this process's batches
+        starts = range(rank * image_batch_size, total, world_size * image_batch_size)
+        total = sum(min(image_batch_size, total - start) for start in starts)
     bar = tqdm(total=total, desc=f"probing (process {rank})" if world_size > 1 else "probing", unit="img",
                disable=not progress)  # fmt: skip
     start = time.perf_counter()
     probed_images = 0
+    ids: set[str] = set()
     for batch_number, batch in enumerate(_batches(items, image_batch_size, num_images)):
+        for item in batch:
+            if item.image_id in ids:
+                raise ValueError(
+                    f"Image id {item.image_id!r} occurs twice in the source; ids name the per-image results, so they "
+                    "must be unique. Use an id column with unique values (--id-column), or drop the duplicates."
+                )
+            ids.add(item.image_id)
         # Keep ids only: an item's loader may hold the image itself (dataset rows), and memory must not grow with
         # the dataset.
         seen.extend(ImageItem(index=item.index, image_id=item.image_id, loader=_released) for item in batch)
@@ -163,7 +175,7 @@ def run_probes(
                         store.write(item.key, result)
                         summary.num_probed_now += 1
                 probed_images += len(ready)
-        bar.update(len(batch))
+        bar.update(len(batch))  # resumed batches count too, so the bar ends at its total
         elapsed = time.perf_counter() - start
         if elapsed > 0 and probed_images:
             bar.set_postfix(probes_per_s=f"{probed_images * len(runner.probe_ranks) / elapsed:.1f}")
