@@ -165,3 +165,15 @@ def test_the_stock_llava_next_class_gives_the_same_probes(tiny):
     theirs = probe_images(ProbeRunner(stock, processor), images, list(pil_images(images)))
     for a, b in zip(ours, theirs):
         assert torch.equal(a.tokens, b.tokens) and torch.allclose(a.div_global_release, b.div_global_release)
+
+
+def test_a_336px_crop_probes_all_96_release_ranks():
+    from llava_codebook.codebooks.presets import RELEASE_PROBE_RANKS
+
+    model, processor = build_tiny_model(0, crop=336), build_tiny_processor(crop=336)
+    runner = ProbeRunner(model, processor, batch_size=96)
+    assert runner.side == 24 and runner.probe_ranks == list(RELEASE_PROBE_RANKS)
+    images = synthetic_images(1, side=336)
+    (result,) = probe_images(runner, images, list(pil_images(images)))
+    assert result.tokens.shape == (96, 64) and result.div_global_jsd.shape == (96,)
+    assert result.patch_indices.unique().numel() == 96 and int(result.patch_indices.max()) < 576
