@@ -11,7 +11,6 @@ those are noise, and a real 7B/8B model on a GPU is a different regime.
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -79,7 +78,9 @@ def main() -> None:
         stage1_wall, stage1_cpu = _time(lambda: single_token_probe(runner, tokens, indices), args.repeats)
         full_wall, full_cpu = _time(lambda: probe_images(runner, images, items), args.repeats)
         rows.append((batch_size, probes / stage1_cpu, probes / full_cpu, probes / stage1_wall, probes / full_wall))
-        print(f"batch {batch_size:>4}: stage 1 {probes / stage1_cpu:8.1f}, stages 1+2 {probes / full_cpu:7.1f} probes/CPU-s")
+        print(
+            f"batch {batch_size:>4}: stage 1 {probes / stage1_cpu:8.1f}, stages 1+2 {probes / full_cpu:7.1f} probes/CPU-s"
+        )
 
     base1, base12 = rows[0][1], rows[0][2]
     grid = args.crop // 14

@@ -84,7 +84,9 @@ def test_an_interrupted_build_resumes_and_gives_the_same_codebook(tiny, image_fo
     resumed = _build(tiny, folder_images(image_folder), out=tmp_path / "resumed")
     assert resumed.summary.num_resumed == 3 and resumed.summary.num_probed_now == 4
     assert torch.equal(resumed.codebook.prototypes, reference.codebook.prototypes)
-    metadata = [safe_open(str(tmp_path / run / "codebook.safetensors"), "pt").metadata() for run in ("reference", "resumed")]
+    metadata = [
+        safe_open(str(tmp_path / run / "codebook.safetensors"), "pt").metadata() for run in ("reference", "resumed")
+    ]
     assert metadata[0] == metadata[1]  # every build parameter, image id and per-prototype provenance
     assert (tmp_path / "resumed" / "config.json").read_text() == (tmp_path / "reference" / "config.json").read_text()
     again = _build(tiny, folder_images(image_folder), out=tmp_path / "resumed")
@@ -117,7 +119,11 @@ def test_stages_3_to_5_rerun_with_new_thresholds_without_probing(tiny, tmp_path,
 
 def test_num_images_and_id_lists_restrict_the_source(tiny, image_folder, tmp_path):
     first = _build(
-        tiny, folder_images(image_folder), work_dir=tmp_path / "a", num_images=3, preset_overrides={"min_unique_images": 0}
+        tiny,
+        folder_images(image_folder),
+        work_dir=tmp_path / "a",
+        num_images=3,
+        preset_overrides={"min_unique_images": 0},
     )
     assert first.codebook.build_parameters["image_ids"] == ["img-000.png", "img-001.png", "img-002.png"]
     chosen = _build(tiny, folder_images(image_folder, ids=["img-007.png", "img-001.png"]), work_dir=tmp_path / "b")
@@ -145,7 +151,7 @@ def test_a_datasets_dataset_is_a_source_with_an_id_column(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_built_codebook_is_used_by_the_model_through_its_config_reference_from_the_hub_cache(tmp_path):
-    result = build_tiny_pipeline_codebook(out=tmp_path / "cb")
+    build_tiny_pipeline_codebook(out=tmp_path / "cb")
     cache = tmp_path / "hub"
     seed_hub_cache(cache, "org/tiny-codebook", {"codebook.safetensors": tmp_path / "cb" / "codebook.safetensors"})
     code = textwrap.dedent(

@@ -54,7 +54,9 @@ def test_build_command_explains_bad_input(tiny_checkpoint, tmp_path):
 
 
 def test_inspect_command_prints_the_provenance(tmp_path):
-    RedundancyCodebook(prototypes=torch.ones(3, 4), base_model="org/base", build_parameters={"image_ids": list("abcdefghij")}).save_pretrained(tmp_path)
+    RedundancyCodebook(
+        prototypes=torch.ones(3, 4), base_model="org/base", build_parameters={"image_ids": list("abcdefghij")}
+    ).save_pretrained(tmp_path)
     result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "org/base" in result.output and "<10 items>" in result.output

@@ -78,9 +78,13 @@ def test_push_to_a_revision_creates_the_branch_and_a_pr_targets_it(tmp_path, off
     assert upload_folder.call_args.kwargs["create_pr"] is True and upload_folder.call_args.kwargs["revision"] == "v1"
 
 
-def test_push_refuses_a_codebook_whose_dimension_or_feature_space_disagrees_with_the_base_model(tmp_path, offline_cache, patched_api):
+def test_push_refuses_a_codebook_whose_dimension_or_feature_space_disagrees_with_the_base_model(
+    tmp_path, offline_cache, patched_api
+):
     create_repo, _, upload_folder, _ = patched_api
-    with pytest.raises(CodebookError, match="dimension 32 but its declared base model 'org/base-64' has text hidden size 64"):
+    with pytest.raises(
+        CodebookError, match="dimension 32 but its declared base model 'org/base-64' has text hidden size 64"
+    ):
         push_codebook(_codebook_dir(tmp_path, dim=32), "org/codebook-tiny")
     with pytest.raises(CodebookError, match="feature space 'pre-projector'"):
         push_codebook(_codebook_dir(tmp_path, feature_space="pre-projector"), "org/codebook-tiny")
@@ -94,7 +98,10 @@ def test_push_refuses_a_codebook_whose_dimension_or_feature_space_disagrees_with
 
 def test_push_says_clearly_when_the_base_model_config_cannot_be_reached(tmp_path, offline_cache, patched_api):
     _, _, upload_folder, _ = patched_api
-    with pytest.raises(BaseModelUnreachableError, match="Could not read the config of the declared base model 'org/elsewhere'.*Offline mode is ON"):
+    with pytest.raises(
+        BaseModelUnreachableError,
+        match="Could not read the config of the declared base model 'org/elsewhere'.*Offline mode is ON",
+    ):
         push_codebook(_codebook_dir(tmp_path, base_model="org/elsewhere"), "org/codebook-tiny")
     upload_folder.assert_not_called()
     push_codebook(_codebook_dir(tmp_path, base_model="org/elsewhere"), "org/codebook-tiny", verify_base_model=False)
@@ -103,7 +110,9 @@ def test_push_says_clearly_when_the_base_model_config_cannot_be_reached(tmp_path
 
 def test_push_command_passes_repo_revision_and_pr(tmp_path, offline_cache, patched_api):
     _, create_branch, upload_folder, uploads = patched_api
-    result = CliRunner().invoke(app, ["push", str(_codebook_dir(tmp_path)), "--repo", "org/cb", "--revision", "v1", "--create-pr"])
+    result = CliRunner().invoke(
+        app, ["push", str(_codebook_dir(tmp_path)), "--repo", "org/cb", "--revision", "v1", "--create-pr"]
+    )
     assert result.exit_code == 0, result.output
     assert upload_folder.call_args.kwargs["repo_id"] == "org/cb" and upload_folder.call_args.kwargs["create_pr"] is True
     assert uploads[0] == UPLOADED

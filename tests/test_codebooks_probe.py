@@ -110,7 +110,9 @@ def test_leave_one_out_replaces_the_target_then_the_block_with_the_pad_embedding
     block = tokens[b, window].clone()
     removed = block.clone()
     removed[window.tolist().index(target)] = runner.pad_embedding
-    ctx = topk_divergence(_reference_logits(model, runner, block)[None], _reference_logits(model, runner, removed)[None])
+    ctx = topk_divergence(
+        _reference_logits(model, runner, block)[None], _reference_logits(model, runner, removed)[None]
+    )
     everything = tokens[b].clone()
     blanked = everything.clone()
     blanked[window] = runner.pad_embedding
@@ -157,7 +159,9 @@ def test_the_stock_llava_next_class_gives_the_same_probes(tiny):
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
     model, processor = tiny
-    config = LlavaNextConfig(**{k: v for k, v in model.config.to_dict().items() if k in LlavaNextConfig.__dataclass_fields__})
+    config = LlavaNextConfig(
+        **{k: v for k, v in model.config.to_dict().items() if k in LlavaNextConfig.__dataclass_fields__}
+    )
     stock = LlavaNextForConditionalGeneration(config).eval()
     stock.load_state_dict(model.state_dict())
     images = synthetic_images(2)

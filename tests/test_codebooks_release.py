@@ -46,7 +46,9 @@ def test_import_seed_command_writes_a_safetensors_codebook(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "3 x 8" in result.output
-    assert torch.equal(RedundancyCodebook.from_pretrained(tmp_path / "cb").prototypes, torch.load(source, weights_only=True))
+    assert torch.equal(
+        RedundancyCodebook.from_pretrained(tmp_path / "cb").prototypes, torch.load(source, weights_only=True)
+    )
 
 
 class NotATensor:

@@ -13,7 +13,13 @@ def test_presets_hold_the_release_numbers():
     }
     for name, values in table.items():
         p = PRESETS[name]
-        assert (p.top1_prob_thres, p.jsd_thres, p.cluster_size_thres, p.prototype_cluster_nums, p.min_unique_images) == values
+        assert (
+            p.top1_prob_thres,
+            p.jsd_thres,
+            p.cluster_size_thres,
+            p.prototype_cluster_nums,
+            p.min_unique_images,
+        ) == values
         assert (p.ctx_weight, p.global_weight, p.per_image_clusters, p.knn_k, p.top_logits, p.pmax_top_logits) == (
             1.0, 16.0, 8, 5, 10, 50,
         )  # fmt: skip

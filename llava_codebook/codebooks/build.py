@@ -314,7 +314,9 @@ def build_codebook(
         "pad_token_id": runner.pad_token_id,
         "pad_embedding_sha256": tensor_digest(runner.pad_embedding),
         # The weights that make the tokens: a work dir of another checkpoint with the same name is caught here.
-        "projector_sha256": tensor_digest(torch.cat([p.flatten() for p in runner.base.multi_modal_projector.parameters()])),
+        "projector_sha256": tensor_digest(
+            torch.cat([p.flatten() for p in runner.base.multi_modal_projector.parameters()])
+        ),
         "dtype": str(runner.dtype).removeprefix("torch."),
         "top_logits": preset_obj.top_logits,
         "pmax_top_logits": preset_obj.pmax_top_logits,

@@ -31,25 +31,47 @@ def build(
     num_images: Annotated[Optional[int], typer.Option(help="Use the first N images of the source.")] = None,
     split: Annotated[str, typer.Option(help="Dataset split (datasets sources only).")] = "train",
     image_column: Annotated[str, typer.Option(help="Image column (datasets sources only).")] = "image",
-    id_column: Annotated[Optional[str], typer.Option(help="Column with a stable image id (default: split/row).")] = None,
-    ids: Annotated[Optional[str], typer.Option(help="Only these ids: a text file (one per line) or a comma list.")] = None,
+    id_column: Annotated[
+        Optional[str], typer.Option(help="Column with a stable image id (default: split/row).")
+    ] = None,
+    ids: Annotated[
+        Optional[str], typer.Option(help="Only these ids: a text file (one per line) or a comma list.")
+    ] = None,
     streaming: Annotated[bool, typer.Option(help="Stream the dataset instead of downloading it whole.")] = True,
-    preset: Annotated[str, typer.Option(help="Thresholds: llava-1.5, llava-next-llama3 or llava-ov.")] = "llava-next-llama3",
+    preset: Annotated[
+        str, typer.Option(help="Thresholds: llava-1.5, llava-next-llama3 or llava-ov.")
+    ] = "llava-next-llama3",
     top1_prob_thres: Annotated[Optional[float], typer.Option(help="Override the preset's p_max threshold.")] = None,
     jsd_thres: Annotated[Optional[float], typer.Option(help="Override the preset's divergence threshold.")] = None,
-    cluster_size_thres: Annotated[Optional[int], typer.Option(help="Override the per-image cluster size limit.")] = None,
-    prototype_cluster_nums: Annotated[Optional[int], typer.Option(help="Override the number of global clusters.")] = None,
-    min_unique_images: Annotated[Optional[int], typer.Option(help="Override: a kept cluster spans more images than this.")] = None,
-    divergence: Annotated[Optional[str], typer.Option(help="'release' (default, the thresholds' scale) or 'jsd'.")] = None,
+    cluster_size_thres: Annotated[
+        Optional[int], typer.Option(help="Override the per-image cluster size limit.")
+    ] = None,
+    prototype_cluster_nums: Annotated[
+        Optional[int], typer.Option(help="Override the number of global clusters.")
+    ] = None,
+    min_unique_images: Annotated[
+        Optional[int], typer.Option(help="Override: a kept cluster spans more images than this.")
+    ] = None,
+    divergence: Annotated[
+        Optional[str], typer.Option(help="'release' (default, the thresholds' scale) or 'jsd'.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Language-model sequences per forward pass.")] = 96,
     image_batch_size: Annotated[int, typer.Option(help="Images encoded and probed together.")] = 4,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Per-image probe results (default OUT/probes); reuse to resume.")] = None,
+    work_dir: Annotated[
+        Optional[Path], typer.Option(help="Per-image probe results (default OUT/probes); reuse to resume.")
+    ] = None,
     revision: Annotated[Optional[str], typer.Option(help="Model revision (recorded in the codebook).")] = None,
     dtype: Annotated[str, typer.Option(help="Model dtype: auto, float16, bfloat16 or float32.")] = "auto",
-    pad_embedding: Annotated[Optional[Path], typer.Option(help="A .pt tensor [D] to use as the pad embedding (read weights-only).")] = None,
+    pad_embedding: Annotated[
+        Optional[Path], typer.Option(help="A .pt tensor [D] to use as the pad embedding (read weights-only).")
+    ] = None,
     prompt: Annotated[Optional[str], typer.Option(help="Probe prompt (default: the release's).")] = None,
-    probe_ranks: Annotated[Optional[str], typer.Option(help="Comma-separated 1-based ranks (default: the release's 96).")] = None,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow the checkpoint's own code (pruning-enabled repos).")] = False,
+    probe_ranks: Annotated[
+        Optional[str], typer.Option(help="Comma-separated 1-based ranks (default: the release's 96).")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow the checkpoint's own code (pruning-enabled repos).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Build a redundancy codebook for a LLaVA-NeXT model from a folder of images or a `datasets` dataset.
@@ -77,13 +99,22 @@ def build(
     try:
         get_preset(preset, **overrides)  # bad thresholds fail before the model is loaded
         source = open_image_source(
-            images, split=split, image_column=image_column, id_column=id_column, ids=_parse_ids(ids), streaming=streaming
+            images,
+            split=split,
+            image_column=image_column,
+            id_column=id_column,
+            ids=_parse_ids(ids),
+            streaming=streaming,
         )
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         processor = AutoProcessor.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-        network = AutoModelForImageTextToText.from_pretrained(
-            model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
-        ).to(state.device if state is not None else "cpu").eval()
+        network = (
+            AutoModelForImageTextToText.from_pretrained(
+                model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
+            .to(state.device if state is not None else "cpu")
+            .eval()
+        )
         pad = torch.load(pad_embedding, map_location="cpu", weights_only=True).flatten() if pad_embedding else None
         ranks = [int(r) for r in probe_ranks.split(",")] if probe_ranks else RELEASE_PROBE_RANKS
         result = build_codebook(
@@ -118,7 +149,9 @@ def push(
     revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing).")] = None,
     create_pr: Annotated[bool, typer.Option(help="Open a pull request instead of committing directly.")] = False,
     private: Annotated[Optional[bool], typer.Option(help="Create the repo as private.")] = None,
-    verify_base_model: Annotated[bool, typer.Option(help="Check dimension and feature space against the base model's config.")] = True,
+    verify_base_model: Annotated[
+        bool, typer.Option(help="Check dimension and feature space against the base model's config.")
+    ] = True,
     token: Annotated[Optional[str], typer.Option(help="Hub token (default: the logged-in one).")] = None,
 ) -> None:
     """Publish a codebook on the Hub, after checking it fits its declared base model."""

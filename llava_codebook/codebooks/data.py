@@ -60,7 +60,9 @@ def read_id_list(ids: Iterable[str] | str | Path | None) -> list[str] | None:
     if isinstance(ids, (str, Path)):
         path = Path(ids)
         if not path.is_file():
-            raise FileNotFoundError(f"The id list {str(path)!r} does not exist (expected a text file, one id per line).")
+            raise FileNotFoundError(
+                f"The id list {str(path)!r} does not exist (expected a text file, one id per line)."
+            )
         return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
     return [str(i) for i in ids]
 
@@ -88,7 +90,10 @@ def folder_images(folder: str | Path, ids: Iterable[str] | str | Path | None = N
         chosen = [(i, by_id[i]) for i in wanted]
     else:
         chosen = list(by_id.items())
-    return [ImageItem(index=index, image_id=image_id, loader=lambda path=path: path) for index, (image_id, path) in enumerate(chosen)]
+    return [
+        ImageItem(index=index, image_id=image_id, loader=lambda path=path: path)
+        for index, (image_id, path) in enumerate(chosen)
+    ]
 
 
 def dataset_images(

@@ -45,6 +45,8 @@ def topk_divergence(
     return value.clamp_min(0).float()
 
 
-def all_divergences(intact_logits: torch.Tensor, perturbed_logits: torch.Tensor, k: int = 10) -> dict[str, torch.Tensor]:
+def all_divergences(
+    intact_logits: torch.Tensor, perturbed_logits: torch.Tensor, k: int = 10
+) -> dict[str, torch.Tensor]:
     """Both kinds at once (the builder stores both so that the choice can change without re-probing)."""
     return {kind: topk_divergence(intact_logits, perturbed_logits, k=k, kind=kind) for kind in DIVERGENCES}

@@ -37,7 +37,11 @@ def base_model_config(base_model: str, *, token: str | bool | None = None) -> di
         try:
             config_path = hf_hub_download(repo, "config.json", revision=revision, token=token)
         except (HfHubHTTPError, OfflineModeIsEnabled, OSError, ValueError) as err:
-            offline = " Offline mode is ON (HF_HUB_OFFLINE=1) and it is not in the local cache." if constants.HF_HUB_OFFLINE else ""
+            offline = (
+                " Offline mode is ON (HF_HUB_OFFLINE=1) and it is not in the local cache."
+                if constants.HF_HUB_OFFLINE
+                else ""
+            )
             raise BaseModelUnreachableError(
                 f"Could not read the config of the declared base model {base_model!r} to check the codebook against "
                 f"it ({type(err).__name__}: {err}).{offline} Fix: check the id, log in for a gated/private model, go "

@@ -74,5 +74,7 @@ def get_preset(name: str | BuildPreset, **overrides) -> BuildPreset:
         raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)} or pass a BuildPreset.")
     unknown = set(overrides) - set(BuildPreset.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"Unknown preset fields {sorted(unknown)}; valid fields: {sorted(BuildPreset.__dataclass_fields__)}.")
+        raise ValueError(
+            f"Unknown preset fields {sorted(unknown)}; valid fields: {sorted(BuildPreset.__dataclass_fields__)}."
+        )
     return replace(preset, **{key: value for key, value in overrides.items() if value is not None})

@@ -190,7 +190,9 @@ class ProbeRunner:
         num_tokens = self.side * self.side
         has_cls = hidden.shape[1] == num_tokens + 1
         if hidden.shape[1] not in (num_tokens, num_tokens + 1):
-            raise ValueError(f"The vision tower gave {hidden.shape[1]} tokens per crop; expected {num_tokens} (+1 CLS).")
+            raise ValueError(
+                f"The vision tower gave {hidden.shape[1]} tokens per crop; expected {num_tokens} (+1 CLS)."
+            )
         projected = self.base.multi_modal_projector(hidden if self.strategy == "full" else hidden[:, -num_tokens:])
         tokens = projected[:, -num_tokens:]
         use_cls = self.rank_by == "cls" or (self.rank_by == "auto" and has_cls)

@@ -37,8 +37,14 @@ def synthetic_images(count: int = 8, seed: int = 0, side: int = 96):
     return images
 
 
-def build_tiny_pipeline_codebook(out: str | Path | None = None, work_dir: str | Path | None = None,
-                                 num_images: int = 8, seed: int = 0, progress: bool = False, **kwargs):
+def build_tiny_pipeline_codebook(
+    out: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    num_images: int = 8,
+    seed: int = 0,
+    progress: bool = False,
+    **kwargs,
+):
     """Run the full pipeline on the tiny model and `num_images` synthetic images; returns the `BuildResult`.
 
     Without `out` / `work_dir`, a temporary work directory is used and the codebook is only returned.
