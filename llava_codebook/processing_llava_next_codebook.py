@@ -214,14 +214,19 @@ def packed_token_geometry(image_size, crop_size: int, patch_size: int, grid_pinp
     return PackedTokenGeometry(layout=layout, view=view, crop=crop, row=row, col=col, boxes=np.concatenate([base_boxes, tile_boxes]))
 
 
+def _size_field(size, name: str):
+    """A field of an image processor size, whether it is a plain dict (saved configs) or a `SizeDict`."""
+    if size is None:
+        return None
+    return size.get(name) if isinstance(size, dict) else getattr(size, name, None)
+
+
 def _processor_settings(processor) -> tuple[int, int, list]:
     """(crop size, patch size, grid pinpoints) of a LLaVA-NeXT processor, stock or codebook."""
     image_processor = processor.image_processor
-    crop = getattr(image_processor, "crop_size", None)
-    crop = crop.get("height") if isinstance(crop, dict) else getattr(crop, "height", None)
-    size = image_processor.size
-    size = dict(size) if not isinstance(size, dict) else size
-    resize_to = size.get("shortest_edge") or size.get("height")
+    crop = _size_field(getattr(image_processor, "crop_size", None), "height")
+    size = getattr(image_processor, "size", None)
+    resize_to = _size_field(size, "shortest_edge") or _size_field(size, "height")
     if crop is None:
         crop = resize_to
     if resize_to is not None and int(resize_to) != int(crop):

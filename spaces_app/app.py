@@ -20,6 +20,20 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+# ZeroGPU Spaces: borrow a GPU for the duration of each model call; a no-op anywhere else. Imported before torch and
+# anything that could initialise CUDA, as ZeroGPU requires.
+try:
+    import spaces
+
+    gpu = spaces.GPU(duration=120)
+    HAS_SPACES = True
+except ImportError:
+    HAS_SPACES = False
+
+    def gpu(fn):
+        return fn
+
+
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -47,17 +61,6 @@ try:
     from .examples import write_examples  # imported as the package `spaces_app`
 except ImportError:
     from examples import write_examples  # run as a script, or as the Space's app_file
-
-try:  # ZeroGPU Spaces: borrow a GPU for the duration of each model call. A no-op anywhere else.
-    import spaces
-
-    gpu = spaces.GPU(duration=120)
-    HAS_SPACES = True
-except ImportError:
-    HAS_SPACES = False
-
-    def gpu(fn):
-        return fn
 
 
 logger = logging.getLogger("llava_codebook.space")
@@ -130,10 +133,6 @@ class Backend:
     notice: str
     default_threshold: float
     cache: EncodingCache = field(default_factory=EncodingCache)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
 
 def load_tiny_backend(notice: str = DEMO_NOTICE) -> Backend:
@@ -439,20 +438,27 @@ def answer(
 
 
 # ---------------------------------------------------------------------------------------------------- UI
-class ImageUpload(gr.Image):
-    """`gr.Image` whose upload errors (not an image, an image bomb) reach the user as a message, not a trace."""
+def image_upload(**kwargs) -> gr.Image:
+    """`gr.Image` whose upload errors (not an image, an image bomb) reach the user as a message, not a trace.
 
-    is_template = True  # rendered by the stock image front end
+    The instance's `preprocess` is wrapped rather than the class subclassed: Gradio writes a `.pyi` stub beside the
+    source file of every component subclass.
+    """
+    component = gr.Image(**kwargs)
+    stock_preprocess = component.preprocess
 
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return stock_preprocess(payload)
         except gr.Error:
             raise
         except Exception as exc:
             raise gr.Error(
                 f"That file could not be read as an image ({type(exc).__name__}). Upload a PNG, JPEG or WebP picture."
             ) from exc
+
+    component.preprocess = preprocess
+    return component
 
 
 def _user_error(exc: Exception) -> gr.Error:
@@ -549,7 +555,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
         gr.Markdown(backend.notice, elem_id="model-notice")
         with gr.Row():
             with gr.Column(scale=1):
-                image = ImageUpload(type="filepath", image_mode=None, label="Image", elem_id="input-image")
+                image = image_upload(type="filepath", image_mode=None, label="Image", elem_id="input-image")
                 question = gr.Textbox(label="Question", placeholder="What is in the picture?", elem_id="question")
                 mode = gr.Radio(["threshold", "budget"], value="threshold", label="Pruning rule")
                 threshold = gr.Slider(
@@ -594,7 +600,9 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
         answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens]
         answer_outputs = preview_outputs + [pruned_answer, pruned_time, full_answer, full_time]
         ask.click(on_answer, answer_inputs, answer_outputs, api_name="answer", concurrency_limit=1, concurrency_id="answer")
-        question.submit(on_answer, answer_inputs, answer_outputs, api_name=False, concurrency_id="answer")
+        question.submit(
+            on_answer, answer_inputs, answer_outputs, api_name=False, concurrency_limit=1, concurrency_id="answer"
+        )
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo
 

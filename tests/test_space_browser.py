@@ -53,12 +53,15 @@ def launch_on_a_free_port(demo, attempts: int = 5) -> str:
 def served(tmp_path_factory):
     from spaces_app import app
 
-    demo = app.build_demo(app.load_tiny_backend(), examples_dir=tmp_path_factory.mktemp("examples"))
-    url = launch_on_a_free_port(demo)
-    try:
-        yield url
-    finally:
-        demo.close()
+    # A Gradio cache of its own: servers of other test runs on this machine clean theirs up on exit.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
+        demo = app.build_demo(app.load_tiny_backend(), examples_dir=tmp_path_factory.mktemp("examples"))
+        url = launch_on_a_free_port(demo)
+        try:
+            yield url
+        finally:
+            demo.close()
 
 
 @pytest.fixture

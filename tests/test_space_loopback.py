@@ -52,14 +52,17 @@ def picture(path: Path, width: int, height: int, seed: int, flat_share: float = 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    backend = app.load_tiny_backend()
-    demo = app.build_demo(backend, examples_dir=tmp_path_factory.mktemp("examples"))
-    url = launch_on_a_free_port(demo)
-    assert url.startswith("http://127.0.0.1:")
-    try:
-        yield backend, url
-    finally:
-        demo.close()
+    # A Gradio cache of its own: servers of other test runs on this machine clean theirs up on exit.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
+        backend = app.load_tiny_backend()
+        demo = app.build_demo(backend, examples_dir=tmp_path_factory.mktemp("examples"))
+        url = launch_on_a_free_port(demo)
+        assert url.startswith("http://127.0.0.1:")
+        try:
+            yield backend, url
+        finally:
+            demo.close()
 
 
 @pytest.fixture
