@@ -178,7 +178,12 @@ def packed_token_geometry(image_size, crop_size: int, patch_size: int, grid_pinp
     # Base view: the whole image squashed to one crop, so its token grid divides the image evenly.
     base_rows, base_cols = np.divmod(np.arange(side * side), side)
     base_boxes = np.stack(
-        [base_cols * width / side, base_rows * height / side, (base_cols + 1) * width / side, (base_rows + 1) * height / side],
+        [
+            base_cols * width / side,
+            base_rows * height / side,
+            (base_cols + 1) * width / side,
+            (base_rows + 1) * height / side,
+        ],
         axis=1,
     )
 
@@ -211,7 +216,9 @@ def packed_token_geometry(image_size, crop_size: int, patch_size: int, grid_pinp
     crop = np.concatenate([np.zeros(side * side, np.int64), np.where(is_newline, -1, tile_crop)])
     row = np.concatenate([base_rows, np.where(is_newline, -1, grid_r)]).astype(np.int64)
     col = np.concatenate([base_cols, np.where(is_newline, -1, grid_c)]).astype(np.int64)
-    return PackedTokenGeometry(layout=layout, view=view, crop=crop, row=row, col=col, boxes=np.concatenate([base_boxes, tile_boxes]))
+    return PackedTokenGeometry(
+        layout=layout, view=view, crop=crop, row=row, col=col, boxes=np.concatenate([base_boxes, tile_boxes])
+    )
 
 
 def _size_field(size, name: str):
@@ -231,8 +238,8 @@ def _processor_settings(processor) -> tuple[int, int, list]:
         crop = resize_to
     if resize_to is not None and int(resize_to) != int(crop):
         raise ValueError(
-            f"The image processor resizes crops to {resize_to} px and then centre-crops them to {crop} px; the geometry "
-            "supports processors whose resize and crop sizes are equal (every released LLaVA-NeXT checkpoint)."
+            f"The image processor resizes crops to {resize_to} px and then centre-crops them to {crop} px; the "
+            "geometry supports processors whose resize and crop sizes are equal (every released LLaVA-NeXT checkpoint)."
         )
     if processor.patch_size is None:
         raise ValueError("The processor has no patch_size: it cannot say how many tokens each crop gives.")
@@ -344,7 +351,11 @@ def view_counts(geometry: PackedTokenGeometry, keep_mask) -> dict:
     if keep.shape != (len(geometry),):
         raise ValueError(f"keep_mask has shape {keep.shape}, expected ({len(geometry)},).")
     counts = {}
-    for name, mask in ((BASE, geometry.view_mask(BASE)), (TILE, geometry.view_mask(TILE)), ("newline", geometry.newline_mask)):
+    for name, mask in (
+        (BASE, geometry.view_mask(BASE)),
+        (TILE, geometry.view_mask(TILE)),
+        ("newline", geometry.newline_mask),
+    ):
         counts[name] = {"kept": int(keep[mask].sum()), "total": int(mask.sum())}
     counts["all"] = {"kept": int(keep.sum()), "total": int(keep.size)}
     return counts
@@ -365,7 +376,7 @@ class LlavaNextCodebookProcessor(LlavaNextProcessor):
     """
 
     def token_geometry(self, image_sizes) -> list[PackedTokenGeometry]:
-        """Per image of `image_sizes` (`[N, 2]` heights and widths), the view, crop and pixel box of each packed token."""
+        """Per image of `image_sizes` (`[N, 2]` heights, widths): the view, crop and pixel box of each packed token."""
         return geometry_for_processor(self, image_sizes)
 
     def render_keep_overlays(self, images, keep_masks, max_side: int = 768) -> list[dict]:

@@ -402,11 +402,15 @@ def _timed_generate(model, inputs: dict, **kwargs):
     return output, time.perf_counter() - start
 
 
-def generate_both(backend: Backend, image: Image.Image, question: str, overrides: dict, max_new_tokens: int) -> Generations:
+def generate_both(
+    backend: Backend, image: Image.Image, question: str, overrides: dict, max_new_tokens: int
+) -> Generations:
     """Greedy answers with pruning and without (the stock computation), each timed end to end, vision tower included."""
     processor, model = backend.processor, backend.model
     inputs = processor(images=[image], text=[build_prompt(processor, question)], return_tensors="pt")
-    inputs = {k: (v.to(model.device, model.dtype) if k == "pixel_values" else v.to(model.device)) for k, v in inputs.items()}
+    inputs = {
+        k: (v.to(model.device, model.dtype) if k == "pixel_values" else v.to(model.device)) for k, v in inputs.items()
+    }
     prompt_len = inputs["input_ids"].shape[1]
     pruned, pruned_seconds = _timed_generate(model, inputs, max_new_tokens=max_new_tokens, **overrides)
     full, full_seconds = _timed_generate(model, inputs, max_new_tokens=max_new_tokens, pruning=False)
@@ -568,21 +572,30 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             with gr.Column(scale=2):
                 with gr.Row():
                     base_view = gr.Image(
-                        label="Base view (whole image, one crop)", type="filepath", interactive=False, elem_id="base-overlay"
+                        label="Base view (whole image, one crop)",
+                        type="filepath",
+                        interactive=False,
+                        elem_id="base-overlay",
                     )
                     tile_view = gr.Image(
                         label="High-resolution tile grid", type="filepath", interactive=False, elem_id="tile-overlay"
                     )
-                counts = gr.Markdown("Upload an image (or pick an example) to see which tokens are kept.", elem_id="counts")
+                counts = gr.Markdown(
+                    "Upload an image (or pick an example) to see which tokens are kept.", elem_id="counts"
+                )
                 with gr.Accordion("Raw counts", open=False):
                     details = gr.JSON(label="counts and FLOPs")
                 with gr.Row():
                     with gr.Column():
                         pruned_time = gr.Markdown("**With pruning**", elem_id="pruned-time")
-                        pruned_answer = gr.Textbox(label="Answer with pruning", interactive=False, elem_id="pruned-answer")
+                        pruned_answer = gr.Textbox(
+                            label="Answer with pruning", interactive=False, elem_id="pruned-answer"
+                        )
                     with gr.Column():
                         full_time = gr.Markdown("**Without pruning**", elem_id="full-time")
-                        full_answer = gr.Textbox(label="Answer without pruning", interactive=False, elem_id="full-answer")
+                        full_answer = gr.Textbox(
+                            label="Answer without pruning", interactive=False, elem_id="full-answer"
+                        )
 
         preview_inputs = [image, mode, threshold, keep_ratio, question]
         preview_outputs = [base_view, tile_view, counts, details]
@@ -599,7 +612,9 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             )
         answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens]
         answer_outputs = preview_outputs + [pruned_answer, pruned_time, full_answer, full_time]
-        ask.click(on_answer, answer_inputs, answer_outputs, api_name="answer", concurrency_limit=1, concurrency_id="answer")
+        ask.click(
+            on_answer, answer_inputs, answer_outputs, api_name="answer", concurrency_limit=1, concurrency_id="answer"
+        )
         question.submit(
             on_answer, answer_inputs, answer_outputs, api_name=False, concurrency_limit=1, concurrency_id="answer"
         )
@@ -609,10 +624,16 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run the redundancy-codebook pruning Space locally.")
-    parser.add_argument("--model", default=os.environ.get("MODEL_ID"), help="Hub id or local dir (default: $MODEL_ID, "
-                        "else the embedded random-weight demo model)")
-    parser.add_argument("--codebook", default=os.environ.get("CODEBOOK_REPO"), help="codebook repo or dir "
-                        "(default: $CODEBOOK_REPO, else the model config's)")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("MODEL_ID"),
+        help="Hub id or local dir (default: $MODEL_ID, else the embedded random-weight demo model)",
+    )
+    parser.add_argument(
+        "--codebook",
+        default=os.environ.get("CODEBOOK_REPO"),
+        help="codebook repo or dir (default: $CODEBOOK_REPO, else the model config's)",
+    )
     parser.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     return parser.parse_args(argv)

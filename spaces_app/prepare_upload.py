@@ -1,7 +1,7 @@
 """Assemble the folder to upload as a Hugging Face Space: the app files plus a copy of the `llava_codebook` package.
 
-    python spaces_app/prepare_upload.py build/space
-    hf upload <org>/<space-name> build/space . --repo-type space
+python spaces_app/prepare_upload.py build/space
+hf upload <org>/<space-name> build/space . --repo-type space
 """
 
 import argparse

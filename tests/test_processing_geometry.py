@@ -89,7 +89,9 @@ def test_packed_order_matches_stock_pack_image_features(packers, crop, name):
     features[:, :, 0] = torch.arange(crops)[:, None]
     features[:, :, 1] = torch.as_tensor(rows)
     features[:, :, 2] = torch.as_tensor(cols)
-    packed, _ = model.pack_image_features([features], torch.tensor([size]), "default", image_newline=torch.full((3,), -1.0))
+    packed, _ = model.pack_image_features(
+        [features], torch.tensor([size]), "default", image_newline=torch.full((3,), -1.0)
+    )
     packed = packed[0].long().numpy()
 
     geometry = packed_token_geometry(size, crop, PATCH, pinpoints)
@@ -245,7 +247,11 @@ def test_view_counts_add_up():
     counts = view_counts(geometry, keep)
     assert counts["base"]["total"] == 16
     assert counts["base"]["total"] + counts["tile"]["total"] + counts["newline"]["total"] == len(geometry)
-    assert counts["base"]["kept"] + counts["tile"]["kept"] + counts["newline"]["kept"] == keep.sum() == counts["all"]["kept"]
+    assert (
+        counts["base"]["kept"] + counts["tile"]["kept"] + counts["newline"]["kept"]
+        == keep.sum()
+        == counts["all"]["kept"]
+    )
 
 
 def stock_twin(processor):

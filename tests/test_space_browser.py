@@ -71,7 +71,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1800"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1800",
+    ):
         options.add_argument(flag)
     # The driver is given explicitly, so Selenium Manager never tries to download one.
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -135,9 +141,13 @@ def test_upload_ask_and_see_overlays_counts_and_answers(served, browser, tmp_pat
     assert "Without pruning" in browser.find_element(By.CSS_SELECTOR, "#full-time").text
 
     for element_id in ("base-overlay", "tile-overlay"):
-        image = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f"#{element_id} img"), f"the {element_id} image")
-        wait_for(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image[0]),
-                 f"the {element_id} image to load")
+        image = wait_for(
+            lambda: browser.find_elements(By.CSS_SELECTOR, f"#{element_id} img"), f"the {element_id} image"
+        )
+        wait_for(
+            lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image[0]),
+            f"the {element_id} image to load",
+        )
         assert image[0].size["width"] > 50 and image[0].size["height"] > 20
 
     text = counts_text()

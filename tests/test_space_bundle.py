@@ -49,7 +49,9 @@ def test_uploaded_bundle_imports_its_own_copy_of_the_package(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_ID", "PYTHONPATH")}
     env.update(HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=bundle, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=bundle, env=env, capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     package_home, model = done.stdout.strip().splitlines()[-2:]
     assert Path(package_home) == bundle.resolve()

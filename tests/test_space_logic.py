@@ -20,7 +20,14 @@ from spaces_app import app  # noqa: E402
 from spaces_app.examples import SCENES, write_examples  # noqa: E402
 
 # (width, height) of test pictures: wide, tall, square, tiny, huge, very wide.
-SIZES = {"wide": (150, 90), "tall": (70, 130), "square": (100, 100), "tiny": (12, 10), "huge": (3000, 2000), "very-wide": (900, 160)}
+SIZES = {
+    "wide": (150, 90),
+    "tall": (70, 130),
+    "square": (100, 100),
+    "tiny": (12, 10),
+    "huge": (3000, 2000),
+    "very-wide": (900, 160),
+}
 
 
 def half_flat(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -140,8 +147,14 @@ def test_counts_add_up_and_percentages_are_of_the_view():
 def _llama(**kwargs):
     from transformers import LlamaConfig
 
-    defaults = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                    num_key_value_heads=8, vocab_size=32064)
+    defaults = dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32064,
+    )
     return LlamaConfig(**{**defaults, **kwargs})
 
 
@@ -262,4 +275,6 @@ def test_zerogpu_calls_carry_only_picklable_values_and_never_the_model(backend, 
     monkeypatch.setitem(app._SERVED, "backend", backend)
     result = app.answer(backend, half_flat(160, 96, seed=21), "what is it ?", "budget", 0.9, 0.5, 3)
     assert crossings == ["vision_features", "generate_both"]
-    assert result.generations.pruned_text and result.preview.counts["all"]["kept"] < result.preview.counts["all"]["total"]
+    assert (
+        result.generations.pruned_text and result.preview.counts["all"]["kept"] < result.preview.counts["all"]["total"]
+    )

@@ -139,7 +139,9 @@ def test_two_concurrent_clients_get_their_own_results(served, tmp_path):
         try:
             client = Client(url, verbose=False)
             preview = client.submit(handle_file(path), mode, threshold, keep_ratio, "", api_name="/preview")
-            answer = client.submit(handle_file(path), "what is it ?", mode, threshold, keep_ratio, 4, api_name="/answer")
+            answer = client.submit(
+                handle_file(path), "what is it ?", mode, threshold, keep_ratio, 4, api_name="/answer"
+            )
             results[index] = (preview.result(timeout=TIMEOUT), answer.result(timeout=TIMEOUT))
         except Exception as exc:  # reported by the main thread
             errors.append(exc)
