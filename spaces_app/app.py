@@ -563,7 +563,12 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                 question = gr.Textbox(label="Question", placeholder="What is in the picture?", elem_id="question")
                 mode = gr.Radio(["threshold", "budget"], value="threshold", label="Pruning rule")
                 threshold = gr.Slider(
-                    -1.0, 1.0, value=backend.default_threshold, step=0.01, label="Threshold (keep iff score < t)"
+                    -1.0,
+                    1.0,
+                    value=backend.default_threshold,
+                    step=0.01,
+                    label="Threshold (keep iff score < t)",
+                    elem_id="threshold",
                 )
                 keep_ratio = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Token budget (share kept)")
                 max_new_tokens = gr.Slider(1, 128, value=24, step=1, label="Max new tokens")

@@ -184,3 +184,41 @@ def test_an_empty_question_shows_a_message_not_a_trace(served, browser, tmp_path
     )
     assert "Traceback" not in body
     browser.save_screenshot(str(screenshot_dir(tmp_path) / "space_empty_question.png"))
+
+
+def test_picking_an_example_then_moving_the_threshold_updates_the_tokens_shown(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(served)
+    first_example = wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "[data-testid='dataset-cell-0-0']"), "the example table"
+    )
+    first_example[0].click()
+    wait_for(
+        lambda: (
+            browser.find_element(By.CSS_SELECTOR, "#question textarea").get_attribute("value")
+            == "What is in the field?"
+        ),
+        "the example question in the textbox",
+    )
+    text = wait_for(
+        lambda: (t := browser.find_element(By.CSS_SELECTOR, "#counts").text) and "Kept" in t and t,
+        "the counts of the example image",
+    )
+    assert "high-res tiles" in text
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#tile-overlay img"), "the tile overlay of the example")
+    browser.save_screenshot(str(screenshot_dir(tmp_path) / "space_example.png"))
+
+    # Moving the threshold down re-scores at once: fewer tokens are kept.
+    kept_before = int(text.split("Kept ")[1].split(" /")[0])
+    box = browser.find_element(By.CSS_SELECTOR, "#threshold input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("0.3", Keys.ENTER)
+
+    def kept_now():
+        current = browser.find_element(By.CSS_SELECTOR, "#counts").text
+        kept = int(current.split("Kept ")[1].split(" /")[0]) if "Kept " in current else None
+        return kept if kept is not None and kept != kept_before else None
+
+    assert wait_for(kept_now, "the counts after moving the threshold") < kept_before
