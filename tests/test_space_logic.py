@@ -278,3 +278,17 @@ def test_zerogpu_calls_carry_only_picklable_values_and_never_the_model(backend, 
     assert (
         result.generations.pruned_text and result.preview.counts["all"]["kept"] < result.preview.counts["all"]["total"]
     )
+
+
+def test_a_saved_checkpoint_is_served_as_a_real_model(tmp_path):
+    """The MODEL_ID path, offline: a pruning-enabled checkpoint directory (the tiny default, saved) is loaded with its
+    codebook and processor, announced by name, and previews like any model."""
+    from llava_codebook.tiny import build_tiny_default
+
+    directory = build_tiny_default(tmp_path / "checkpoint", threshold=0.85)
+    served = app.load_backend(str(directory))
+    assert not served.is_demo, served.notice
+    assert str(directory) in served.notice and "prototypes" in served.notice
+    assert served.default_threshold == pytest.approx(0.85)
+    shown = app.preview(served, half_flat(150, 90, seed=5), "threshold", 0.85, 0.25)
+    assert 0 < shown.counts["all"]["kept"] < shown.counts["all"]["total"]
