@@ -4,6 +4,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .codebooks.commands import register as register_codebook_commands
+
 app = typer.Typer(help="Redundancy-codebook visual token pruning for LLaVA-NeXT models.", no_args_is_help=True)
 
 
@@ -41,8 +43,8 @@ def convert(
     typer.echo(f"Wrote {path}" + (f" and pushed it to {push_to}" if push_to else ""))
 
 
-from .codebooks.commands import register as _register_codebook_commands
-_register_codebook_commands(app)
+# The builder's commands (build, push, import-seed, inspect) live beside the builder.
+register_codebook_commands(app)
 
 
 def main() -> None:
