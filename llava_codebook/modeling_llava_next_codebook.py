@@ -376,6 +376,33 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
         compacted["mm_encoder_outputs"] = {"image": image_outputs}
         return compacted, selection
 
+    def prune_call(self, call: dict, pruning: bool | None, pad_token_id: int) -> VisualTokenSelection | None:
+        """Apply pruning to one call's keyword arguments, in place; returns the selection, or `None` if none applies.
+
+        Pops the per-call overrides. When pruning applies (codebook strategy, images given), replaces `input_ids`,
+        `attention_mask`, `position_ids` and `labels` by their compacted versions and hands the encoded, pruned
+        images over as `mm_encoder_outputs` instead of `pixel_values` / `image_sizes`.
+        """
+        overrides = {name: call.pop(name) for name in PRUNING_FIELDS if name in call}
+        settings = self.pruning_settings(pruning=pruning, **overrides)
+        pixel_values = call.get("pixel_values")
+        if not settings.active or pixel_values is None or pixel_values.size(0) == 0:
+            return None
+        compacted, selection = self.prepare_pruned_inputs(
+            call.get("input_ids"),
+            call.pop("pixel_values"),
+            call.pop("image_sizes", None),
+            settings,
+            attention_mask=call.get("attention_mask"),
+            position_ids=call.get("position_ids"),
+            labels=call.get("labels"),
+            vision_feature_layer=call.get("vision_feature_layer"),
+            vision_feature_select_strategy=call.get("vision_feature_select_strategy"),
+            pad_token_id=pad_token_id,
+        )
+        call.update({name: value for name, value in compacted.items() if value is not None or name in call})
+        return selection
+
     # The stock parameters are spelled out: `generate` inspects this signature (e.g. for `mm_encoder_outputs`).
     def forward(
         self,
@@ -398,26 +425,7 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
         Accepts the pruning config fields (`codebook_threshold=...`, `pruning_mode=...`, ...) and `pruning=False` as
         per-call overrides; the output's `visual_token_selection` reports what was kept.
         """
-        overrides = {name: kwargs.pop(name) for name in PRUNING_FIELDS if name in kwargs}
-        settings = self.pruning_settings(pruning=pruning, **overrides)
-        selection = None
-        if settings.active and pixel_values is not None and pixel_values.size(0) > 0:
-            compacted, selection = self.prepare_pruned_inputs(
-                input_ids,
-                pixel_values,
-                image_sizes,
-                settings,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                vision_feature_layer=vision_feature_layer,
-                vision_feature_select_strategy=vision_feature_select_strategy,
-                pad_token_id=_pad_token_id(self.config),
-            )
-            input_ids, attention_mask, position_ids, mm_encoder_outputs = (
-                compacted[k] for k in ("input_ids", "attention_mask", "position_ids", "mm_encoder_outputs")
-            )
-            pixel_values = image_sizes = None
-        outputs = super().forward(
+        call = dict(
             input_ids=input_ids,
             pixel_values=pixel_values,
             image_sizes=image_sizes,
@@ -431,6 +439,8 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
             mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )
+        selection = self.prune_call(call, pruning, _pad_token_id(self.config))
+        outputs = super().forward(**call)
         if isinstance(outputs, tuple):
             return outputs
         return LlavaNextCodebookModelOutputWithPast(**outputs, visual_token_selection=selection)
@@ -506,49 +516,31 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
         given. `input_ids`, `attention_mask`, `position_ids` and `labels` are compacted together, so the logits and
         the loss cover the kept tokens only. Accepts the pruning config fields and `pruning=False` as overrides.
         """
-        overrides = {name: kwargs.pop(name) for name in PRUNING_FIELDS if name in kwargs}
-        settings = self.model.pruning_settings(pruning=pruning, **overrides)
-        selection = None
-        if settings.active and pixel_values is not None and pixel_values.size(0) > 0:
-            compacted, selection = self.model.prepare_pruned_inputs(
-                input_ids,
-                pixel_values,
-                image_sizes,
-                settings,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                labels=labels,
-                vision_feature_layer=vision_feature_layer,
-                vision_feature_select_strategy=vision_feature_select_strategy,
-                pad_token_id=self._generation_pad_token_id(kwargs),
-            )
-            input_ids, attention_mask, position_ids, labels, mm_encoder_outputs = (
-                compacted[k] for k in ("input_ids", "attention_mask", "position_ids", "labels", "mm_encoder_outputs")
-            )
-            pixel_values = image_sizes = None
+        call = dict(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        selection = self.model.prune_call(call, pruning, self._generation_pad_token_id(kwargs))
         with self.pruning_disabled():
-            outputs = super().forward(
-                input_ids=input_ids,
-                pixel_values=pixel_values,
-                image_sizes=image_sizes,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                vision_feature_layer=vision_feature_layer,
-                vision_feature_select_strategy=vision_feature_select_strategy,
-                labels=labels,
-                use_cache=use_cache,
-                logits_to_keep=logits_to_keep,
-                mm_encoder_outputs=mm_encoder_outputs,
-                **kwargs,
-            )
+            outputs = super().forward(**call)
         if isinstance(outputs, tuple):
             return outputs
         return LlavaNextCodebookCausalLMOutputWithPast(**outputs, visual_token_selection=selection)
 
     @torch.no_grad()
-    def generate(self, inputs=None, pixel_values=None, image_sizes=None, attention_mask=None, pruning=None, **kwargs):
+    def generate(self, inputs=None, pruning=None, **kwargs):
         """Stock `generate`, on a prompt compacted per image before prefill.
 
         Accepts the pruning config fields (`codebook_threshold=0.2`, `pruning_mode="budget"`, `keep_ratio=0.1`, ...)
@@ -556,40 +548,17 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
         so `out[:, input_ids.shape[1]:]` are the new tokens. With `return_dict_in_generate=True` the output also
         carries `visual_token_selection`.
         """
-        overrides = {name: kwargs.pop(name) for name in PRUNING_FIELDS if name in kwargs}
-        settings = self.model.pruning_settings(pruning=pruning, **overrides)
-        input_ids = kwargs.pop("input_ids", None)
-        if input_ids is None and isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
-            input_ids, inputs = inputs, None
-        if not settings.active or pixel_values is None or pixel_values.size(0) == 0:
-            with self.pruning_disabled():
-                return super().generate(
-                    inputs,
-                    input_ids=input_ids,
-                    pixel_values=pixel_values,
-                    image_sizes=image_sizes,
-                    attention_mask=attention_mask,
-                    **kwargs,
-                )
-        compacted, selection = self.model.prepare_pruned_inputs(
-            input_ids,
-            pixel_values,
-            image_sizes,
-            settings,
-            attention_mask=attention_mask,
-            position_ids=kwargs.pop("position_ids", None),
-            vision_feature_layer=kwargs.pop("vision_feature_layer", None),
-            vision_feature_select_strategy=kwargs.pop("vision_feature_select_strategy", None),
-            pad_token_id=self._generation_pad_token_id(kwargs),
-        )
-        compacted.pop("labels")
-        if compacted["position_ids"] is None:
-            compacted.pop("position_ids")
+        if kwargs.get("input_ids") is None and isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
+            kwargs["input_ids"], inputs = inputs, None
+        input_ids = kwargs.get("input_ids")
+        selection = self.model.prune_call(kwargs, pruning, self._generation_pad_token_id(kwargs))
         with self.pruning_disabled():
-            output = super().generate(inputs, **compacted, **kwargs)
+            output = super().generate(inputs, **kwargs)
+        if selection is None:
+            return output
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         expand = sequences.shape[0] // input_ids.shape[0]
-        new_tokens = sequences[:, compacted["input_ids"].shape[1] :]
+        new_tokens = sequences[:, kwargs["input_ids"].shape[1] :]
         spliced = torch.cat([input_ids.repeat_interleave(expand, dim=0).to(new_tokens.device), new_tokens], dim=1)
         if isinstance(output, torch.Tensor):
             return spliced

@@ -7,7 +7,6 @@ temporary directory.
 
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+from space_helpers import launch_on_a_free_port  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -33,20 +33,6 @@ pytestmark = [
 ]
 
 
-def launch_on_a_free_port(demo, attempts: int = 5) -> str:
-    """Serve on 127.0.0.1 at a port the OS says is free, so that no other server on this machine is reached."""
-    for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        try:
-            _, url, _ = demo.launch(
-                server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False
-            )
-            return url
-        except OSError:  # taken between the probe and the launch: try another
-            continue
-    raise RuntimeError(f"No free port on 127.0.0.1 after {attempts} attempts")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The Space served on 127.0.0.1 and called through `gradio_client`, as a remote user would call it."""
 
 import os
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -21,24 +20,11 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from spaces_app import app  # noqa: E402
+from space_helpers import launch_on_a_free_port  # noqa: E402
 
 TIMEOUT = 120  # seconds any one call may take before the test fails rather than hangs
 
 
-def launch_on_a_free_port(demo, attempts: int = 5) -> str:
-    """Serve on 127.0.0.1 at a port the OS says is free, so that no other server on this machine is reached."""
-    for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        try:
-            _, url, _ = demo.launch(
-                server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False
-            )
-            return url
-        except OSError:  # taken between the probe and the launch: try another
-            continue
-    raise RuntimeError(f"No free port on 127.0.0.1 after {attempts} attempts")
 
 
 def picture(path: Path, width: int, height: int, seed: int, flat_share: float = 0.5) -> str:
