@@ -1,9 +1,13 @@
 """Load any LLaVA-NeXT checkpoint (a stock llava-hf repo or a pruning-enabled one) into the pruning-aware class."""
 
 from .configuration_llava_next_codebook import LlavaNextCodebookConfig
-from .modeling_llava_next_codebook import PRUNING_FIELDS, LlavaNextCodebookForConditionalGeneration
+from .modeling_llava_next_codebook import (
+    CODEBOOK_REFERENCE_FIELDS,
+    PRUNING_FIELDS,
+    LlavaNextCodebookForConditionalGeneration,
+)
 
-CONFIG_OVERRIDES = PRUNING_FIELDS + ("codebook_repo", "codebook_filename", "codebook_revision")
+CONFIG_OVERRIDES = PRUNING_FIELDS + CODEBOOK_REFERENCE_FIELDS
 _HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
 
 

@@ -39,6 +39,7 @@ PRUNING_FIELDS = (
     "position_mode",
 )
 OVERRIDE_NAMES = PRUNING_FIELDS + ("pruning",)
+CODEBOOK_REFERENCE_FIELDS = ("codebook_repo", "codebook_filename", "codebook_revision")
 _CODEBOOK_LOAD_KWARGS = ("cache_dir", "local_files_only", "token")
 SELF_REPO = "."  # `codebook_repo` value meaning "the repo this model was loaded from"
 # Base models (by id) with pruning switched off in the current thread / task; see `pruning_disabled`.
@@ -383,6 +384,12 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
         `attention_mask`, `position_ids` and `labels` by their compacted versions and hands the encoded, pruned
         images over as `mm_encoder_outputs` instead of `pixel_values` / `image_sizes`.
         """
+        reference = [name for name in CODEBOOK_REFERENCE_FIELDS if name in call]
+        if reference:
+            raise ValueError(
+                f"{reference} cannot change per call: the codebook is loaded once per model. Use "
+                "`model.load_codebook(repo_or_path, revision=...)` to switch codebooks, then call again."
+            )
         overrides = {name: call.pop(name) for name in PRUNING_FIELDS if name in call}
         settings = self.pruning_settings(pruning=pruning, **overrides)
         pixel_values = call.get("pixel_values")

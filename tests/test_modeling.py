@@ -260,6 +260,12 @@ def test_bad_per_call_overrides_raise_clear_errors(tiny_model, tiny_processor, i
         tiny_model.generate(**inputs, **override, **GREEDY)
 
 
+def test_codebook_reference_cannot_change_per_call_and_says_how_to_switch(tiny_model, tiny_processor, images):
+    inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
+    with pytest.raises(ValueError, match=r"\['codebook_repo'\] cannot change per call.*load_codebook"):
+        tiny_model.generate(**inputs, codebook_repo="org/other", **GREEDY)
+
+
 def test_image_count_that_does_not_match_the_placeholders_is_rejected(tiny_model, tiny_processor, images):
     inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
     extra = torch.full((1, 3), tiny_model.config.image_token_id)
