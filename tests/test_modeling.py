@@ -322,3 +322,15 @@ def test_pruning_disabled_in_one_thread_does_not_disable_it_in_another(tiny_mode
         worker.join(timeout=60)
     assert result["selection"] is not None
     assert result["selection"].num_kept[0] < result["selection"].num_total[0]
+
+
+def test_images_that_lose_every_token_still_generate_like_the_oracle_with_beams(tiny_model, tiny_processor, images):
+    # Only reachable with the guards off; the prompts end in text, as chat prompts do.
+    inputs = batch(
+        tiny_processor, ["<image> a <image> b", "c <image> d"], [images["wide"], images["square"], images["tall"]]
+    )
+    settings = dict(codebook_threshold=-1.0, min_visual_tokens=0, always_keep_newline=False)
+    out = tiny_model.generate(**inputs, **settings, num_beams=2, return_dict_in_generate=True, **GREEDY)
+    assert out.visual_token_selection.num_kept.tolist() == [0, 0, 0]
+    expected = oracle_generate(stock_twin(tiny_model), inputs, out.visual_token_selection, tiny_model, num_beams=2, **GREEDY)
+    assert torch.equal(out.sequences, expected)
