@@ -33,12 +33,21 @@ def build(num_prototypes: int = 969):
     tokenizer = build_tiny_tokenizer()
     config = LlavaNextCodebookConfig(
         text_config=LlamaConfig(
-            vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-            num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=8192,
+            vocab_size=32000,
+            hidden_size=1024,
+            intermediate_size=2816,
+            num_hidden_layers=8,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            max_position_embeddings=8192,
         ),
         vision_config=CLIPVisionConfig(
-            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            image_size=336, patch_size=14,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=336,
+            patch_size=14,
         ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=PINPOINTS,
@@ -50,7 +59,10 @@ def build(num_prototypes: int = 969):
         image_processor=LlavaNextImageProcessorPil(
             size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=PINPOINTS
         ),
-        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
     )
     return model, processor
 
@@ -77,7 +89,10 @@ def main() -> None:
     for share in KEEP_SHARES:
         settings = model.pruning_settings(pruning_mode="budget", keep_ratio=share)
         compacted, selection = model.model.prepare_pruned_inputs(
-            inputs["input_ids"], inputs["pixel_values"], inputs["image_sizes"], settings,
+            inputs["input_ids"],
+            inputs["pixel_values"],
+            inputs["image_sizes"],
+            settings,
             attention_mask=inputs["attention_mask"],
         )
         compacted.pop("labels")

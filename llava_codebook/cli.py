@@ -17,9 +17,13 @@ def _group() -> None:
 @app.command()
 def convert(
     base: Annotated[str, typer.Option(help="Stock LLaVA-NeXT checkpoint: Hub repo id or local directory.")],
-    codebook: Annotated[str, typer.Option(help="Codebook: Hub repo id or local directory holding codebook.safetensors.")],
+    codebook: Annotated[
+        str, typer.Option(help="Codebook: Hub repo id or local directory holding codebook.safetensors.")
+    ],
     out: Annotated[str, typer.Option(help="Directory to write the pruning-enabled repo to.")],
-    threshold: Annotated[Optional[float], typer.Option(help="codebook_threshold in [-1, 1] (higher keeps more).")] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option(help="codebook_threshold in [-1, 1] (higher keeps more).")
+    ] = None,
     base_revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit of --base.")] = None,
     codebook_revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit of --codebook.")] = None,
     push_to: Annotated[Optional[str], typer.Option(help="Also upload the result to this Hub repo id.")] = None,

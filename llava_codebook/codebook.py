@@ -279,7 +279,11 @@ def resolve_codebook_file(
     repo_id = str(repo_or_path)
     offline = constants.HF_HUB_OFFLINE or local_files_only
     where = f"{filename!r} of Hub repo {repo_id!r} at revision {revision or 'main'!r}"
-    mode = "offline mode is ON (HF_HUB_OFFLINE=1 or local_files_only), so only the local Hub cache was searched" if offline else "offline mode is off"
+    mode = (
+        "offline mode is ON (HF_HUB_OFFLINE=1 or local_files_only), so only the local Hub cache was searched"
+        if offline
+        else "offline mode is off"
+    )
     try:
         return hf_hub_download(
             repo_id,

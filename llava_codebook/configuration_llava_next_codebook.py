@@ -39,7 +39,9 @@ def validate_pruning_settings(
         )
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < float(keep_ratio) <= 1.0:
         raise ValueError(f"keep_ratio={keep_ratio!r} is outside (0.0, 1.0]: it is the share of visual tokens kept.")
-    if keep_tokens is not None and (isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int) or keep_tokens < 1):
+    if keep_tokens is not None and (
+        isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int) or keep_tokens < 1
+    ):
         raise ValueError(f"keep_tokens={keep_tokens!r} must be None or an integer >= 1 (visual tokens kept per image).")
     if isinstance(min_visual_tokens, bool) or not isinstance(min_visual_tokens, int) or min_visual_tokens < 0:
         raise ValueError(f"min_visual_tokens={min_visual_tokens!r} must be an integer >= 0.")

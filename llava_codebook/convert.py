@@ -102,7 +102,11 @@ def convert_checkpoint(
     local_codebook = Path(codebook).exists()
     if threshold is not None:
         pruning["codebook_threshold"] = threshold
-    reference = {"codebook_repo": codebook, "codebook_revision": codebook_revision, "codebook_filename": codebook_filename}
+    reference = {
+        "codebook_repo": codebook,
+        "codebook_revision": codebook_revision,
+        "codebook_filename": codebook_filename,
+    }
     model = load_pruned_model(base, revision=base_revision, dtype="auto", **reference, **pruning)
     processor = codebook_processor(AutoProcessor.from_pretrained(base, revision=base_revision))
     out.mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,13 @@ compacted (dropped placeholders removed, the batch re-padded on the left) *befor
 
 import contextlib
 import contextvars
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import LlavaNextForConditionalGeneration, LlavaNextModel
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import ModelOutput
 from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextCausalLMOutputWithPast,
     LlavaNextModelOutputWithPast,
@@ -43,7 +43,9 @@ CODEBOOK_REFERENCE_FIELDS = ("codebook_repo", "codebook_filename", "codebook_rev
 _CODEBOOK_LOAD_KWARGS = ("cache_dir", "local_files_only", "token")
 SELF_REPO = "."  # `codebook_repo` value meaning "the repo this model was loaded from"
 # Base models (by id) with pruning switched off in the current thread / task; see `pruning_disabled`.
-_DISABLED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("llava_codebook_pruning_disabled", default=frozenset())
+_DISABLED: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
+    "llava_codebook_pruning_disabled", default=frozenset()
+)
 
 
 @dataclass(frozen=True)
@@ -290,9 +292,7 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
         # Selection is discrete: no gradient flows through the scores.
         with torch.no_grad():
             flat_scores = codebook_similarity(torch.cat(list(packed_features)), prototypes)
-        all_scores = flat_scores.split(
-            [f.shape[0] for f in packed_features]
-        )
+        all_scores = flat_scores.split([f.shape[0] for f in packed_features])
         kept, scores, masks = [], [], []
         for features, image_scores, is_newline in zip(packed_features, all_scores, newline):
             if is_newline.shape[0] != features.shape[0]:
@@ -480,7 +480,10 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
         # saved repo also answers `AutoModel.from_pretrained(..., trust_remote_code=True)`.
         if getattr(type(self), "_auto_class", None) is not None:
             module = type(self.model).__module__.rsplit(".", 1)[-1]
-            self.config.auto_map = {"AutoModel": f"{module}.{type(self.model).__name__}", **(getattr(self.config, "auto_map", None) or {})}
+            self.config.auto_map = {
+                "AutoModel": f"{module}.{type(self.model).__name__}",
+                **(getattr(self.config, "auto_map", None) or {}),
+            }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def load_codebook(self, codebook=None, **hub_kwargs) -> RedundancyCodebook:

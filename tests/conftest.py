@@ -12,7 +12,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,5 +59,3 @@ def images():
         "tall": textured(130, 70, seed=2, flat_share=0.3),
         "square": textured(100, 100, seed=3, flat_share=0.7),
     }
-
-

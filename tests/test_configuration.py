@@ -8,7 +8,11 @@ from llava_codebook import LlavaNextCodebookConfig
 def test_defaults_follow_the_release_threshold_mode_contiguous_positions_and_kept_newlines():
     config = LlavaNextCodebookConfig()
     assert config.model_type == "llava_next_codebook"
-    assert (config.pruning_strategy, config.pruning_mode, config.position_mode) == ("codebook", "threshold", "contiguous")
+    assert (config.pruning_strategy, config.pruning_mode, config.position_mode) == (
+        "codebook",
+        "threshold",
+        "contiguous",
+    )
     assert config.always_keep_newline is True
     assert config.codebook_filename == "codebook.safetensors"
 

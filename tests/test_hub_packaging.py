@@ -129,14 +129,23 @@ def check_report(report):
 def test_converted_repo_with_embedded_codebook_loads_through_every_auto_class_offline(stock_checkpoint, tmp_path):
     out = tmp_path / "converted"
     run_cli(
-        "convert", "--base", str(stock_checkpoint / "base"), "--codebook", str(stock_checkpoint / "codebook"),
-        "--out", str(out), "--threshold", "0.95",
+        "convert",
+        "--base",
+        str(stock_checkpoint / "base"),
+        "--codebook",
+        str(stock_checkpoint / "codebook"),
+        "--out",
+        str(out),
+        "--threshold",
+        "0.95",
     )
     config = json.loads((out / "config.json").read_text())
     assert config["codebook_repo"] == "." and config["codebook_filename"] == "codebook/codebook.safetensors"
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"}
     processor_config = json.loads((out / "processor_config.json").read_text())
-    assert processor_config["auto_map"] == {"AutoProcessor": "processing_llava_next_codebook.LlavaNextCodebookProcessor"}
+    assert processor_config["auto_map"] == {
+        "AutoProcessor": "processing_llava_next_codebook.LlavaNextCodebookProcessor"
+    }
     card = (out / "README.md").read_text()
     assert "pipeline_tag: image-text-to-text" in card and "trust_remote_code=True" in card
     cache = tmp_path / "cache"
@@ -147,15 +156,29 @@ def test_converted_repo_with_embedded_codebook_loads_through_every_auto_class_of
 @pytest.mark.slow
 def test_codebook_reference_to_another_hub_repo_resolves_from_the_cache(stock_checkpoint, tmp_path):
     cache = tmp_path / "cache"
-    seed_hub_cache(cache, "org/tiny-codebook", {"codebook.safetensors": stock_checkpoint / "codebook" / "codebook.safetensors"}, "v1")
+    seed_hub_cache(
+        cache,
+        "org/tiny-codebook",
+        {"codebook.safetensors": stock_checkpoint / "codebook" / "codebook.safetensors"},
+        "v1",
+    )
     out = tmp_path / "converted"
     env = {"HF_HUB_CACHE": str(cache)}
     with mock.patch.dict(os.environ, env):
         # The converter itself resolves the codebook (to validate it) through the real hf_hub_download.
         with mock.patch("huggingface_hub.constants.HF_HUB_CACHE", str(cache)):
             run_cli(
-                "convert", "--base", str(stock_checkpoint / "base"), "--codebook", "org/tiny-codebook",
-                "--codebook-revision", "v1", "--out", str(out), "--threshold", "0.95",
+                "convert",
+                "--base",
+                str(stock_checkpoint / "base"),
+                "--codebook",
+                "org/tiny-codebook",
+                "--codebook-revision",
+                "v1",
+                "--out",
+                str(out),
+                "--threshold",
+                "0.95",
             )
     config = json.loads((out / "config.json").read_text())
     assert (config["codebook_repo"], config["codebook_revision"]) == ("org/tiny-codebook", "v1")
@@ -171,21 +194,40 @@ def test_convert_push_uploads_the_folder_to_the_named_repo(stock_checkpoint, tmp
         mock.patch.object(HfApi, "upload_folder", autospec=True) as upload_folder,
     ):
         run_cli(
-            "convert", "--base", str(stock_checkpoint / "base"), "--codebook", str(stock_checkpoint / "codebook"),
-            "--out", str(out), "--push-to", "org/pruned", "--create-pr",
+            "convert",
+            "--base",
+            str(stock_checkpoint / "base"),
+            "--codebook",
+            str(stock_checkpoint / "codebook"),
+            "--out",
+            str(out),
+            "--push-to",
+            "org/pruned",
+            "--create-pr",
         )
     create_repo.assert_called_once_with(mock.ANY, "org/pruned", private=None, exist_ok=True)
     kwargs = upload_folder.call_args.kwargs
     assert (kwargs["repo_id"], kwargs["folder_path"], kwargs["create_pr"]) == ("org/pruned", str(out), True)
     uploaded = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert {"config.json", "model.safetensors", "README.md", "codebook/codebook.safetensors", *REMOTE_FILES} <= set(uploaded)
+    assert {"config.json", "model.safetensors", "README.md", "codebook/codebook.safetensors", *REMOTE_FILES} <= set(
+        uploaded
+    )
     assert 'from_pretrained("org/pruned", trust_remote_code=True' in (out / "README.md").read_text()
 
 
 def test_convert_refuses_a_codebook_of_the_wrong_dimension(stock_checkpoint, tmp_path):
     RedundancyCodebook(torch.randn(3, 32)).save_pretrained(tmp_path / "bad")
     result = CliRunner().invoke(
-        app, ["convert", "--base", str(stock_checkpoint / "base"), "--codebook", str(tmp_path / "bad"), "--out", str(tmp_path / "o")]
+        app,
+        [
+            "convert",
+            "--base",
+            str(stock_checkpoint / "base"),
+            "--codebook",
+            str(tmp_path / "bad"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
     )
     assert result.exit_code != 0
     assert "dimension 32 but the language model's hidden size is 64" in str(result.exception)
@@ -219,7 +261,9 @@ def test_load_pruned_model_loads_a_stock_checkpoint_with_settings_as_arguments(s
     )
     assert isinstance(model, LlavaNextCodebookForConditionalGeneration)
     assert (model.config.model_type, model.config.codebook_threshold, model.config.keep_tokens) == (
-        "llava_next_codebook", 0.5, 3,
+        "llava_next_codebook",
+        0.5,
+        3,
     )
     stock = LlavaNextForConditionalGeneration.from_pretrained(stock_checkpoint / "base")
     for (name, got), want in zip(model.state_dict().items(), stock.state_dict().values()):
@@ -227,4 +271,6 @@ def test_load_pruned_model_loads_a_stock_checkpoint_with_settings_as_arguments(s
     expected = RedundancyCodebook.from_pretrained(stock_checkpoint / "codebook").prototypes
     assert torch.equal(model.codebook.prototypes, expected)
     with pytest.raises(ValueError, match=r"outside \[-1.0, 1.0\]"):
-        load_pruned_model(str(stock_checkpoint / "base"), codebook_repo=str(stock_checkpoint / "codebook"), codebook_threshold=7.0)
+        load_pruned_model(
+            str(stock_checkpoint / "base"), codebook_repo=str(stock_checkpoint / "codebook"), codebook_threshold=7.0
+        )

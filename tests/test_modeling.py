@@ -62,7 +62,12 @@ def test_pruned_generate_matches_stock_model_with_dropped_placeholders_masked(
     selection = out.visual_token_selection
     assert (selection.num_kept < selection.num_total).all(), "the case must actually prune every image"
     expected = oracle_generate(
-        stock_twin(tiny_model), inputs, selection, tiny_model, SETTINGS[setting].get("position_mode", "contiguous"), **GREEDY
+        stock_twin(tiny_model),
+        inputs,
+        selection,
+        tiny_model,
+        SETTINGS[setting].get("position_mode", "contiguous"),
+        **GREEDY,
     )
     assert torch.equal(out.sequences, expected)
     # The caller's prompt is spliced back in front of the new tokens.
@@ -73,7 +78,13 @@ def test_pruned_beam_search_matches_the_oracle(tiny_model, tiny_processor, image
     inputs = batch(tiny_processor, ["<image> what is this ?", "describe <image>"], [images["wide"], images["square"]])
     out = tiny_model.generate(**inputs, num_beams=3, num_return_sequences=2, return_dict_in_generate=True, **GREEDY)
     expected = oracle_generate(
-        stock_twin(tiny_model), inputs, out.visual_token_selection, tiny_model, num_beams=3, num_return_sequences=2, **GREEDY
+        stock_twin(tiny_model),
+        inputs,
+        out.visual_token_selection,
+        tiny_model,
+        num_beams=3,
+        num_return_sequences=2,
+        **GREEDY,
     )
     assert out.sequences.shape[0] == 4
     assert torch.equal(out.sequences, expected)
@@ -194,7 +205,9 @@ def test_per_call_threshold_override_changes_the_kept_count_without_touching_the
 def test_forward_compacts_inputs_and_labels_together(tiny_model, tiny_processor, images):
     """Kept positions get the same logits as the stock model with dropped placeholders masked (and the same
     position ids); the loss is the cross-entropy over the compacted labels."""
-    inputs = batch(tiny_processor, ["<image> what is the colour ?", "describe <image> the sky"], [images["wide"], images["tall"]])
+    inputs = batch(
+        tiny_processor, ["<image> what is the colour ?", "describe <image> the sky"], [images["wide"], images["tall"]]
+    )
     labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == tiny_model.config.image_token_id, -100)
     labels = labels.masked_fill(inputs["attention_mask"] == 0, -100)
     out = tiny_model(**inputs, labels=labels)
@@ -316,7 +329,9 @@ def test_pruning_disabled_in_one_thread_does_not_disable_it_in_another(tiny_mode
     worker.start()
     inside.wait(timeout=60)
     try:
-        result["selection"] = tiny_model.generate(**inputs, return_dict_in_generate=True, **GREEDY).visual_token_selection
+        result["selection"] = tiny_model.generate(
+            **inputs, return_dict_in_generate=True, **GREEDY
+        ).visual_token_selection
     finally:
         release.set()
         worker.join(timeout=60)
@@ -332,5 +347,7 @@ def test_images_that_lose_every_token_still_generate_like_the_oracle_with_beams(
     settings = dict(codebook_threshold=-1.0, min_visual_tokens=0, always_keep_newline=False)
     out = tiny_model.generate(**inputs, **settings, num_beams=2, return_dict_in_generate=True, **GREEDY)
     assert out.visual_token_selection.num_kept.tolist() == [0, 0, 0]
-    expected = oracle_generate(stock_twin(tiny_model), inputs, out.visual_token_selection, tiny_model, num_beams=2, **GREEDY)
+    expected = oracle_generate(
+        stock_twin(tiny_model), inputs, out.visual_token_selection, tiny_model, num_beams=2, **GREEDY
+    )
     assert torch.equal(out.sequences, expected)

@@ -58,7 +58,12 @@ def test_protected_tokens_are_always_kept_and_not_counted_by_budget_or_minimum()
     scores = torch.tensor([0.1, 0.99, 0.2, 0.3, 0.99])
     protected = torch.tensor([False, True, False, False, True])
     assert select_tokens(scores, mode="budget", keep_tokens=1, min_keep=0, protected=protected).tolist() == [0, 1, 4]
-    assert select_tokens(scores, mode="threshold", threshold=-1, min_keep=2, protected=protected).tolist() == [0, 1, 2, 4]
+    assert select_tokens(scores, mode="threshold", threshold=-1, min_keep=2, protected=protected).tolist() == [
+        0,
+        1,
+        2,
+        4,
+    ]
 
 
 def test_raising_the_threshold_never_keeps_fewer_tokens():

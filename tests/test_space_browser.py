@@ -33,8 +33,6 @@ pytestmark = [
 ]
 
 
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     from spaces_app import app

@@ -25,8 +25,6 @@ from space_helpers import launch_on_a_free_port  # noqa: E402
 TIMEOUT = 120  # seconds any one call may take before the test fails rather than hangs
 
 
-
-
 def picture(path: Path, width: int, height: int, seed: int, flat_share: float = 0.5) -> str:
     rng = np.random.default_rng(seed)
     pixels = np.full((height, width, 3), 255, dtype=np.uint8)
