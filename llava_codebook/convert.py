@@ -1,10 +1,11 @@
 """Turn a stock LLaVA-NeXT checkpoint plus a codebook into a pruning-enabled, `trust_remote_code` model repo."""
 
+import re
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
-from .codebook import CODEBOOK_FILENAME
+from .codebook import CODEBOOK_FILENAME, resolve_codebook_file
 from .loading import load_pruned_model
 from .modeling_llava_next_codebook import SELF_REPO
 from .processing_llava_next_codebook import LlavaNextCodebookProcessor
@@ -77,6 +78,17 @@ Made with [llava-codebook](https://pypi.org/project/llava-codebook/) `convert`.
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
+def pinned_commit(repo_id: str, filename: str) -> str | None:
+    """The commit of `repo_id` whose `filename` is in the local Hub cache now (`main`'s, as just resolved)."""
+    path = Path(resolve_codebook_file(repo_id, filename=filename))
+    parts = path.parts
+    if "snapshots" in parts:
+        commit = parts[parts.index("snapshots") + 1]
+        if re.fullmatch(r"[0-9a-f]{40}", commit):
+            return commit
+    return None
+
+
 def convert_checkpoint(
     base: str,
     codebook: str,
@@ -94,7 +106,8 @@ def convert_checkpoint(
     """Write a pruning-enabled repo to `out` (and push it when `push_to` is given); returns `out`.
 
     A codebook given as a local path is copied into the repo (`codebook/`) and referenced as `"."`, so the repo is
-    self-contained on the Hub; a Hub repo id stays a reference (pin it with `codebook_revision`).
+    self-contained on the Hub; a Hub repo id stays a reference, pinned to the commit loaded now unless
+    `codebook_revision` names one.
     """
     from transformers import AutoProcessor
 
@@ -114,6 +127,10 @@ def convert_checkpoint(
         model.codebook.save_pretrained(out / "codebook")
         model.config.codebook_repo, model.config.codebook_filename = SELF_REPO, EMBEDDED_CODEBOOK
         model.config.codebook_revision = None
+    elif codebook_revision is None:
+        # A floating "main" would let the converted model change behaviour when the codebook repo changes:
+        # pin the commit that was actually loaded.
+        model.config.codebook_revision = pinned_commit(codebook, codebook_filename)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     model_card(model.config, base, push_to, base_revision).save(out / "README.md")

@@ -187,6 +187,21 @@ def test_codebook_reference_to_another_hub_repo_resolves_from_the_cache(stock_ch
     check_report(load_offline("org/llava-next-codebook", stock_checkpoint / "codebook" / "codebook.safetensors", cache))
 
 
+def test_convert_pins_a_hub_codebook_to_the_commit_it_loaded_when_no_revision_is_given(stock_checkpoint, tmp_path):
+    cache = tmp_path / "cache"
+    codebook_file = stock_checkpoint / "codebook" / "codebook.safetensors"
+    commit = seed_hub_cache(cache, "org/tiny-codebook", {"codebook.safetensors": codebook_file})
+    out = tmp_path / "converted"
+    with mock.patch("huggingface_hub.constants.HF_HUB_CACHE", str(cache)):
+        run_cli(
+            "convert", "--base", str(stock_checkpoint / "base"), "--codebook", "org/tiny-codebook", "--out", str(out)
+        )
+    config = json.loads((out / "config.json").read_text())
+    assert (config["codebook_repo"], config["codebook_revision"]) == ("org/tiny-codebook", commit)
+    pinned = RedundancyCodebook.from_pretrained("org/tiny-codebook", revision=commit, cache_dir=cache)
+    assert torch.equal(pinned.prototypes, RedundancyCodebook.from_file(codebook_file).prototypes)
+
+
 def test_convert_push_uploads_the_folder_to_the_named_repo(stock_checkpoint, tmp_path):
     out = tmp_path / "converted"
     with (
