@@ -7,6 +7,7 @@ A bare `codebook.safetensors` loads on its own.
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -179,8 +180,6 @@ or set these fields in a `llava_next_codebook` model's `config.json`:
         commit_message: str = "Upload redundancy codebook",
     ):
         """Create the repo if needed and upload the codebook folder; returns the `CommitInfo`."""
-        import tempfile
-
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None and not create_pr:

@@ -107,17 +107,16 @@ class LlavaNextCodebookConfig(LlavaNextConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self.codebook_threshold = float(self.codebook_threshold)
-        self.keep_ratio = float(self.keep_ratio)
         validate_pruning_settings(
-            self.pruning_strategy,
-            self.pruning_mode,
-            self.codebook_threshold,
-            self.keep_ratio,
-            self.keep_tokens,
-            self.min_visual_tokens,
-            self.position_mode,
+            pruning_strategy=self.pruning_strategy,
+            pruning_mode=self.pruning_mode,
+            codebook_threshold=self.codebook_threshold,
+            keep_ratio=self.keep_ratio,
+            keep_tokens=self.keep_tokens,
+            min_visual_tokens=self.min_visual_tokens,
+            position_mode=self.position_mode,
         )
+        self.codebook_threshold, self.keep_ratio = float(self.codebook_threshold), float(self.keep_ratio)
         if not self.codebook_filename.endswith(".safetensors"):
             raise ValueError(
                 f"codebook_filename={self.codebook_filename!r} is not a .safetensors file. Pickled codebooks are never "

@@ -252,9 +252,12 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
             values["pruning_strategy"] = "codebook" if pruning else "none"
         if not self._pruning_enabled:
             values["pruning_strategy"] = "none"
-        if isinstance(values["codebook_threshold"], int) and not isinstance(values["codebook_threshold"], bool):
-            values["codebook_threshold"] = float(values["codebook_threshold"])
-        validate_pruning_settings(*(values[name] for name in PRUNING_FIELDS if name != "always_keep_newline"))
+        validate_pruning_settings(**{name: values[name] for name in PRUNING_FIELDS if name != "always_keep_newline"})
+        # Validated first (it refuses bools), then stored as float like the config does.
+        values["codebook_threshold"], values["keep_ratio"] = (
+            float(values["codebook_threshold"]),
+            float(values["keep_ratio"]),
+        )
         return PruningSettings(**values)
 
     # ------------------------------------------------------------------ selection
