@@ -29,7 +29,7 @@ def codebook_similarity(features: torch.Tensor, prototypes: torch.Tensor, chunk_
             "the codebook was built for another model (it must match the language model's hidden size)."
         )
     if prototypes.shape[0] == 0:
-        return torch.full((features.shape[0],), -1.0, dtype=torch.float32, device=features.device)
+        raise ValueError("The codebook has no prototypes: every token would score -1 and nothing would be pruned.")
     protos = F.normalize(prototypes.to(device=features.device, dtype=torch.float32), dim=-1)
     scores = []
     for start in range(0, features.shape[0], chunk_size):
