@@ -1,5 +1,6 @@
 """Configuration of a LLaVA-NeXT model that prunes redundant visual tokens with a redundancy codebook."""
 
+import math
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -11,40 +12,83 @@ PRUNING_MODES = ("threshold", "budget")
 POSITION_MODES = ("contiguous", "original")
 
 
-def validate_pruning_settings(
-    pruning_strategy: str,
-    pruning_mode: str,
-    codebook_threshold: float,
-    keep_ratio: float,
-    keep_tokens: int | None,
-    min_visual_tokens: int,
-    position_mode: str,
-) -> None:
-    """Raise a `ValueError` naming the allowed range for any pruning setting that is out of it.
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    Shared by the config (at construction) and the model (for per-call overrides of `generate` / `forward`).
-    """
-    if pruning_strategy not in PRUNING_STRATEGIES:
-        raise ValueError(f"pruning_strategy={pruning_strategy!r} is unknown; use one of {PRUNING_STRATEGIES}.")
-    if pruning_mode not in PRUNING_MODES:
-        raise ValueError(f"pruning_mode={pruning_mode!r} is unknown; use one of {PRUNING_MODES}.")
-    if position_mode not in POSITION_MODES:
-        raise ValueError(f"position_mode={position_mode!r} is unknown; use one of {POSITION_MODES}.")
-    if isinstance(codebook_threshold, bool) or not isinstance(codebook_threshold, (int, float)):
-        raise ValueError(f"codebook_threshold must be a number in [-1.0, 1.0], got {codebook_threshold!r}.")
-    if not -1.0 <= float(codebook_threshold) <= 1.0:
+
+def check_choice(name: str, choices: tuple[str, ...]):
+    def check(value) -> None:
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is unknown; use one of {choices}.")
+
+    return check
+
+
+def check_codebook_threshold(value) -> None:
+    if not _is_number(value) or math.isnan(value):
+        raise ValueError(f"codebook_threshold must be a number in [-1.0, 1.0], got {value!r}.")
+    if not -1.0 <= float(value) <= 1.0:
         raise ValueError(
-            f"codebook_threshold={codebook_threshold} is outside [-1.0, 1.0]: it is compared with a cosine "
-            "similarity (a token is kept iff its best cosine to a prototype is below it). Higher keeps more."
+            f"codebook_threshold={value} is outside [-1.0, 1.0]: it is compared with a cosine similarity (a token "
+            "is kept iff its best cosine to a prototype is below it). Higher keeps more."
         )
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < float(keep_ratio) <= 1.0:
-        raise ValueError(f"keep_ratio={keep_ratio!r} is outside (0.0, 1.0]: it is the share of visual tokens kept.")
-    if keep_tokens is not None and (
-        isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int) or keep_tokens < 1
-    ):
-        raise ValueError(f"keep_tokens={keep_tokens!r} must be None or an integer >= 1 (visual tokens kept per image).")
-    if isinstance(min_visual_tokens, bool) or not isinstance(min_visual_tokens, int) or min_visual_tokens < 0:
-        raise ValueError(f"min_visual_tokens={min_visual_tokens!r} must be an integer >= 0.")
+
+
+def check_keep_ratio(value) -> None:
+    if not _is_number(value) or math.isnan(value) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"keep_ratio={value!r} is outside (0.0, 1.0]: it is the share of visual tokens kept.")
+
+
+def check_keep_tokens(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"keep_tokens={value!r} must be None or an integer >= 1 (visual tokens kept per image).")
+
+
+def check_min_visual_tokens(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"min_visual_tokens={value!r} must be an integer >= 0 (visual tokens kept per image).")
+
+
+def check_always_keep_newline(value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"always_keep_newline={value!r} must be True or False.")
+
+
+def check_codebook_filename(value) -> None:
+    if not isinstance(value, str) or not value.endswith(".safetensors"):
+        raise ValueError(
+            f"codebook_filename={value!r} is not a .safetensors file. Pickled codebooks are never loaded by the "
+            "model; convert one with `llava-codebook import-seed FILE.pt --base-model MODEL_ID --out DIR`."
+        )
+
+
+# One validator per pruning field. The config runs them at construction, on every attribute assignment (which is
+# how `from_pretrained(..., codebook_threshold=...)` and `config.x = ...` set values) and the model runs them on
+# per-call overrides, so an invalid value is refused wherever it enters.
+PRUNING_VALIDATORS = {
+    "pruning_strategy": check_choice("pruning_strategy", PRUNING_STRATEGIES),
+    "pruning_mode": check_choice("pruning_mode", PRUNING_MODES),
+    "codebook_threshold": check_codebook_threshold,
+    "keep_ratio": check_keep_ratio,
+    "keep_tokens": check_keep_tokens,
+    "min_visual_tokens": check_min_visual_tokens,
+    "always_keep_newline": check_always_keep_newline,
+    "position_mode": check_choice("position_mode", POSITION_MODES),
+}
+FLOAT_FIELDS = ("codebook_threshold", "keep_ratio")
+
+
+def validate_pruning_settings(**settings) -> dict:
+    """Validate pruning settings given by name; returns them with the float fields stored as `float`.
+
+    Raises a `ValueError` that names the setting, the value received and the allowed range.
+    """
+    unknown = set(settings) - set(PRUNING_VALIDATORS)
+    if unknown:
+        raise TypeError(f"Unknown pruning settings {sorted(unknown)}; expected some of {tuple(PRUNING_VALIDATORS)}.")
+    for name, value in settings.items():
+        PRUNING_VALIDATORS[name](value)
+    return {name: float(value) if name in FLOAT_FIELDS else value for name, value in settings.items()}
 
 
 @strict
@@ -105,23 +149,23 @@ class LlavaNextCodebookConfig(LlavaNextConfig):
     always_keep_newline: bool = True
     position_mode: Literal["contiguous", "original"] = "contiguous"
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        validate_pruning_settings(
-            pruning_strategy=self.pruning_strategy,
-            pruning_mode=self.pruning_mode,
-            codebook_threshold=self.codebook_threshold,
-            keep_ratio=self.keep_ratio,
-            keep_tokens=self.keep_tokens,
-            min_visual_tokens=self.min_visual_tokens,
-            position_mode=self.position_mode,
-        )
-        self.codebook_threshold, self.keep_ratio = float(self.codebook_threshold), float(self.keep_ratio)
-        if not self.codebook_filename.endswith(".safetensors"):
-            raise ValueError(
-                f"codebook_filename={self.codebook_filename!r} is not a .safetensors file. Pickled codebooks are never "
-                "loaded by the model; convert one with `llava-codebook import-seed FILE.pt --out DIR`."
-            )
+    def __setattr__(self, name, value):
+        # Runs at construction, on `config.x = ...` and for `from_pretrained(..., x=...)` (which sets attributes after
+        # loading), so no path can store an invalid value. `@strict` has type-checked `value` already.
+        if name in PRUNING_VALIDATORS:
+            PRUNING_VALIDATORS[name](value)
+            if name in FLOAT_FIELDS:
+                value = float(value)
+        elif name == "codebook_filename":
+            check_codebook_filename(value)
+        super().__setattr__(name, value)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Never write a config that cannot be loaded back, even if a value was forced past the validators
+        # (e.g. through `__dict__`): check every field again before anything is written.
+        validate_pruning_settings(**{name: getattr(self, name) for name in PRUNING_VALIDATORS})
+        check_codebook_filename(self.codebook_filename)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 __all__ = ["LlavaNextCodebookConfig"]
