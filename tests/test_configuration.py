@@ -54,3 +54,40 @@ def test_round_trip_through_dict_and_json(tmp_path):
     loaded = LlavaNextCodebookConfig.from_pretrained(tmp_path)
     for field in ("codebook_repo", "codebook_revision", "pruning_mode", "keep_tokens", "position_mode"):
         assert getattr(loaded, field) == getattr(config, field)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("codebook_threshold", float("nan")),
+        ("codebook_threshold", float("inf")),
+        ("keep_ratio", 7.0),
+        ("keep_ratio", float("nan")),
+        ("min_visual_tokens", -2),
+        ("keep_tokens", 0),
+        ("codebook_filename", "codebook.bin"),
+    ],
+)
+def test_invalid_values_are_refused_on_assignment_and_the_old_value_is_kept(field, value):
+    config = LlavaNextCodebookConfig()
+    before = getattr(config, field)
+    with pytest.raises(ValueError, match=field):
+        setattr(config, field, value)
+    assert getattr(config, field) == before
+
+
+def test_from_pretrained_keyword_overrides_are_validated(tmp_path):
+    LlavaNextCodebookConfig().save_pretrained(tmp_path)
+    for overrides in ({"codebook_threshold": float("nan")}, {"keep_ratio": 7.0}, {"min_visual_tokens": -2}):
+        with pytest.raises(ValueError, match=next(iter(overrides))):
+            LlavaNextCodebookConfig.from_pretrained(tmp_path, **overrides)
+    loaded = LlavaNextCodebookConfig.from_pretrained(tmp_path, codebook_threshold=1, keep_ratio=0.5)
+    assert loaded.codebook_threshold == 1.0 and isinstance(loaded.codebook_threshold, float)
+
+
+def test_a_config_forced_past_the_validators_is_never_written(tmp_path):
+    config = LlavaNextCodebookConfig()
+    config.__dict__["codebook_threshold"] = float("nan")  # bypasses __setattr__
+    with pytest.raises(ValueError, match="codebook_threshold"):
+        config.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out" / "config.json").exists()
