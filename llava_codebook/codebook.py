@@ -68,6 +68,20 @@ class RedundancyCodebook:
             raise CodebookError(f"A codebook's prototypes must be a 2-D tensor [K, D], got {shape}.")
         if not self.prototypes.is_floating_point():
             raise CodebookError(f"A codebook's prototypes must be floating point, got {self.prototypes.dtype}.")
+        if self.prototypes.shape[0] == 0 or self.prototypes.shape[1] == 0:
+            raise CodebookError(
+                f"A codebook needs at least one prototype of positive dimension, got shape "
+                f"{tuple(self.prototypes.shape)}: with no rows nothing would ever be pruned. Rebuild the codebook "
+                "(`llava-codebook build`) or turn pruning off (`pruning_strategy='none'`)."
+            )
+        finite = torch.isfinite(self.prototypes).all(dim=1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().squeeze(-1).tolist()
+            raise CodebookError(
+                f"The codebook has NaN or infinite values in {len(bad)} of its {self.prototypes.shape[0]} prototypes "
+                f"(rows {bad[:10]}{' ...' if len(bad) > 10 else ''}); cosine scores against them are meaningless. "
+                "The file is corrupt or was built in a dtype that overflowed: rebuild or re-export it."
+            )
 
     @property
     def num_prototypes(self) -> int:
@@ -105,15 +119,23 @@ class RedundancyCodebook:
             )
 
     # ------------------------------------------------------------------ saving
-    def save_pretrained(self, save_directory: str | os.PathLike, *, model_card: bool = True) -> Path:
-        """Write `codebook.safetensors`, `config.json` and (unless one exists or `model_card=False`) `README.md`."""
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        info = self.provenance()
-        meta = {key: json.dumps(value) for key, value in info.items()}
+    def save_file(self, path: str | os.PathLike) -> Path:
+        """Write the codebook as one safetensors file (`prototypes` plus the provenance as metadata)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {key: json.dumps(value) for key, value in self.provenance().items()}
         meta["format"] = "pt"
-        save_file({TENSOR_NAME: self.prototypes.detach().cpu().contiguous()}, save_directory / CODEBOOK_FILENAME, meta)
-        (save_directory / CONFIG_FILENAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        save_file({TENSOR_NAME: self.prototypes.detach().cpu().contiguous()}, path, meta)
+        return path
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, model_card: bool = True, filename: str = CODEBOOK_FILENAME
+    ) -> Path:
+        """Write `filename` (default `codebook.safetensors`), `config.json` and (unless one exists or
+        `model_card=False`) `README.md`."""
+        save_directory = Path(save_directory)
+        self.save_file(save_directory / filename)
+        (save_directory / CONFIG_FILENAME).write_text(json.dumps(self.provenance(), indent=2, sort_keys=True) + "\n")
         readme = save_directory / "README.md"
         if model_card and not readme.exists():
             self.model_card().save(readme)

@@ -149,3 +149,32 @@ def test_non_2d_or_integer_prototypes_are_rejected():
         RedundancyCodebook(torch.randn(4))
     with pytest.raises(CodebookError, match="floating point"):
         RedundancyCodebook(torch.ones(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_codebook_with_a_non_finite_entry_is_refused_at_construction_and_at_load(tmp_path, bad):
+    prototypes = torch.randn(6, 8)
+    prototypes[4, 3] = bad
+    with pytest.raises(CodebookError, match=r"NaN or infinite values in 1 of its 6 prototypes \(rows \[4\]\)"):
+        RedundancyCodebook(prototypes=prototypes)
+    save_file({"prototypes": prototypes}, tmp_path / "codebook.safetensors")
+    with pytest.raises(CodebookError, match="NaN or infinite"):
+        RedundancyCodebook.from_pretrained(tmp_path)
+
+
+def test_a_codebook_without_rows_is_refused_at_construction_and_at_load(tmp_path):
+    with pytest.raises(CodebookError, match=r"at least one prototype.*\(0, 8\)"):
+        RedundancyCodebook(prototypes=torch.zeros(0, 8))
+    save_file({"prototypes": torch.zeros(0, 8)}, tmp_path / "codebook.safetensors")
+    with pytest.raises(CodebookError, match="at least one prototype"):
+        RedundancyCodebook.from_pretrained(tmp_path)
+
+
+def test_a_model_refuses_a_corrupt_codebook_when_it_is_attached(tiny_model, tmp_path):
+    prototypes = tiny_model.codebook.prototypes.clone()
+    prototypes[0, 0] = float("nan")
+    save_file({"prototypes": prototypes}, tmp_path / "codebook.safetensors")
+    before = tiny_model.codebook
+    with pytest.raises(CodebookError, match="NaN or infinite"):
+        tiny_model.load_codebook(str(tmp_path))
+    assert tiny_model.codebook is before
