@@ -9,10 +9,12 @@ compacted (dropped placeholders removed, the batch re-padded on the left) *befor
 import contextlib
 import contextvars
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import LlavaNextForConditionalGeneration, LlavaNextModel
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.llava_next.modeling_llava_next import (
@@ -23,21 +25,12 @@ from transformers.models.llava_next.modeling_llava_next import (
 from transformers.utils import logging
 
 from .codebook import RedundancyCodebook
-from .configuration_llava_next_codebook import LlavaNextCodebookConfig, validate_pruning_settings
+from .configuration_llava_next_codebook import PRUNING_VALIDATORS, LlavaNextCodebookConfig, validate_pruning_settings
 from .selection import codebook_similarity, select_tokens
 
 logger = logging.get_logger(__name__)
 
-PRUNING_FIELDS = (
-    "pruning_strategy",
-    "pruning_mode",
-    "codebook_threshold",
-    "keep_ratio",
-    "keep_tokens",
-    "min_visual_tokens",
-    "always_keep_newline",
-    "position_mode",
-)
+PRUNING_FIELDS = tuple(PRUNING_VALIDATORS)
 OVERRIDE_NAMES = PRUNING_FIELDS + ("pruning",)
 CODEBOOK_REFERENCE_FIELDS = ("codebook_repo", "codebook_filename", "codebook_revision")
 _CODEBOOK_LOAD_KWARGS = ("cache_dir", "local_files_only", "token")
@@ -132,7 +125,7 @@ class CodebookGenerateBeamDecoderOnlyOutput(GenerateBeamDecoderOnlyOutput):
 
 
 def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -> dict:
-    """Drop the `False` positions of every `[B, S]` tensor and left-pad the rows back to one length.
+    """Drop the `False` positions of every `[B, S, ...]` tensor and left-pad the rows back to one length.
 
     Positions that are kept keep their order; row `b` ends up right-aligned, padded with `pad_values[name]`.
     """
@@ -147,19 +140,75 @@ def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -
         if tensor is None:
             out[name] = None
             continue
-        compacted = torch.full((batch, width), pad_values[name], dtype=tensor.dtype, device=tensor.device)
+        shape = (batch, width, *tensor.shape[2:])
+        compacted = torch.full(shape, pad_values[name], dtype=tensor.dtype, device=tensor.device)
         compacted[rows.to(tensor.device), cols.to(tensor.device)] = tensor[keep.to(tensor.device)]
         out[name] = compacted
     return out
+
+
+def register_stock_checkpoint_layout(model_type: str, stock_model_type: str) -> None:
+    """Load and save `model_type` checkpoints with the key layout of the stock `stock_model_type` class.
+
+    Every llava-hf repo stores the legacy layout (`language_model.model.*`, `language_model.lm_head.weight`,
+    `vision_tower.*`, ...), which the stock class renames on load (and back on save) through transformers'
+    checkpoint-conversion table. That table skips custom-code classes unless their `model_type` is registered, so
+    without this call the language model of every real checkpoint would load as missing and be initialised at
+    random. It runs when this file is imported, which every load and save of the class does (the installed package
+    and the remote-code copy alike): saving and loading stay symmetric.
+    """
+    register_checkpoint_conversion_mapping(
+        model_type, get_checkpoint_conversion_mapping(stock_model_type), overwrite=True
+    )
+
+
+register_stock_checkpoint_layout(LlavaNextCodebookConfig.model_type, "llava_next")
+
+
+class IncompleteCheckpointError(ValueError):
+    """Loading a checkpoint would have left weights of the model missing, unused, or of another shape."""
+
+
+def _refuse_incomplete_load(model, info: dict, source) -> None:
+    problems = {
+        "missing (would be initialised at random)": sorted(info.get("missing_keys") or ()),
+        "unexpected (in the checkpoint, not used by the model)": sorted(info.get("unexpected_keys") or ()),
+        "of another shape": sorted(
+            f"{key} {tuple(saved)} vs {tuple(expected)}" for key, saved, expected in info.get("mismatched_keys") or ()
+        ),
+        "not converted": sorted(f"{key}: {err}" for key, err in (info.get("conversion_errors") or {}).items()),
+        "errors": list(info.get("error_msgs") or ()),
+    }
+    problems = {what: keys for what, keys in problems.items() if keys}
+    if not problems:
+        return
+    lines = []
+    for what, keys in problems.items():
+        shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+        lines.append(f"  {what}: {shown}")
+    raise IncompleteCheckpointError(
+        f"Loading {source!r} into {type(model).__name__} does not fill every weight exactly:\n"
+        + "\n".join(lines)
+        + "\nThe model was not returned, so no randomly initialised weight can be used by mistake. Load a "
+        "LLaVA-NeXT checkpoint (stock llava-hf layout or a repo written by this package) whose config matches its "
+        "weights; a stock checkpoint is loaded with `load_pruned_model(...)`."
+    )
 
 
 class _CodebookPruningMixin:
     """Codebook loading and the `pruning_disabled()` toggle, shared by the base model and the generation model."""
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Stock `from_pretrained`, refusing any checkpoint that does not fill every weight, then the codebook.
+
+        Raises `IncompleteCheckpointError` (a `ValueError`) naming the keys when any weight would be missing,
+        unused or of another shape, instead of returning a model with freshly initialised tensors.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        _refuse_incomplete_load(model, info, pretrained_model_name_or_path)
+        loaded = (model, info) if output_loading_info else model
         # The codebook is not a weight: it is resolved from the config's reference once the weights are in place,
         # so that meta-device initialisation cannot touch it.
         base = model._pruning_base()
@@ -170,6 +219,28 @@ class _CodebookPruningMixin:
                 hub_kwargs["revision"] = base.config.codebook_revision or kwargs.get("revision")
             base.load_codebook(**hub_kwargs)
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Stock `save_pretrained` (legacy llava-hf key layout), plus the codebook when it lives in the repo itself.
+
+        A model whose config says `codebook_repo="."` writes its codebook to `codebook_filename` inside
+        `save_directory`, so the saved (or pushed) repo is self-contained and loads and generates identically.
+        """
+        base = self._pruning_base()
+        embedded = base.config.codebook_repo == SELF_REPO
+        if embedded and base._codebook is None:
+            # Resolve it before anything is written: a repo whose config names a codebook it lacks is never written.
+            base.load_codebook()
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if embedded and kwargs.get("is_main_process", True):
+            root = Path(save_directory)
+            target = root / base.config.codebook_filename
+            if target.parent.resolve() == root.resolve():
+                # Beside the model's own config.json and card: only the tensor file.
+                base._codebook.save_file(target)
+            else:
+                base._codebook.save_pretrained(target.parent, filename=target.name)
+        return result
 
     @contextlib.contextmanager
     def pruning_disabled(self):
@@ -196,6 +267,9 @@ class _CodebookPruningMixin:
 class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
     config_class = LlavaNextCodebookConfig
     config: LlavaNextCodebookConfig
+    # Loaded from a full checkpoint (the usual case: `AutoModel` on a llava-hf repo), the base model has no use for
+    # the language-model head; every other unused or missing weight still fails the load.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
     def __init__(self, config: LlavaNextCodebookConfig):
         super().__init__(config)
@@ -252,13 +326,7 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
             values["pruning_strategy"] = "codebook" if pruning else "none"
         if not self._pruning_enabled:
             values["pruning_strategy"] = "none"
-        validate_pruning_settings(**{name: values[name] for name in PRUNING_FIELDS if name != "always_keep_newline"})
-        # Validated first (it refuses bools), then stored as float like the config does.
-        values["codebook_threshold"], values["keep_ratio"] = (
-            float(values["codebook_threshold"]),
-            float(values["keep_ratio"]),
-        )
-        return PruningSettings(**values)
+        return PruningSettings(**validate_pruning_settings(**values))
 
     # ------------------------------------------------------------------ selection
     def newline_masks(self, image_sizes: torch.Tensor, vision_feature_select_strategy: str | None = None):
@@ -325,11 +393,19 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
             newline_mask=masks,
         )
 
+    def placeholder_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        """`[B, S]` bool mask of the image placeholders, found as the stock model finds them: by token id, or, with
+        `inputs_embeds` alone, by equality with the image token's embedding."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_token = torch.full((), self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+        return (inputs_embeds == self.get_input_embeddings()(image_token)).all(-1)
+
     def prepare_pruned_inputs(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None,
         pixel_values: torch.Tensor,
-        image_sizes: torch.Tensor,
+        image_sizes: torch.Tensor | None,
         settings: PruningSettings,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
@@ -337,16 +413,20 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
         vision_feature_layer=None,
         vision_feature_select_strategy=None,
         pad_token_id: int = 0,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> tuple[dict, VisualTokenSelection]:
         """Encode the images once, choose the kept tokens, and compact the text-side tensors to match.
 
-        Returns the keyword arguments for the stock `forward` / `generate` (`input_ids`, `attention_mask`,
-        `position_ids`, `labels`, `mm_encoder_outputs`) and the selection.
+        Returns the keyword arguments for the stock `forward` / `generate` (`input_ids` or `inputs_embeds`,
+        `attention_mask`, `position_ids`, `labels`, `mm_encoder_outputs`) and the selection.
         """
-        if input_ids is None:
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("Pass `input_ids` (or `inputs_embeds`) together with `pixel_values`.")
+        if image_sizes is None:
             raise ValueError(
-                "Pruning needs `input_ids` to find the image placeholders; `inputs_embeds` alone is not supported. "
-                "Pass input_ids, or call with pruning=False."
+                "`pixel_values` were given without `image_sizes`: LLaVA-NeXT needs each image's original (height, "
+                "width) to unpad its AnyRes tiles. Pass the `image_sizes` the processor returns with `pixel_values` "
+                "(`model(**processor(images=..., text=..., return_tensors='pt'))`)."
             )
         image_outputs = self.get_image_features(
             pixel_values,
@@ -356,7 +436,7 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
             return_dict=True,
         )
         packed = list(image_outputs.pooler_output)
-        is_placeholder = input_ids == self.config.image_token_id
+        is_placeholder = self.placeholder_mask(input_ids, inputs_embeds)
         n_placeholders, n_features = int(is_placeholder.sum()), sum(f.shape[0] for f in packed)
         if n_placeholders != n_features:
             raise ValueError(
@@ -365,16 +445,22 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
                 "processor: build inputs with `processor(images=..., text=...)` and as many `<image>` as images."
             )
         selection = self.select_visual_tokens(packed, image_sizes, settings, vision_feature_select_strategy)
-        keep = torch.ones_like(input_ids, dtype=torch.bool)
-        keep[is_placeholder] = torch.cat(selection.keep_masks()).to(input_ids.device)
+        keep = torch.ones_like(is_placeholder)
+        keep[is_placeholder] = torch.cat(selection.keep_masks()).to(keep.device)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(keep.shape, dtype=torch.long, device=keep.device)
         if position_ids is None and settings.position_mode == "original":
             position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         compacted = compact_sequences(
             keep,
-            {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "labels": labels},
-            {"input_ids": pad_token_id, "attention_mask": 0, "position_ids": 0, "labels": -100},
+            {
+                "input_ids": input_ids,
+                "inputs_embeds": inputs_embeds,
+                "attention_mask": attention_mask,
+                "position_ids": position_ids,
+                "labels": labels,
+            },
+            {"input_ids": pad_token_id, "inputs_embeds": 0.0, "attention_mask": 0, "position_ids": 0, "labels": -100},
         )
         image_outputs.pooler_output = [f[k.to(f.device)] for f, k in zip(packed, selection.kept_indices)]
         compacted["mm_encoder_outputs"] = {"image": image_outputs}
@@ -383,9 +469,9 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
     def prune_call(self, call: dict, pruning: bool | None, pad_token_id: int) -> VisualTokenSelection | None:
         """Apply pruning to one call's keyword arguments, in place; returns the selection, or `None` if none applies.
 
-        Pops the per-call overrides. When pruning applies (codebook strategy, images given), replaces `input_ids`,
-        `attention_mask`, `position_ids` and `labels` by their compacted versions and hands the encoded, pruned
-        images over as `mm_encoder_outputs` instead of `pixel_values` / `image_sizes`.
+        Pops the per-call overrides. When pruning applies (codebook strategy, images given), replaces `input_ids`
+        (or `inputs_embeds`), `attention_mask`, `position_ids` and `labels` by their compacted versions and hands
+        the encoded, pruned images over as `mm_encoder_outputs` instead of `pixel_values` / `image_sizes`.
         """
         reference = [name for name in CODEBOOK_REFERENCE_FIELDS if name in call]
         if reference:
@@ -409,6 +495,7 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
             vision_feature_layer=call.get("vision_feature_layer"),
             vision_feature_select_strategy=call.get("vision_feature_select_strategy"),
             pad_token_id=pad_token_id,
+            inputs_embeds=call.get("inputs_embeds"),
         )
         call.update({name: value for name, value in compacted.items() if value is not None or name in call})
         return selection
@@ -567,21 +654,25 @@ class LlavaNextCodebookForConditionalGeneration(_CodebookPruningMixin, LlavaNext
         selection = self.model.prune_call(kwargs, pruning, self._generation_pad_token_id(kwargs))
         with self.pruning_disabled():
             output = super().generate(inputs, **kwargs)
-        if selection is None:
-            return output
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        expand = sequences.shape[0] // input_ids.shape[0]
-        new_tokens = sequences[:, kwargs["input_ids"].shape[1] :]
-        spliced = torch.cat([input_ids.repeat_interleave(expand, dim=0).to(new_tokens.device), new_tokens], dim=1)
+        if selection is not None and input_ids is not None:
+            # The stock `generate` returned the compacted prompt: put the caller's own prompt back in front of the
+            # new tokens. (With `inputs_embeds` alone the stock output holds only new tokens, and so does this.)
+            expand = sequences.shape[0] // input_ids.shape[0]
+            new_tokens = sequences[:, kwargs["input_ids"].shape[1] :]
+            sequences = torch.cat([input_ids.repeat_interleave(expand, dim=0).to(new_tokens.device), new_tokens], 1)
         if isinstance(output, torch.Tensor):
-            return spliced
+            return sequences
+        if not isinstance(output, (GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput)):
+            return output
         output_cls = (
             CodebookGenerateBeamDecoderOnlyOutput
             if isinstance(output, GenerateBeamDecoderOnlyOutput)
             else CodebookGenerateDecoderOnlyOutput
         )
         fields = {key: value for key, value in output.items() if key != "sequences"}
-        return output_cls(sequences=spliced, visual_token_selection=selection, **fields)
+        # Always present (None when nothing was pruned), so user code never needs `hasattr`.
+        return output_cls(sequences=sequences, visual_token_selection=selection, **fields)
 
 
 __all__ = [

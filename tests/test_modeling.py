@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import LlavaNextForConditionalGeneration, pipeline
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
 
 from llava_codebook import CodebookError, RedundancyCodebook
 
@@ -307,11 +308,42 @@ def test_static_cache_generation_matches_the_oracle(tiny_model, tiny_processor, 
     assert torch.equal(out.sequences, expected)
 
 
-def test_inputs_embeds_without_input_ids_asks_for_input_ids_or_no_pruning(tiny_model, tiny_processor, images):
+def test_inputs_embeds_are_pruned_like_input_ids_finding_placeholders_as_stock_does(tiny_model, tiny_processor, images):
+    inputs = batch(tiny_processor, ["<image> a", "the <image> sky ?"], [images["wide"], images["tall"]])
+    embeds = tiny_model.get_input_embeddings()(inputs["input_ids"])
+    with torch.no_grad():
+        by_ids = tiny_model(**inputs)
+        by_embeds = tiny_model(**{k: v for k, v in inputs.items() if k != "input_ids"}, inputs_embeds=embeds)
+    assert (by_ids.visual_token_selection.num_kept < by_ids.visual_token_selection.num_total).all()
+    for a, b in zip(by_ids.visual_token_selection.kept_indices, by_embeds.visual_token_selection.kept_indices):
+        assert torch.equal(a, b)
+    assert torch.allclose(by_ids.logits, by_embeds.logits, atol=1e-5)
+    # generate from embeddings returns only the new tokens, as the stock model does; they match the input_ids run.
+    out_ids = tiny_model.generate(**inputs, **GREEDY)
+    out_embeds = tiny_model.generate(
+        inputs_embeds=embeds, **{k: v for k, v in inputs.items() if k != "input_ids"}, **GREEDY
+    )
+    assert torch.equal(out_ids[:, inputs["input_ids"].shape[1] :], out_embeds)
+
+
+def test_pixel_values_without_image_sizes_get_a_clear_error(tiny_model, tiny_processor, images):
     inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
-    embeds = tiny_model.get_input_embeddings()(inputs.pop("input_ids"))
-    with pytest.raises(ValueError, match="Pruning needs `input_ids`.*pruning=False"):
-        tiny_model(inputs_embeds=embeds, **inputs)
+    del inputs["image_sizes"]
+    with pytest.raises(ValueError, match="without `image_sizes`.*processor returns"):
+        tiny_model(**inputs)
+    with pytest.raises(ValueError, match="without `image_sizes`"):
+        tiny_model.generate(**inputs, **GREEDY)
+
+
+def test_generate_output_always_carries_visual_token_selection(tiny_model, tiny_processor, images):
+    text_only = batch(tiny_processor, ["what is the sky colour ?"], None)
+    assert tiny_model.generate(**text_only, return_dict_in_generate=True, **GREEDY).visual_token_selection is None
+    inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
+    with tiny_model.pruning_disabled():
+        assert tiny_model.generate(**inputs, return_dict_in_generate=True, **GREEDY).visual_token_selection is None
+    beams = tiny_model.generate(**inputs, num_beams=2, pruning=False, return_dict_in_generate=True, **GREEDY)
+    assert beams.visual_token_selection is None and isinstance(beams, GenerateBeamDecoderOnlyOutput)
+    assert tiny_model.generate(**inputs, return_dict_in_generate=True, **GREEDY).visual_token_selection is not None
 
 
 def test_pruning_disabled_in_one_thread_does_not_disable_it_in_another(tiny_model, tiny_processor, images):
