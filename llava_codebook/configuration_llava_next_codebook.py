@@ -158,6 +158,10 @@ class LlavaNextCodebookConfig(LlavaNextConfig):
                 value = float(value)
         elif name == "codebook_filename":
             check_codebook_filename(value)
+        elif name == "model_type":
+            # A stock `llava_next` config.json read into this class (the class's own `from_pretrained` on a llava-hf
+            # repo) must not carry `llava_next` along: transformers picks the checkpoint key conversion by it.
+            value = type(self).model_type
         super().__setattr__(name, value)
 
     def save_pretrained(self, save_directory, *args, **kwargs):

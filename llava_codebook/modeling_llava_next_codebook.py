@@ -41,6 +41,10 @@ _DISABLED: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
 )
 
 
+# Open `record_selections()` blocks of the current thread / task: (id of the base model, list to append to).
+_RECORDERS: contextvars.ContextVar[tuple] = contextvars.ContextVar("llava_codebook_recorders", default=())
+
+
 @dataclass(frozen=True)
 class PruningSettings:
     """The pruning knobs in force for one call: the config's values with any per-call overrides applied."""
@@ -206,6 +210,9 @@ class _CodebookPruningMixin:
         unused or of another shape, instead of returning a model with freshly initialised tensors.
         """
         output_loading_info = kwargs.pop("output_loading_info", False)
+        # Shape mismatches are let through the stock loader only so that they are reported below together with the
+        # missing and unused keys; the model is never returned with them.
+        kwargs["ignore_mismatched_sizes"] = True
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         _refuse_incomplete_load(model, info, pretrained_model_name_or_path)
         loaded = (model, info) if output_loading_info else model
@@ -254,6 +261,25 @@ class _CodebookPruningMixin:
             yield self
         finally:
             _DISABLED.reset(token)
+
+    @contextlib.contextmanager
+    def record_selections(self):
+        """Collect the `VisualTokenSelection` of every pruned call made inside the `with` block, in call order.
+
+        For callers that never see the model's outputs, such as `pipeline("image-text-to-text", ...)`:
+
+        >>> with model.record_selections() as selections:  # doctest: +SKIP
+        ...     answers = pipe(images=image, text=prompt, max_new_tokens=20)
+        >>> selections[0].num_kept, selections[0].num_total  # doctest: +SKIP
+
+        Per thread (and asyncio task), like `pruning_disabled()`: concurrent requests do not see each other's.
+        """
+        log: list[VisualTokenSelection] = []
+        token = _RECORDERS.set(_RECORDERS.get() + ((id(self._pruning_base()), log),))
+        try:
+            yield log
+        finally:
+            _RECORDERS.reset(token)
 
     @property
     def _pruning_enabled(self) -> bool:
@@ -498,6 +524,9 @@ class LlavaNextCodebookModel(_CodebookPruningMixin, LlavaNextModel):
             inputs_embeds=call.get("inputs_embeds"),
         )
         call.update({name: value for name, value in compacted.items() if value is not None or name in call})
+        for owner, log in _RECORDERS.get():
+            if owner == id(self):
+                log.append(selection)
         return selection
 
     # The stock parameters are spelled out: `generate` inspects this signature (e.g. for `mm_encoder_outputs`).
