@@ -24,6 +24,8 @@ from PIL import Image, ImageDraw
 from transformers import LlavaNextProcessor
 from transformers.image_processing_utils import select_best_resolution
 
+from .configuration_llava_next_codebook import PRUNING_VALIDATORS, validate_pruning_settings
+
 BASE = "base"
 TILE = "tile"
 VIEWS = (BASE, TILE)
@@ -374,6 +376,32 @@ class LlavaNextCodebookProcessor(LlavaNextProcessor):
     ('base', (0.0, 0.0, 37.5, 22.5))
     ```
     """
+
+    def __call__(self, images=None, text=None, *args, **kwargs):
+        """Stock processing. Pruning settings given here (`codebook_threshold=0.2`, `pruning_mode="budget"`,
+        `pruning=False`, ...) are validated and returned with the model inputs, so `model.generate(**inputs)` and
+        `pipeline(...)(..., codebook_threshold=0.2)` apply them as per-call overrides."""
+        names = (*PRUNING_VALIDATORS, "pruning")
+        overrides = {name: kwargs.pop(name) for name in names if name in kwargs}
+        pruning = overrides.pop("pruning", None)
+        if pruning is not None and not isinstance(pruning, bool):
+            raise ValueError(f"pruning={pruning!r} must be True or False.")
+        overrides = validate_pruning_settings(**{k: v for k, v in overrides.items() if v is not None})
+        encoding = super().__call__(images, text, *args, **kwargs)
+        # Added after tensor conversion so they stay plain Python values (`BatchFeature.to` leaves those alone).
+        for name, value in overrides.items():
+            encoding[name] = value
+        if pruning is not None:
+            encoding["pruning"] = pruning
+        return encoding
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Loading records how the tokenizer was found (`is_local`, `local_files_only`) in its init kwargs, and the
+        # stock save writes them back: a repo saved from a loaded processor would then differ from the original and
+        # pin offline mode for its users. Write only what describes the processor.
+        for key in ("is_local", "local_files_only"):
+            self.tokenizer.init_kwargs.pop(key, None)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def token_geometry(self, image_sizes) -> list[PackedTokenGeometry]:
         """Per image of `image_sizes` (`[N, 2]` heights, widths): the view, crop and pixel box of each packed token."""

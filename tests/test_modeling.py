@@ -244,6 +244,40 @@ def test_pipeline_image_text_to_text_runs_the_pruned_model(tiny_model, tiny_proc
     assert calls, "the pipeline went through the pruning path"
 
 
+def test_pipeline_applies_per_call_overrides_and_records_what_was_kept(tiny_model, tiny_processor, images):
+    pipe = pipeline("image-text-to-text", model=tiny_model, processor=tiny_processor)
+    ask = dict(images=images["wide"], text="<image> what is this ?", max_new_tokens=3, do_sample=False)
+    with tiny_model.record_selections() as selections:
+        pipe(**ask)
+        pipe(**ask, codebook_threshold=0.2)
+        pipe(**ask, pruning_mode="budget", keep_tokens=3)
+        pipe(**ask, pruning=False)
+    assert len(selections) == 3, "the unpruned call records nothing"
+    default, strict, budget = selections
+    expected = tiny_model.generate(
+        **batch(tiny_processor, [ask["text"]], [ask["images"]]), codebook_threshold=0.2, return_dict_in_generate=True
+    ).visual_token_selection
+    assert torch.equal(strict.kept_indices[0], expected.kept_indices[0])
+    assert strict.num_kept[0] < default.num_kept[0]
+    newlines = int(budget.newline_mask[0].sum())
+    assert int(budget.num_kept[0]) == 3 + newlines
+    with pytest.raises(ValueError, match="codebook_threshold"):
+        pipe(**ask, codebook_threshold=float("nan"))
+
+
+def test_recorded_selections_belong_to_their_own_thread(tiny_model, tiny_processor, images):
+    import threading
+
+    inputs = batch(tiny_processor, ["<image> a"], [images["square"]])
+    other = threading.Thread(target=lambda: tiny_model.generate(**inputs, **GREEDY))
+    with tiny_model.record_selections() as selections:
+        other.start()
+        other.join(timeout=60)
+        assert selections == []
+        tiny_model.generate(**inputs, **GREEDY)
+    assert len(selections) == 1
+
+
 def test_base_model_forward_prunes_and_reports_the_selection(tiny_model, tiny_processor, images):
     inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
     out = tiny_model.model(**inputs)
