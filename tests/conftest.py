@@ -59,3 +59,14 @@ def images():
         "tall": textured(130, 70, seed=2, flat_share=0.3),
         "square": textured(100, 100, seed=3, flat_share=0.7),
     }
+
+
+@pytest.fixture(scope="session")
+def stock_checkpoints(tmp_path_factory):
+    """family -> directory of a stock checkpoint shaped like its llava-hf Hub repository (see tests/hub_fixtures.py).
+
+    Built once per session (about a second for all four); tests must not write into these directories.
+    """
+    from hub_fixtures import build_stock_checkpoints
+
+    return build_stock_checkpoints(tmp_path_factory.mktemp("stock-checkpoints"))
