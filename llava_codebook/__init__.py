@@ -10,7 +10,9 @@ from .modeling_llava_next_codebook import (
     VisualTokenSelection,
 )
 from .processing_llava_next_codebook import LlavaNextCodebookProcessor
+from .pruning_core import IncompleteCheckpointError
 from .selection import codebook_similarity, select_tokens
+from .strategies import STRATEGIES
 
 __version__ = "0.1.0"
 
@@ -28,12 +30,14 @@ register_auto_classes()
 __all__ = [
     "CodebookError",
     "CodebookNotFoundError",
+    "IncompleteCheckpointError",
     "LlavaNextCodebookConfig",
     "LlavaNextCodebookForConditionalGeneration",
     "LlavaNextCodebookModel",
     "LlavaNextCodebookProcessor",
     "PruningSettings",
     "RedundancyCodebook",
+    "STRATEGIES",
     "VisualTokenSelection",
     "codebook_similarity",
     "load_pruned_model",

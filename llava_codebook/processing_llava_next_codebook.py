@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from transformers import LlavaNextProcessor
 from transformers.image_processing_utils import select_best_resolution
 
-from .configuration_llava_next_codebook import PRUNING_VALIDATORS, validate_pruning_settings
+from .pruning_config import PRUNING_VALIDATORS, validate_pruning_settings
 
 BASE = "base"
 TILE = "tile"

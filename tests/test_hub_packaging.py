@@ -26,6 +26,9 @@ REMOTE_FILES = [
     "processing_llava_next_codebook.py",
     "codebook.py",
     "selection.py",
+    "pruning_config.py",
+    "pruning_core.py",
+    "strategies.py",
 ]
 # What a user of the Hub repo is guaranteed to have installed (plus the standard library).
 ALLOWED_IMPORTS = {"transformers", "torch", "huggingface_hub", "safetensors", "einops", "numpy", "PIL"}

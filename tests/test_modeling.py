@@ -236,8 +236,8 @@ def test_forward_compacts_inputs_and_labels_together(tiny_model, tiny_processor,
 
 def test_pipeline_image_text_to_text_runs_the_pruned_model(tiny_model, tiny_processor, images, monkeypatch):
     calls = []
-    original = tiny_model.model.select_visual_tokens
-    monkeypatch.setattr(tiny_model.model, "select_visual_tokens", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = tiny_model.model.select_segments
+    monkeypatch.setattr(tiny_model.model, "select_segments", lambda *a, **k: calls.append(1) or original(*a, **k))
     pipe = pipeline("image-text-to-text", model=tiny_model, processor=tiny_processor)
     result = pipe(images=images["wide"], text="<image> what is this ?", max_new_tokens=4, do_sample=False)
     assert result[0]["generated_text"].startswith("<image> what is this ?")

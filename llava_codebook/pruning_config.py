@@ -1,0 +1,168 @@
+"""The pruning settings every pruning-enabled config carries, whatever the model family, with their validation.
+
+`PruningConfigMixin` is a dataclass of the pruning fields; a family's config is
+`@strict class XCodebookConfig(PruningConfigMixin, StockXConfig)` and states only its `model_type` and docstring.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+CODEBOOK_FILENAME = "codebook.safetensors"
+PRUNING_STRATEGIES = ("codebook", "none")
+PRUNING_MODES = ("threshold", "budget")
+POSITION_MODES = ("contiguous", "original")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_choice(name: str, choices: tuple[str, ...]):
+    def check(value) -> None:
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is unknown; use one of {choices}.")
+
+    return check
+
+
+def check_codebook_threshold(value) -> None:
+    if not _is_number(value) or math.isnan(value):
+        raise ValueError(f"codebook_threshold must be a number in [-1.0, 1.0], got {value!r}.")
+    if not -1.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"codebook_threshold={value} is outside [-1.0, 1.0]: it is compared with a cosine similarity (a token "
+            "is kept iff its best cosine to a prototype is below it). Higher keeps more."
+        )
+
+
+def check_keep_ratio(value) -> None:
+    if not _is_number(value) or math.isnan(value) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"keep_ratio={value!r} is outside (0.0, 1.0]: it is the share of visual tokens kept.")
+
+
+def check_keep_tokens(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"keep_tokens={value!r} must be None or an integer >= 1 (visual tokens kept per image).")
+
+
+def check_min_visual_tokens(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"min_visual_tokens={value!r} must be an integer >= 0 (visual tokens kept per image).")
+
+
+def check_always_keep_newline(value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"always_keep_newline={value!r} must be True or False.")
+
+
+def check_codebook_filename(value) -> None:
+    if not isinstance(value, str) or not value.endswith(".safetensors"):
+        raise ValueError(
+            f"codebook_filename={value!r} is not a .safetensors file. Pickled codebooks are never loaded by the "
+            "model; convert one with `llava-codebook import-seed FILE.pt --base-model MODEL_ID --out DIR`."
+        )
+
+
+# One validator per pruning field. The config runs them at construction, on every attribute assignment (which is
+# how `from_pretrained(..., codebook_threshold=...)` and `config.x = ...` set values) and the model runs them on
+# per-call overrides, so an invalid value is refused wherever it enters.
+PRUNING_VALIDATORS = {
+    "pruning_strategy": check_choice("pruning_strategy", PRUNING_STRATEGIES),
+    "pruning_mode": check_choice("pruning_mode", PRUNING_MODES),
+    "codebook_threshold": check_codebook_threshold,
+    "keep_ratio": check_keep_ratio,
+    "keep_tokens": check_keep_tokens,
+    "min_visual_tokens": check_min_visual_tokens,
+    "always_keep_newline": check_always_keep_newline,
+    "position_mode": check_choice("position_mode", POSITION_MODES),
+}
+FLOAT_FIELDS = ("codebook_threshold", "keep_ratio")
+
+
+def validate_pruning_settings(**settings) -> dict:
+    """Validate pruning settings given by name; returns them with the float fields stored as `float`.
+
+    Raises a `ValueError` that names the setting, the value received and the allowed range.
+    """
+    unknown = set(settings) - set(PRUNING_VALIDATORS)
+    if unknown:
+        raise TypeError(f"Unknown pruning settings {sorted(unknown)}; expected some of {tuple(PRUNING_VALIDATORS)}.")
+    for name, value in settings.items():
+        PRUNING_VALIDATORS[name](value)
+    return {name: float(value) if name in FLOAT_FIELDS else value for name, value in settings.items()}
+
+
+# The docstring section every family config repeats for its pruning fields (transformers documents config fields in
+# the class docstring).
+PRUNING_FIELDS_DOC = r"""
+    codebook_repo (`str`, *optional*):
+        Where the redundancy codebook lives: a Hub repo id (`"org/codebook-llava-next"`), a local directory, or
+        `"."` for the repo the model itself is loaded from (a self-contained repo, e.g. with
+        `codebook_filename="codebook/codebook.safetensors"`). With `None`, pruning raises until a codebook is given
+        (`model.load_codebook(...)`) or is turned off (`pruning_strategy="none"`).
+    codebook_filename (`str`, *optional*, defaults to `"codebook.safetensors"`):
+        File inside `codebook_repo` holding the `prototypes` tensor of shape `[K, text_hidden_size]`.
+    codebook_revision (`str`, *optional*):
+        Branch, tag or commit of `codebook_repo` on the Hub. Pin a commit for reproducible results.
+    pruning_strategy (`str`, *optional*, defaults to `"codebook"`):
+        `"codebook"` prunes visual tokens that are too similar to a codebook prototype; `"none"` keeps every token.
+    pruning_mode (`str`, *optional*, defaults to `"threshold"`):
+        `"threshold"` keeps token *i* iff `max_k cos(z_i, C_k) < codebook_threshold` (the kept count varies per
+        image); `"budget"` keeps the `keep_tokens` (or `round(keep_ratio * L)`) lowest-scoring tokens of each image.
+    codebook_threshold (`float`, *optional*, defaults to 0.11):
+        Cosine threshold of threshold mode, in `[-1, 1]`. Higher keeps more tokens.
+    keep_ratio (`float`, *optional*, defaults to 0.25):
+        Share of each image's visual tokens kept in budget mode, in `(0, 1]`.
+    keep_tokens (`int`, *optional*):
+        Number of visual tokens kept per image in budget mode; overrides `keep_ratio` when set.
+    min_visual_tokens (`int`, *optional*, defaults to 1):
+        Lower bound on the visual tokens kept per image (the lowest-scoring ones fill up to it), so that no image
+        can vanish from the prompt. 0 disables the guard.
+    always_keep_newline (`bool`, *optional*, defaults to `True`):
+        Keep the `image_newline` tokens that end each row of the AnyRes tile grid; they are not counted as visual
+        tokens by the budget and the minimum.
+    position_mode (`str`, *optional*, defaults to `"contiguous"`):
+        `"contiguous"`: kept tokens get consecutive position ids, as if the prompt had been written without the
+        dropped tokens. `"original"`: every token keeps the position id it had in the full prompt.
+"""
+
+
+@dataclass
+class PruningConfigMixin:
+    """The pruning fields, validated at construction, on assignment and before any save (see `PRUNING_FIELDS_DOC`)."""
+
+    codebook_repo: str | None = None
+    codebook_filename: str = CODEBOOK_FILENAME
+    codebook_revision: str | None = None
+    pruning_strategy: Literal["codebook", "none"] = "codebook"
+    pruning_mode: Literal["threshold", "budget"] = "threshold"
+    # `int` is accepted too so that `codebook_threshold=1` or `keep_ratio=1` read naturally; both are stored as float.
+    codebook_threshold: float | int = 0.11
+    keep_ratio: float | int = 0.25
+    keep_tokens: int | None = None
+    min_visual_tokens: int = 1
+    always_keep_newline: bool = True
+    position_mode: Literal["contiguous", "original"] = "contiguous"
+
+    def __setattr__(self, name, value):
+        # Runs at construction, on `config.x = ...` and for `from_pretrained(..., x=...)` (which sets attributes after
+        # loading), so no path can store an invalid value. `@strict` has type-checked `value` already.
+        if name in PRUNING_VALIDATORS:
+            PRUNING_VALIDATORS[name](value)
+            if name in FLOAT_FIELDS:
+                value = float(value)
+        elif name == "codebook_filename":
+            check_codebook_filename(value)
+        elif name == "model_type":
+            # A stock `llava_next` config.json read into this class (the class's own `from_pretrained` on a llava-hf
+            # repo) must not carry `llava_next` along: transformers picks the checkpoint key conversion by it.
+            value = type(self).model_type
+        super().__setattr__(name, value)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Never write a config that cannot be loaded back, even if a value was forced past the validators
+        # (e.g. through `__dict__`): check every field again before anything is written.
+        validate_pruning_settings(**{name: getattr(self, name) for name in PRUNING_VALIDATORS})
+        check_codebook_filename(self.codebook_filename)
+        return super().save_pretrained(save_directory, *args, **kwargs)

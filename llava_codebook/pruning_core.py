@@ -1,0 +1,637 @@
+"""The family-independent pruning core: every pruning-enabled LLaVA class is a stock class plus these mixins.
+
+What lives here, once for every family:
+
+- loading that never loses a weight (`from_pretrained` refuses missing, unused or reshaped weights) and the stock
+  checkpoint key layout registered for the project's `model_type`s, so llava-hf repos load and save as the stock
+  class does;
+- the codebook reference (resolved after the weights, saved with the model when it lives in the model's own repo);
+- the settings in force for one call (config values, then per-call overrides), `pruning_disabled()` and
+  `record_selections()`, both per thread / asyncio task;
+- selection through the strategy registry (`strategies.py`) and the selection report;
+- prompt compaction: the placeholders of dropped tokens are removed from `input_ids` / `inputs_embeds` (with the mask,
+  position ids and labels), the batch is re-padded on the left, and the encoded, pruned visual features are handed
+  to the stock `forward` / `generate` as `mm_encoder_outputs`, so everything downstream sees one shorter prompt.
+
+What a family states (see `modeling_llava_next_codebook.py`): which modalities it prunes, how one modality is encoded
+into per-segment packed features with their row-newline masks (`encode_for_pruning`), its output classes, and the
+wiring of its two classes. Nothing here knows a family's layout.
+"""
+
+import contextlib
+import contextvars
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from transformers.modeling_outputs import ModelOutput
+
+from .codebook import RedundancyCodebook
+from .pruning_config import PRUNING_VALIDATORS, validate_pruning_settings
+from .strategies import NEEDS_CODEBOOK, STRATEGIES, Segment
+
+PRUNING_FIELDS = tuple(PRUNING_VALIDATORS)
+OVERRIDE_NAMES = PRUNING_FIELDS + ("pruning",)
+CODEBOOK_REFERENCE_FIELDS = ("codebook_repo", "codebook_filename", "codebook_revision")
+_CODEBOOK_LOAD_KWARGS = ("cache_dir", "local_files_only", "token")
+SELF_REPO = "."  # `codebook_repo` value meaning "the repo this model was loaded from"
+# Base models (by id) with pruning switched off in the current thread / task; see `pruning_disabled`.
+_DISABLED: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
+    "llava_codebook_pruning_disabled", default=frozenset()
+)
+# Open `record_selections()` blocks of the current thread / task: (id of the base model, list to append to).
+_RECORDERS: contextvars.ContextVar[tuple] = contextvars.ContextVar("llava_codebook_recorders", default=())
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """The pruning knobs in force for one call: the config's values with any per-call overrides applied."""
+
+    pruning_strategy: str = "codebook"
+    pruning_mode: str = "threshold"
+    codebook_threshold: float = 0.11
+    keep_ratio: float = 0.25
+    keep_tokens: int | None = None
+    min_visual_tokens: int = 1
+    always_keep_newline: bool = True
+    position_mode: str = "contiguous"
+
+    @property
+    def active(self) -> bool:
+        return self.pruning_strategy != "none"
+
+
+@dataclass
+class VisualTokenSelection(ModelOutput):
+    r"""
+    Which packed visual tokens of each visual segment (an image; later a video) reached the language model.
+
+    num_kept (`torch.LongTensor` of shape `(num_segments,)`):
+        Tokens kept per segment, row newlines included (what the language model receives).
+    num_total (`torch.LongTensor` of shape `(num_segments,)`):
+        Tokens the stock model would have given the language model for each segment.
+    kept_indices (`list[torch.LongTensor]`):
+        Per segment, ascending indices of the kept tokens in the stock packed order (for LLaVA-NeXT: base crop, then
+        the unpadded tile grid row by row, each row followed by its newline token).
+    scores (`list[torch.FloatTensor]`, *optional*):
+        Per segment, the per-token score the strategy ranked by (codebook: the redundancy `max_k cos(z_i, C_k)`).
+    newline_mask (`list[torch.BoolTensor]`):
+        Per segment, which packed tokens are row-newline tokens.
+    modalities (`list[str]`):
+        Per segment, `"image"` or `"video"`, in the order the segments appear in the flattened batch.
+    strategy (`str`):
+        The `pruning_strategy` that chose the tokens.
+    """
+
+    num_kept: torch.LongTensor | None = None
+    num_total: torch.LongTensor | None = None
+    kept_indices: list[torch.LongTensor] | None = None
+    scores: list[torch.FloatTensor] | None = None
+    newline_mask: list[torch.BoolTensor] | None = None
+    modalities: list[str] | None = None
+    strategy: str | None = None
+
+    def keep_masks(self) -> list[torch.BoolTensor]:
+        """Per segment, a bool mask over its packed tokens (True = kept)."""
+        masks = []
+        for indices, newline in zip(self.kept_indices, self.newline_mask):
+            mask = torch.zeros(newline.shape[0], dtype=torch.bool, device=indices.device)
+            mask[indices] = True
+            masks.append(mask)
+        return masks
+
+
+@dataclass
+class CodebookGenerateDecoderOnlyOutput(GenerateDecoderOnlyOutput):
+    visual_token_selection: VisualTokenSelection | None = None
+
+
+@dataclass
+class CodebookGenerateBeamDecoderOnlyOutput(GenerateBeamDecoderOnlyOutput):
+    visual_token_selection: VisualTokenSelection | None = None
+
+
+@dataclass
+class VisualInputs:
+    """One modality of one call, encoded by the family: what the core needs to select and hand over.
+
+    token_id: the placeholder token of this modality in `input_ids`.
+    packed: per segment, `[L, D]` post-projector tokens in the order the stock model scatters them.
+    newline: per segment, `[L]` bool mask of row-newline tokens.
+    handoff: the stock encoder output that `forward(mm_encoder_outputs={modality: handoff})` accepts; its
+        `pooler_output` is replaced by the kept features.
+    """
+
+    modality: str
+    token_id: int
+    packed: list[torch.Tensor]
+    newline: list[torch.Tensor]
+    handoff: ModelOutput
+    extra: dict = field(default_factory=dict)
+
+
+def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -> dict:
+    """Drop the `False` positions of every `[B, S, ...]` tensor and left-pad the rows back to one length.
+
+    Positions that are kept keep their order; row `b` ends up right-aligned, padded with `pad_values[name]`.
+    """
+    batch, _ = keep.shape
+    lengths = keep.sum(dim=1)
+    width = int(lengths.max()) if batch else 0
+    dest = (width - lengths)[:, None] + keep.long().cumsum(dim=1) - 1
+    rows = torch.arange(batch, device=keep.device)[:, None].expand_as(keep)[keep]
+    cols = dest[keep]
+    out = {}
+    for name, tensor in tensors.items():
+        if tensor is None:
+            out[name] = None
+            continue
+        shape = (batch, width, *tensor.shape[2:])
+        compacted = torch.full(shape, pad_values[name], dtype=tensor.dtype, device=tensor.device)
+        compacted[rows.to(tensor.device), cols.to(tensor.device)] = tensor[keep.to(tensor.device)]
+        out[name] = compacted
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- loading
+def register_stock_checkpoint_layout(model_type: str, stock_model_type: str) -> None:
+    """Load and save `model_type` checkpoints with the key layout of the stock `stock_model_type` class.
+
+    Every llava-hf repo stores the legacy layout (`language_model.model.*`, `language_model.lm_head.weight`,
+    `vision_tower.*`, ...), which the stock class renames on load (and back on save) through transformers'
+    checkpoint-conversion table. That table skips custom-code classes unless their `model_type` is registered, so
+    without this call the language model of every real checkpoint would load as missing and be initialised at
+    random. A family's modeling file calls it when it is imported, which every load and save of its classes does
+    (the installed package and the remote-code copy alike): saving and loading stay symmetric.
+    """
+    register_checkpoint_conversion_mapping(
+        model_type, get_checkpoint_conversion_mapping(stock_model_type), overwrite=True
+    )
+
+
+class IncompleteCheckpointError(ValueError):
+    """Loading a checkpoint would have left weights of the model missing, unused, or of another shape."""
+
+
+def refuse_incomplete_load(model, info: dict, source) -> None:
+    """Raise `IncompleteCheckpointError` naming every key that a load did not fill exactly."""
+    problems = {
+        "missing (would be initialised at random)": sorted(info.get("missing_keys") or ()),
+        "unexpected (in the checkpoint, not used by the model)": sorted(info.get("unexpected_keys") or ()),
+        "of another shape": sorted(
+            f"{key} {tuple(saved)} vs {tuple(expected)}" for key, saved, expected in info.get("mismatched_keys") or ()
+        ),
+        "not converted": sorted(f"{key}: {err}" for key, err in (info.get("conversion_errors") or {}).items()),
+        "errors": list(info.get("error_msgs") or ()),
+    }
+    problems = {what: keys for what, keys in problems.items() if keys}
+    if not problems:
+        return
+    lines = []
+    for what, keys in problems.items():
+        shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+        lines.append(f"  {what}: {shown}")
+    raise IncompleteCheckpointError(
+        f"Loading {str(source)!r} into {type(model).__name__} does not fill every weight exactly:\n"
+        + "\n".join(lines)
+        + "\nThe model was not returned, so no randomly initialised weight can be used by mistake. Load a checkpoint "
+        "of this model family (stock llava-hf layout or a repo written by this package) whose config matches its "
+        "weights; a stock checkpoint is loaded with `load_pruned_model(...)`."
+    )
+
+
+def _pad_token_id(config) -> int:
+    for candidate in (getattr(config, "pad_token_id", None), getattr(config.text_config, "pad_token_id", None)):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _stock_forward(cls):
+    """The `forward` of the first stock transformers class in `cls`'s MRO."""
+    for base in cls.__mro__:
+        if base.__module__.startswith("transformers.") and "forward" in base.__dict__:
+            return base.__dict__["forward"]
+    raise TypeError(f"{cls.__name__} derives from no stock transformers model class.")
+
+
+def _with_stock_signature(cls, body):
+    """A `forward` for `cls` whose signature is the stock one plus `pruning`.
+
+    `generate` inspects `forward`'s signature to decide what to pass (`mm_encoder_outputs`, `logits_to_keep`,
+    `position_ids`): a missing name silently changes its behaviour, so the stock parameters must all be there.
+    """
+    stock = inspect.signature(_stock_forward(cls))
+    params = [p for p in stock.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    var_keyword = [p for p in stock.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    pruning = inspect.Parameter("pruning", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=bool | None)
+    signature = stock.replace(parameters=[*params, pruning, *var_keyword])
+
+    def forward(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs).arguments
+        bound.pop("self")
+        pruning_flag = bound.pop("pruning", None)
+        for name, value in list(bound.items()):
+            if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                bound.update(bound.pop(name))
+        return body(self, bound, pruning_flag)
+
+    forward.__signature__ = signature
+    forward.__doc__ = body.__doc__
+    forward.__name__ = forward.__qualname__ = "forward"
+    return forward
+
+
+# ----------------------------------------------------------------------------------------------------------- mixins
+class PruningMixin:
+    """Loading, saving, the codebook and the per-thread switches, shared by a family's base and generation model."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Stock `from_pretrained`, refusing any checkpoint that does not fill every weight, then the codebook.
+
+        Raises `IncompleteCheckpointError` (a `ValueError`) naming the keys when any weight would be missing,
+        unused or of another shape, instead of returning a model with freshly initialised tensors.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        # Shape mismatches are let through the stock loader only so that they are reported below together with the
+        # missing and unused keys; the model is never returned with them.
+        kwargs["ignore_mismatched_sizes"] = True
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        refuse_incomplete_load(model, info, pretrained_model_name_or_path)
+        # The codebook is not a weight: it is resolved from the config's reference once the weights are in place,
+        # so that meta-device initialisation cannot touch it.
+        base = model._pruning_base()
+        if base.config.pruning_strategy in NEEDS_CODEBOOK and base.config.codebook_repo is not None:
+            hub_kwargs = {key: kwargs[key] for key in _CODEBOOK_LOAD_KWARGS if key in kwargs}
+            if base.config.codebook_repo == SELF_REPO:
+                # The codebook ships inside this model's repo: resolve it at the revision the weights came from.
+                hub_kwargs["revision"] = base.config.codebook_revision or kwargs.get("revision")
+            base.load_codebook(**hub_kwargs)
+        return (model, info) if output_loading_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Stock `save_pretrained` (stock key layout), plus the codebook when it lives in the repo itself.
+
+        A model whose config says `codebook_repo="."` writes its codebook to `codebook_filename` inside
+        `save_directory`, so the saved (or pushed) repo is self-contained and loads and generates identically.
+        """
+        base = self._pruning_base()
+        embedded = base.config.codebook_repo == SELF_REPO
+        if embedded and base._codebook is None:
+            # Resolve it before anything is written: a repo whose config names a codebook it lacks is never written.
+            base.load_codebook()
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if embedded and kwargs.get("is_main_process", True):
+            root = Path(save_directory)
+            target = root / base.config.codebook_filename
+            if target.parent.resolve() == root.resolve():
+                # Beside the model's own config.json and card: only the tensor file.
+                base._codebook.save_file(target)
+            else:
+                base._codebook.save_pretrained(target.parent, filename=target.name)
+        return result
+
+    @contextlib.contextmanager
+    def pruning_disabled(self):
+        """Run the stock computation (no selection, no compaction) inside the `with` block.
+
+        The switch is per thread (and per asyncio task): a server answering one request without pruning does not
+        turn pruning off for a request served concurrently by the same model.
+        """
+        token = _DISABLED.set(_DISABLED.get() | {id(self._pruning_base())})
+        try:
+            yield self
+        finally:
+            _DISABLED.reset(token)
+
+    @contextlib.contextmanager
+    def record_selections(self):
+        """Collect the `VisualTokenSelection` of every pruned call made inside the `with` block, in call order.
+
+        For callers that never see the model's outputs, such as `pipeline("image-text-to-text", ...)`:
+
+        >>> with model.record_selections() as selections:  # doctest: +SKIP
+        ...     answers = pipe(images=image, text=prompt, max_new_tokens=20)
+        >>> selections[0].num_kept, selections[0].num_total  # doctest: +SKIP
+
+        Per thread (and asyncio task), like `pruning_disabled()`: concurrent requests do not see each other's.
+        """
+        log: list[VisualTokenSelection] = []
+        token = _RECORDERS.set(_RECORDERS.get() + ((id(self._pruning_base()), log),))
+        try:
+            yield log
+        finally:
+            _RECORDERS.reset(token)
+
+    @property
+    def _pruning_enabled(self) -> bool:
+        return id(self._pruning_base()) not in _DISABLED.get()
+
+    @property
+    def codebook(self) -> RedundancyCodebook | None:
+        return self._pruning_base()._codebook
+
+    def load_codebook(self, codebook=None, **hub_kwargs) -> RedundancyCodebook:
+        return self._pruning_base()._load_codebook(codebook, **hub_kwargs)
+
+    def pruning_settings(self, **overrides) -> PruningSettings:
+        return self._pruning_base()._pruning_settings(**overrides)
+
+
+class PruningModelMixin(PruningMixin):
+    """The base model of a family (`XCodebookModel(PruningModelMixin, StockXModel)`): selection and compaction.
+
+    A family sets `pruning_output_class` (its `ModelOutputWithPast` plus `visual_token_selection`),
+    `pruning_modalities` (e.g. `("image",)`) and implements `encode_for_pruning`.
+    """
+
+    pruning_output_class: type
+    pruning_modalities: tuple[str, ...] = ("image",)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" not in cls.__dict__:
+            cls.forward = _with_stock_signature(cls, PruningModelMixin._pruned_forward)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._codebook: RedundancyCodebook | None = None
+        self._prototypes_on_device: dict = {}
+
+    def _pruning_base(self):
+        return self
+
+    # ------------------------------------------------------------------ what a family implements
+    def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
+        """Encode `modality`'s inputs of `call` (popping them), or return `None` when the call has none."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ codebook
+    def _load_codebook(
+        self, codebook: RedundancyCodebook | str | None = None, revision: str | None = None, **hub_kwargs
+    ) -> RedundancyCodebook:
+        """Attach a codebook: a `RedundancyCodebook`, a reference (Hub repo id / local dir), or, when `None`, the
+        reference in the config (`codebook_repo`, `codebook_filename`, `codebook_revision`). `hub_kwargs`
+        (`cache_dir`, `local_files_only`, `token`) go to the Hub download."""
+        if codebook is None or isinstance(codebook, str):
+            repo = codebook if codebook is not None else self.config.codebook_repo
+            if codebook is None:
+                revision = revision or self.config.codebook_revision
+            if repo == SELF_REPO:
+                repo = getattr(self.config, "_name_or_path", None) or None
+            if repo is None:
+                raise ValueError(
+                    "No codebook is configured: set `codebook_repo` in the config (a Hub repo id or a local "
+                    "directory), pass a codebook to `load_codebook`, or use `pruning=False` / pruning_strategy='none'."
+                )
+            codebook = RedundancyCodebook.from_pretrained(
+                repo, filename=self.config.codebook_filename, revision=revision, **hub_kwargs
+            )
+        codebook.check_compatible(self.config.text_config.hidden_size)
+        self._codebook = codebook
+        self._prototypes_on_device = {}
+        return codebook
+
+    def codebook_prototypes(self, device: torch.device) -> torch.Tensor:
+        """The codebook's rows on `device` (loaded from the config's reference on first use), cached per device."""
+        if self._codebook is None:
+            self._load_codebook()
+        key = str(device)
+        if key not in self._prototypes_on_device:
+            self._prototypes_on_device[key] = self._codebook.prototypes.to(device)
+        return self._prototypes_on_device[key]
+
+    # ------------------------------------------------------------------ settings and selection
+    def _pruning_settings(self, **overrides) -> PruningSettings:
+        """The settings in force: config values, then per-call overrides (`pruning=False` turns pruning off)."""
+        unknown = set(overrides) - set(OVERRIDE_NAMES)
+        if unknown:
+            raise TypeError(f"Unknown pruning arguments {sorted(unknown)}; expected some of {OVERRIDE_NAMES}.")
+        values = {name: getattr(self.config, name) for name in PRUNING_FIELDS}
+        values.update({k: v for k, v in overrides.items() if k in PRUNING_FIELDS and v is not None})
+        pruning = overrides.get("pruning")
+        if pruning is True and values["pruning_strategy"] == "none":
+            values["pruning_strategy"] = "codebook"
+        if pruning is False or not self._pruning_enabled:
+            values["pruning_strategy"] = "none"
+        return PruningSettings(**validate_pruning_settings(**values))
+
+    def select_segments(self, segments: list[Segment], settings: PruningSettings) -> VisualTokenSelection:
+        """Run the strategy of `settings` on every segment of a call; returns the selection report."""
+        result = STRATEGIES[settings.pruning_strategy](segments, settings, self)
+        return VisualTokenSelection(
+            num_kept=torch.tensor([k.numel() for k in result.kept]),
+            num_total=torch.tensor([s.features.shape[0] for s in segments]),
+            kept_indices=result.kept,
+            scores=result.scores,
+            newline_mask=[s.newline for s in segments],
+            modalities=[s.modality for s in segments],
+            strategy=settings.pruning_strategy,
+        )
+
+    def placeholder_mask(
+        self, token_id: int, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`[B, S]` bool mask of the placeholders of `token_id`, found as the stock models find them: by token id,
+        or, with `inputs_embeds` alone, by equality with that token's embedding."""
+        if input_ids is not None:
+            return input_ids == token_id
+        token = torch.full((), token_id, dtype=torch.long, device=inputs_embeds.device)
+        return (inputs_embeds == self.get_input_embeddings()(token)).all(-1)
+
+    # ------------------------------------------------------------------ compaction
+    def prune_call(self, call: dict, pruning: bool | None, pad_token_id: int) -> VisualTokenSelection | None:
+        """Apply pruning to one call's keyword arguments, in place; returns the selection, or `None` if none applies.
+
+        Pops the per-call overrides. When pruning applies (an active strategy and visual inputs given), encodes the
+        visual inputs once, selects, replaces `input_ids` (or `inputs_embeds`), `attention_mask`, `position_ids` and
+        `labels` by their compacted versions and hands the pruned features over as `mm_encoder_outputs`.
+        """
+        reference = [name for name in CODEBOOK_REFERENCE_FIELDS if name in call]
+        if reference:
+            raise ValueError(
+                f"{reference} cannot change per call: the codebook is loaded once per model. Use "
+                "`model.load_codebook(repo_or_path, revision=...)` to switch codebooks, then call again."
+            )
+        overrides = {name: call.pop(name) for name in PRUNING_FIELDS if name in call}
+        settings = self._pruning_settings(pruning=pruning, **overrides)
+        if not settings.active:
+            return None
+        input_ids, inputs_embeds = call.get("input_ids"), call.get("inputs_embeds")
+        encoded = [v for v in (self.encode_for_pruning(m, call) for m in self.pruning_modalities) if v is not None]
+        if not encoded:
+            return None
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("Pass `input_ids` (or `inputs_embeds`) together with the visual inputs.")
+        placeholder = {}
+        for visual in encoded:
+            mask = self.placeholder_mask(visual.token_id, input_ids, inputs_embeds)
+            n_placeholders, n_features = int(mask.sum()), sum(f.shape[0] for f in visual.packed)
+            if n_placeholders != n_features:
+                raise ValueError(
+                    f"The prompt holds {n_placeholders} {visual.modality} placeholder tokens but the "
+                    f"{len(visual.packed)} {visual.modality}(s) give {n_features} visual tokens. Each {visual.modality} "
+                    f"needs exactly one `<{visual.modality}>` in the text, expanded by the processor: build inputs "
+                    f"with the model's processor and as many `<{visual.modality}>` as {visual.modality}s."
+                )
+            placeholder[visual.modality] = mask
+        segments = [
+            Segment(features=f, newline=n.to(f.device), modality=v.modality)
+            for v in encoded
+            for f, n in zip(v.packed, v.newline)
+        ]
+        selection = self.select_segments(segments, settings)
+        keep = torch.ones_like(next(iter(placeholder.values())))
+        masks = iter(selection.keep_masks())
+        handoff = dict(call.get("mm_encoder_outputs") or {})
+        for visual in encoded:
+            own = [next(masks) for _ in visual.packed]
+            keep[placeholder[visual.modality]] = torch.cat(own).to(keep.device)
+            visual.handoff.pooler_output = [f[m.to(f.device)] for f, m in zip(visual.packed, own)]
+            handoff[visual.modality] = visual.handoff
+        attention_mask, position_ids = call.get("attention_mask"), call.get("position_ids")
+        if attention_mask is None:
+            attention_mask = torch.ones(keep.shape, dtype=torch.long, device=keep.device)
+        if position_ids is None and settings.position_mode == "original":
+            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        compacted = compact_sequences(
+            keep,
+            {
+                "input_ids": input_ids,
+                "inputs_embeds": inputs_embeds,
+                "attention_mask": attention_mask,
+                "position_ids": position_ids,
+                "labels": call.get("labels"),
+            },
+            {"input_ids": pad_token_id, "inputs_embeds": 0.0, "attention_mask": 0, "position_ids": 0, "labels": -100},
+        )
+        call.update({name: value for name, value in compacted.items() if value is not None or name in call})
+        call["mm_encoder_outputs"] = handoff
+        for owner, log in _RECORDERS.get():
+            if owner == id(self):
+                log.append(selection)
+        return selection
+
+    def _pruned_forward(self, call: dict, pruning: bool | None):
+        """Stock base-model `forward`, with the visual inputs pruned first.
+
+        Accepts the pruning config fields (`codebook_threshold=...`, `pruning_mode=...`, ...) and `pruning=False` as
+        per-call overrides; the output's `visual_token_selection` reports what was kept.
+        """
+        selection = self.prune_call(call, pruning, _pad_token_id(self.config))
+        outputs = super(PruningModelMixin, self).forward(**call)
+        if isinstance(outputs, tuple):
+            return outputs
+        return self.pruning_output_class(**outputs, visual_token_selection=selection)
+
+
+class PruningForConditionalGenerationMixin(PruningMixin):
+    """The generation model of a family (`XCodebookForConditionalGeneration(this, StockXForConditionalGeneration)`).
+
+    A family sets `pruning_base_class` (its base model class) and `pruning_output_class` (its
+    `CausalLMOutputWithPast` plus `visual_token_selection`).
+    """
+
+    pruning_base_class: type
+    pruning_output_class: type
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" not in cls.__dict__:
+            cls.forward = _with_stock_signature(cls, PruningForConditionalGenerationMixin._pruned_forward)
+
+    def __init__(self, config):
+        # The stock __init__ hard-codes the stock base model; build the same two modules, with the pruning-aware
+        # base model, without constructing (and discarding) a stock one first. Weight names stay stock (`model.*`).
+        stock = next(
+            b for b in type(self).__mro__ if b.__module__.startswith("transformers.") and "__init__" in b.__dict__
+        )
+        super(stock, self).__init__(config)
+        self.model = self.pruning_base_class(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def _pruning_base(self):
+        return self.model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # `register_for_auto_class` records one Auto class per class; the base model's entry is added by hand so the
+        # saved repo also answers `AutoModel.from_pretrained(..., trust_remote_code=True)`.
+        if getattr(type(self), "_auto_class", None) is not None:
+            module = type(self.model).__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {
+                "AutoModel": f"{module}.{type(self.model).__name__}",
+                **(getattr(self.config, "auto_map", None) or {}),
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _generation_pad_token_id(self, kwargs) -> int:
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        for candidate in (kwargs.get("pad_token_id"), generation_config.pad_token_id):
+            if candidate is not None:
+                return int(candidate if not isinstance(candidate, (list, tuple)) else candidate[0])
+        return _pad_token_id(self.config)
+
+    def _pruned_forward(self, call: dict, pruning: bool | None):
+        """Stock `forward`, with the visual inputs pruned first. `input_ids`, `attention_mask`, `position_ids` and
+        `labels` are compacted together, so the logits and the loss cover the kept tokens only. Accepts the pruning
+        config fields and `pruning=False` as per-call overrides.
+        """
+        selection = self.model.prune_call(call, pruning, self._generation_pad_token_id(call))
+        with self.pruning_disabled():
+            outputs = super(PruningForConditionalGenerationMixin, self).forward(**call)
+        if isinstance(outputs, tuple):
+            return outputs
+        return self.pruning_output_class(**outputs, visual_token_selection=selection)
+
+    @torch.no_grad()
+    def generate(self, inputs=None, pruning=None, **kwargs):
+        """Stock `generate`, on a prompt compacted per image (and video) before prefill.
+
+        Accepts the pruning config fields (`codebook_threshold=0.2`, `pruning_mode="budget"`, `keep_ratio=0.1`, ...)
+        and `pruning=False` as per-call overrides. The returned sequences start with the caller's original prompt,
+        so `out[:, input_ids.shape[1]:]` are the new tokens. With `return_dict_in_generate=True` the output also
+        carries `visual_token_selection` (`None` when nothing was pruned).
+        """
+        if kwargs.get("input_ids") is None and isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
+            kwargs["input_ids"], inputs = inputs, None
+        input_ids = kwargs.get("input_ids")
+        selection = self.model.prune_call(kwargs, pruning, self._generation_pad_token_id(kwargs))
+        with self.pruning_disabled():
+            output = super().generate(inputs, **kwargs)
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        if selection is not None and input_ids is not None:
+            # The stock `generate` returned the compacted prompt: put the caller's own prompt back in front of the
+            # new tokens. (With `inputs_embeds` alone the stock output holds only new tokens, and so does this.)
+            expand = sequences.shape[0] // input_ids.shape[0]
+            new_tokens = sequences[:, kwargs["input_ids"].shape[1] :]
+            sequences = torch.cat([input_ids.repeat_interleave(expand, dim=0).to(new_tokens.device), new_tokens], 1)
+        if isinstance(output, torch.Tensor):
+            return sequences
+        if not isinstance(output, (GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput)):
+            return output
+        output_cls = (
+            CodebookGenerateBeamDecoderOnlyOutput
+            if isinstance(output, GenerateBeamDecoderOnlyOutput)
+            else CodebookGenerateDecoderOnlyOutput
+        )
+        fields = {key: value for key, value in output.items() if key != "sequences"}
+        # Always present (None when nothing was pruned), so user code never needs `hasattr`.
+        return output_cls(sequences=sequences, visual_token_selection=selection, **fields)
+
+
+__all__ = [
+    "IncompleteCheckpointError",
+    "PruningForConditionalGenerationMixin",
+    "PruningModelMixin",
+    "PruningSettings",
+    "VisualInputs",
+    "VisualTokenSelection",
+    "compact_sequences",
+    "register_stock_checkpoint_layout",
+]
