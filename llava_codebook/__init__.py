@@ -18,7 +18,21 @@ __version__ = "0.1.0"
 
 
 def register_auto_classes() -> None:
-    """Make `save_pretrained` write the remote-code files and an `auto_map` for the four Auto classes."""
+    """Make the Auto classes know the package's classes, and `save_pretrained` write the remote-code files and an
+    `auto_map` for the four Auto classes.
+
+    With the package imported, `AutoModelForImageTextToText.from_pretrained(repo)` resolves a pruning-enabled repo
+    to the installed classes (with `trust_remote_code=True` the repo's own files are used instead), and
+    `pipeline("image-text-to-text", model=...)` recognises the model class.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+    AutoConfig.register(LlavaNextCodebookConfig.model_type, LlavaNextCodebookConfig, exist_ok=True)
+    AutoModel.register(LlavaNextCodebookConfig, LlavaNextCodebookModel, exist_ok=True)
+    AutoModelForImageTextToText.register(
+        LlavaNextCodebookConfig, LlavaNextCodebookForConditionalGeneration, exist_ok=True
+    )
+    AutoProcessor.register(LlavaNextCodebookConfig, LlavaNextCodebookProcessor, exist_ok=True)
     LlavaNextCodebookConfig.register_for_auto_class()
     LlavaNextCodebookModel.register_for_auto_class("AutoModel")
     LlavaNextCodebookForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")

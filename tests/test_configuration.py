@@ -91,3 +91,10 @@ def test_a_config_forced_past_the_validators_is_never_written(tmp_path):
     with pytest.raises(ValueError, match="codebook_threshold"):
         config.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_every_strategy_the_config_accepts_is_in_the_registry_and_vice_versa():
+    from llava_codebook.pruning_config import PRUNING_STRATEGIES
+    from llava_codebook.strategies import STRATEGIES
+
+    assert set(PRUNING_STRATEGIES) == set(STRATEGIES)

@@ -417,3 +417,11 @@ def test_images_that_lose_every_token_still_generate_like_the_oracle_with_beams(
         stock_twin(tiny_model), inputs, out.visual_token_selection, tiny_model, num_beams=2, **GREEDY
     )
     assert torch.equal(out.sequences, expected)
+
+
+def test_pruning_true_turns_a_model_configured_without_pruning_on(tiny_model, tiny_processor, images):
+    tiny_model.config.pruning_strategy = "none"
+    inputs = batch(tiny_processor, ["<image> a"], [images["wide"]])
+    assert tiny_model.generate(**inputs, return_dict_in_generate=True, **GREEDY).visual_token_selection is None
+    selection = tiny_model.generate(**inputs, pruning=True, return_dict_in_generate=True, **GREEDY)
+    assert selection.visual_token_selection.strategy == "codebook"

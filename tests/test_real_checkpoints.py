@@ -159,14 +159,17 @@ import json, sys, torch
 from pathlib import Path
 from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText
-from llava_codebook import load_pruned_model
 out_dir, jobs = Path(sys.argv[1]), json.loads(sys.argv[2])
 report = {}
-for name, (kind, repo, codebook) in jobs.items():
+# Remote-code loads first, before anything imports the installed package: a Hub user of a converted repo does not
+# have it (and once imported, its registered classes would take precedence over the repo's files).
+for name, (kind, repo, codebook) in sorted(jobs.items(), key=lambda job: job[1][0] != "remote-code"):
     if kind == "remote-code":
+        assert "llava_codebook" not in sys.modules
         model = AutoModelForImageTextToText.from_pretrained(repo, trust_remote_code=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     else:
+        from llava_codebook import load_pruned_model
         model = load_pruned_model(repo, codebook_repo=codebook)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     state["__codebook__"] = model.codebook.prototypes
@@ -303,3 +306,15 @@ def test_the_converted_processor_is_stable_across_save_load_save(hub_checkpoints
     saved = json.loads((tmp_path / "p2" / "tokenizer_config.json").read_text())
     assert "local_files_only" not in saved and "is_local" not in saved
     assert json.loads((tmp_path / "p2" / "processor_config.json").read_text())["auto_map"]["AutoProcessor"]
+
+
+def test_with_the_package_imported_the_auto_classes_know_the_installed_classes(hub_checkpoints, tmp_path):
+    from transformers import AutoModel, AutoModelForImageTextToText
+
+    checkpoints, codebooks = hub_checkpoints
+    repo = convert_checkpoint(str(checkpoints["vicuna-7b"]), str(codebooks["vicuna-7b"]), tmp_path / "c")
+    model = AutoModelForImageTextToText.from_pretrained(repo)  # no trust_remote_code needed: the package is here
+    assert type(model) is LlavaNextCodebookForConditionalGeneration
+    assert_every_tensor_equal(stock_tensors(checkpoints["vicuna-7b"]), tensors(model))
+    assert type(AutoModel.from_pretrained(repo)) is LlavaNextCodebookModel
+    assert type(AutoProcessor.from_pretrained(repo)).__name__ == "LlavaNextCodebookProcessor"
