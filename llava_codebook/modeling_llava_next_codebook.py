@@ -63,22 +63,44 @@ class LlavaNextCodebookModel(PruningModelMixin, LlavaNextModel):
     # the language-model head; every other unused or missing weight still fails the load.
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
-    def newline_masks(self, image_sizes: torch.Tensor, vision_feature_select_strategy: str | None = None):
-        """Per image, which packed tokens are row newlines, found by packing a one-channel marker map with the
-        stock `pack_image_features` (so the layout logic is never duplicated here)."""
+    def _tokens_per_crop(self, vision_feature_select_strategy: str | None) -> int:
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         side = self.config.vision_config.image_size // self.config.vision_config.patch_size
-        per_crop = side * side + (1 if strategy == "full" else 0)
-        markers = [
-            torch.zeros(
-                image_size_to_num_patches(size, self.config.image_grid_pinpoints, self.config.vision_config.image_size),
-                per_crop,
-                1,
-            )
-            for size in image_sizes
-        ]
-        packed, _ = self.pack_image_features(markers, image_sizes.cpu(), strategy, image_newline=torch.ones(1))
-        return [marker[:, 0].bool() for marker in packed]
+        return side * side + (1 if strategy == "full" else 0)
+
+    def _num_crops(self, image_size) -> int:
+        return image_size_to_num_patches(
+            image_size, self.config.image_grid_pinpoints, self.config.vision_config.image_size
+        )
+
+    def pack_crop_values(
+        self, values: list[torch.Tensor], image_sizes: torch.Tensor, vision_feature_select_strategy: str | None = None
+    ) -> list[torch.Tensor]:
+        """Lay per-crop values out in the packed token order, with the stock `pack_image_features` itself.
+
+        `values[i]` is `[num_crops_i, tokens_per_crop]` for image `i` (crop 0 the base view, then the tiles; tokens in
+        the crop's raster order, after the feature-select strategy), e.g. a [CLS]-attention map of each crop.
+        Returns per image a float32 `[L_i]` in packed order, NaN at the row-newline positions.
+        """
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        maps = [v.detach().float().cpu().unsqueeze(-1) for v in values]
+        packed, _ = self.pack_image_features(
+            maps, image_sizes.cpu(), strategy, image_newline=torch.full((1,), torch.nan)
+        )
+        return [p[:, 0] for p in packed]
+
+    def newline_masks(self, image_sizes: torch.Tensor, vision_feature_select_strategy: str | None = None):
+        """Per image, which packed tokens are row newlines (the NaNs of a packed all-zero map)."""
+        per_crop = self._tokens_per_crop(vision_feature_select_strategy)
+        zeros = [torch.zeros(self._num_crops(size), per_crop) for size in image_sizes]
+        return [packed.isnan() for packed in self.pack_crop_values(zeros, image_sizes, vision_feature_select_strategy)]
+
+    def crop_ids(self, image_sizes: torch.Tensor, vision_feature_select_strategy: str | None = None):
+        """Per image, the crop each packed token comes from (0 = base view, 1.. = tiles in stock order; -1 = newline)."""
+        per_crop = self._tokens_per_crop(vision_feature_select_strategy)
+        ids = [torch.arange(self._num_crops(size)).float()[:, None].expand(-1, per_crop) for size in image_sizes]
+        packed = self.pack_crop_values(ids, image_sizes, vision_feature_select_strategy)
+        return [p.nan_to_num(-1).long() for p in packed]
 
     def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
         pixel_values = call.get("pixel_values")
@@ -101,14 +123,22 @@ class LlavaNextCodebookModel(PruningModelMixin, LlavaNextModel):
             return_dict=True,
         )
         packed = list(outputs.pooler_output)
-        newline = self.newline_masks(image_sizes, strategy)
-        for features, is_newline in zip(packed, newline):
-            if is_newline.shape[0] != features.shape[0]:
+        crop_ids = self.crop_ids(image_sizes, strategy)
+        for features, ids in zip(packed, crop_ids):
+            if ids.shape[0] != features.shape[0]:
                 raise ValueError(
-                    f"An image has {features.shape[0]} packed tokens but its size implies {is_newline.shape[0]}; "
+                    f"An image has {features.shape[0]} packed tokens but its size implies {ids.shape[0]}; "
                     "image_sizes does not describe pixel_values."
                 )
-        return VisualInputs("image", self.config.image_token_id, packed, newline, outputs)
+        return VisualInputs(
+            "image",
+            self.config.image_token_id,
+            packed,
+            newline=[ids < 0 for ids in crop_ids],
+            handoff=outputs,
+            crop_ids=crop_ids,
+            pack_crop_values=lambda values: self.pack_crop_values(values, image_sizes, strategy),
+        )
 
     def select_visual_tokens(
         self,
@@ -119,10 +149,13 @@ class LlavaNextCodebookModel(PruningModelMixin, LlavaNextModel):
     ) -> VisualTokenSelection:
         """Choose the kept tokens of already-encoded images (`get_image_features(...).pooler_output`)."""
         settings = settings or self.pruning_settings()
-        newline = self.newline_masks(image_sizes, vision_feature_select_strategy)
-        if len(newline) != len(packed_features):
-            raise ValueError(f"Got {len(packed_features)} packed images but {len(newline)} image sizes.")
-        segments = [Segment(f, n.to(f.device), "image") for f, n in zip(packed_features, newline)]
+        crop_ids = self.crop_ids(image_sizes, vision_feature_select_strategy)
+        if len(crop_ids) != len(packed_features):
+            raise ValueError(f"Got {len(packed_features)} packed images but {len(crop_ids)} image sizes.")
+        segments = [
+            Segment(f, (c < 0).to(f.device), "image", crop_ids=c.to(f.device))
+            for f, c in zip(packed_features, crop_ids)
+        ]
         return self.select_segments(segments, settings)
 
     def prepare_pruned_inputs(

@@ -21,6 +21,7 @@ wiring of its two classes. Nothing here knows a family's layout.
 import contextlib
 import contextvars
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,10 @@ class VisualInputs:
     newline: per segment, `[L]` bool mask of row-newline tokens.
     handoff: the stock encoder output that `forward(mm_encoder_outputs={modality: handoff})` accepts; its
         `pooler_output` is replaced by the kept features.
+    crop_ids: per segment, `[L]` long: the crop (view, tile or frame) each packed token comes from, -1 for newlines.
+    pack_crop_values: lays per-segment `[num_crops, tokens_per_crop]` values (computed on the vision tower's crops,
+        e.g. a [CLS]-attention map) out in packed order, NaN at newlines; how a strategy that scores tokens inside
+        the vision tower maps its scores onto what the language model receives.
     """
 
     modality: str
@@ -131,6 +136,8 @@ class VisualInputs:
     packed: list[torch.Tensor]
     newline: list[torch.Tensor]
     handoff: ModelOutput
+    crop_ids: list[torch.Tensor] | None = None
+    pack_crop_values: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -481,9 +488,14 @@ class PruningModelMixin(PruningMixin):
                 )
             placeholder[visual.modality] = mask
         segments = [
-            Segment(features=f, newline=n.to(f.device), modality=v.modality)
+            Segment(
+                features=f,
+                newline=n.to(f.device),
+                modality=v.modality,
+                crop_ids=None if v.crop_ids is None else v.crop_ids[i].to(f.device),
+            )
             for v in encoded
-            for f, n in zip(v.packed, v.newline)
+            for i, (f, n) in enumerate(zip(v.packed, v.newline))
         ]
         selection = self.select_segments(segments, settings)
         keep = torch.ones_like(next(iter(placeholder.values())))

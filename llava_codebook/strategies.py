@@ -21,11 +21,13 @@ class Segment:
     features: `[L, D]` post-projector tokens in the stock packed order.
     newline: `[L]` bool, True for the row-newline tokens of the layout.
     modality: `"image"` or `"video"`.
+    crop_ids: `[L]` long, the crop (view, tile or frame) each token comes from, -1 for newlines (when known).
     """
 
     features: torch.Tensor
     newline: torch.Tensor
     modality: str = "image"
+    crop_ids: torch.Tensor | None = None
 
 
 @dataclass

@@ -425,3 +425,32 @@ def test_pruning_true_turns_a_model_configured_without_pruning_on(tiny_model, ti
     assert tiny_model.generate(**inputs, return_dict_in_generate=True, **GREEDY).visual_token_selection is None
     selection = tiny_model.generate(**inputs, pruning=True, return_dict_in_generate=True, **GREEDY)
     assert selection.visual_token_selection.strategy == "codebook"
+
+
+def test_crop_ids_and_packed_crop_values_follow_the_processor_geometry(tiny_model, tiny_processor, images):
+    # The processor's geometry is an independent model of the stock packing (pure numpy, tested against pixels).
+    sizes = torch.tensor([[im.height, im.width] for im in images.values()])
+    geometries = tiny_processor.token_geometry(sizes.tolist())
+    side = tiny_model.config.vision_config.image_size // tiny_model.config.vision_config.patch_size
+    for ids, geometry in zip(tiny_model.model.crop_ids(sizes), geometries):
+        assert ids.tolist() == geometry.crop.tolist()
+    # A value per (crop, row, col) comes back at the packed token that geometry places at that crop, row and col.
+    values = [
+        torch.arange(crops * side * side, dtype=torch.float32).reshape(crops, side * side)
+        for crops in (int(g.crop.max()) + 1 for g in geometries)
+    ]
+    for packed, geometry in zip(tiny_model.model.pack_crop_values(values, sizes), geometries):
+        assert torch.isnan(packed).numpy().tolist() == geometry.newline_mask.tolist()
+        value = packed[~torch.isnan(packed)].long()
+        crop, row, col = value // (side * side), value % (side * side) // side, value % side
+        real = ~geometry.newline_mask
+        assert crop.tolist() == geometry.crop[real].tolist()
+        base = geometry.view[real] == 0
+        assert row[base].tolist() == geometry.row[real][base].tolist()
+        assert col[base].tolist() == geometry.col[real][base].tolist()
+        # Tile rows/cols in the geometry count on the unpadded grid, which starts a fixed number of token rows and
+        # columns into the padded one: the offset is the same for every tile token of the image.
+        tile = torch.from_numpy(~base)
+        row_offsets = (row[tile] - torch.from_numpy(geometry.row[real][~base])) % side
+        col_offsets = (col[tile] - torch.from_numpy(geometry.col[real][~base])) % side
+        assert row_offsets.unique().numel() <= 1 and col_offsets.unique().numel() <= 1
