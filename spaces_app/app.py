@@ -9,13 +9,14 @@ import argparse
 import hashlib
 import io
 import logging
+import math
 import os
 import sys
 import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -65,8 +66,25 @@ except ImportError:
 
 logger = logging.getLogger("llava_codebook.space")
 
-MAX_IMAGE_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", 40_000_000))
-MAX_IMAGE_SIDE = int(os.environ.get("MAX_IMAGE_SIDE", 12_000))
+
+def env_number(name: str, default: float, minimum: float) -> float:
+    """`$name` as a number (at least `minimum`), or `default` when unset: a bad value stops the Space at start and
+    names the variable, instead of surfacing later as an odd limit."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"${name} must be a number of at least {minimum:g}; got {raw!r}.")
+    return value
+
+
+MIB = 2**20
+MAX_IMAGE_PIXELS = int(env_number("MAX_IMAGE_PIXELS", 40_000_000, 1))
+MAX_IMAGE_SIDE = int(env_number("MAX_IMAGE_SIDE", 12_000, 1))
 MAX_QUESTION_CHARS = 1_000
 TINY_THRESHOLD = 0.9
 DEMO_NOTICE = (
@@ -87,20 +105,40 @@ class EncodedImage:
     """One image run through the processor and the vision tower once; re-scoring reuses `packed`.
 
     `packed` (post-projector features, stock packed order) and `image_sizes` live on the CPU: scoring them against
-    the codebook is cheap there, and on ZeroGPU the GPU is only held inside `@spaces.GPU` calls.
+    the codebook is cheap there, and on ZeroGPU the GPU is only held inside `@spaces.GPU` calls. The image itself is
+    not kept: every request brings it, and its pixels would outweigh the features many times over.
     """
 
-    image: Image.Image
     image_sizes: torch.Tensor
     packed: torch.Tensor
     geometry: object
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tensors and the geometry's arrays: what the feature cache counts against its bound."""
+        arrays = [getattr(self.geometry, f.name) for f in fields(self.geometry)]
+        return (
+            self.packed.nbytes
+            + self.image_sizes.nbytes
+            + sum(array.nbytes for array in arrays if isinstance(array, np.ndarray))
+        )
+
+
+def feature_cache_bytes() -> int:
+    """The feature cache's bound, `$FEATURE_CACHE_MB` mebibytes (default 256; 0 turns the cache off)."""
+    return int(env_number("FEATURE_CACHE_MB", 256, 0) * MIB)
+
 
 class EncodingCache:
-    """A small thread-safe LRU of encoded images, keyed by the image's pixels."""
+    """A thread-safe LRU of encoded images, keyed by the image's pixels and bounded by the bytes it holds.
 
-    def __init__(self, capacity: int = 8):
-        self.capacity = capacity
+    Entries are evicted least recently used first until the sum of their `nbytes` is at most `max_bytes`; an entry
+    larger than the whole bound is served but not kept.
+    """
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = feature_cache_bytes() if max_bytes is None else int(max_bytes)
+        self.nbytes = 0
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -112,14 +150,25 @@ class EncodingCache:
         return None
 
     def put(self, key, value) -> None:
+        size = value.nbytes
         with self._lock:
+            if key in self._items:
+                self.nbytes -= self._items.pop(key).nbytes
+            if size > self.max_bytes:
+                return
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.nbytes -= evicted.nbytes
+
+    def values(self) -> list:
+        with self._lock:
+            return list(self._items.values())
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            return len(self._items)
 
 
 @dataclass
@@ -286,7 +335,7 @@ def encode_image(backend: Backend, image: Image.Image) -> EncodedImage:
             f"The processor's geometry lists {len(geometry)} tokens but the model packed {packed.shape[0]}: the "
             "processor and model configs disagree (crop size, patch size or grid pinpoints)."
         )
-    encoded = EncodedImage(image, inputs["image_sizes"], packed, geometry)
+    encoded = EncodedImage(inputs["image_sizes"], packed, geometry)
     backend.cache.put(key, encoded)
     return encoded
 

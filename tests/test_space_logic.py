@@ -119,11 +119,43 @@ def test_moving_the_slider_rescores_without_rerunning_the_vision_tower(backend, 
     assert len(calls) == 2
 
 
-def test_encoding_cache_is_bounded_and_evicts_the_oldest():
-    cache = app.EncodingCache(capacity=2)
-    for key in "abc":
-        cache.put(key, key.upper())
-    assert cache.get("a") is None and cache.get("c") == "C" and len(cache) == 2
+class Sized:
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+
+def test_encoding_cache_is_bounded_by_bytes_and_evicts_the_least_recently_used():
+    cache = app.EncodingCache(max_bytes=100)
+    for key, size in (("a", 40), ("b", 40), ("c", 10)):
+        cache.put(key, Sized(size))
+    assert cache.nbytes == 90 and len(cache) == 3
+    cache.get("a")  # "a" is now the most recently used: "b" goes first
+    cache.put("d", Sized(30))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("d") is not None
+    assert cache.nbytes == 80 <= cache.max_bytes
+    cache.put("a", Sized(60))  # re-putting a key replaces its size, it does not add to it
+    assert cache.nbytes == 100 and len(cache) == 3
+    cache.put("huge", Sized(101))  # larger than the whole bound: served by the caller, never kept
+    assert cache.get("huge") is None and cache.nbytes == 100
+
+
+def test_the_feature_cache_bound_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FEATURE_CACHE_MB", "1.5")
+    assert app.EncodingCache().max_bytes == int(1.5 * 2**20)
+    monkeypatch.delenv("FEATURE_CACHE_MB")
+    assert app.EncodingCache().max_bytes == 256 * 2**20
+    monkeypatch.setenv("FEATURE_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="FEATURE_CACHE_MB"):
+        app.EncodingCache()
+
+
+def test_cached_features_are_counted_in_bytes_and_hold_no_pixels(backend):
+    image = half_flat(600, 400, seed=30)
+    app.preview(backend, image, "threshold", 0.9, 0.25)
+    encoded = backend.cache.get(app.image_key(image))
+    geometry_bytes = sum(getattr(encoded.geometry, name).nbytes for name in ("view", "crop", "row", "col", "boxes"))
+    assert encoded.nbytes == encoded.packed.nbytes + encoded.image_sizes.nbytes + geometry_bytes
+    assert not any(isinstance(value, Image.Image) for value in vars(encoded).values())
 
 
 def test_counts_add_up_and_percentages_are_of_the_view():
