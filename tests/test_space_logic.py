@@ -258,6 +258,86 @@ def test_bad_settings_get_a_clear_message():
     assert app.pruning_overrides("budget", 0.5, 0.3) == {"pruning_mode": "budget", "keep_ratio": 0.3}
 
 
+def test_image_paths_are_confined_to_the_allowed_folders_with_one_message(tmp_path):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    half_flat(40, 30).save(allowed / "ok.png")
+    half_flat(40, 30).save(outside / "secret.png")
+    (allowed / "link.png").symlink_to(outside / "secret.png")
+    (allowed / "notes.png").write_text("not a picture")
+    folders = [allowed.resolve()]
+    assert app.check_image(str(allowed / "ok.png"), folders).size == (40, 30)
+    assert app.check_image({"path": str(allowed / "ok.png"), "meta": {"_type": "gradio.FileData"}}, folders)
+    refused = [
+        outside / "secret.png",  # exists, outside
+        allowed / ".." / "outside" / "secret.png",  # `..` out of the folder
+        allowed / "link.png",  # a link out of the folder
+        outside / "missing.png",
+        allowed / "missing.png",
+        allowed,  # a directory
+        allowed / "notes.png",  # inside, not a picture
+        "bad\0path.png",
+    ]
+    for path in refused:
+        with pytest.raises(app.InputError) as refusal:
+            app.check_image({"path": str(path)}, folders)
+        assert str(refusal.value) == app.UNREADABLE_IMAGE, path
+
+
+def test_an_image_sent_as_a_data_url_is_read_and_a_url_is_not_fetched():
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    half_flat(30, 20).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert app.check_image({"path": None, "url": url}, allowed_dirs=[]).size == (30, 20)
+    with pytest.raises(app.InputError, match="could not be read as an image"):
+        app.check_image({"path": None, "url": "data:image/png;base64,@@@"}, allowed_dirs=[])
+    with pytest.raises(app.InputError, match="does not download images"):
+        app.check_image({"path": "https://example.com/picture.png"}, allowed_dirs=[])
+
+
+GOOD = {"image": None, "question": "what is it ?", "mode": "budget", "threshold": 0.9, "keep_ratio": 0.5}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"question": "a" * 1001}, "The question is 1001 characters long; keep it under 1000."),
+        ({"question": "what is <image> here"}, "image placeholder (<image>)"),
+        ({"question": "what \ud800 is it"}, "contains U+D800"),
+        ({"question": 3}, "The question must be text; got int."),
+        ({"question": "   "}, "Type a question"),
+        ({"mode": None}, "Unknown pruning mode None"),
+        ({"threshold": float("nan")}, "The threshold must be a finite number; got nan."),
+        ({"threshold": "0.5"}, "The threshold must be a number; got str."),
+        ({"threshold": 1.5}, "The threshold must lie in [-1, 1]; got 1.5."),
+        ({"keep_ratio": 0}, "The token budget must lie in (0, 1]; got 0."),
+        ({"keep_ratio": True}, "The token budget must be a number; got bool."),
+        ({"max_new_tokens": float("nan")}, "max_new_tokens must be a finite number; got nan."),
+        ({"max_new_tokens": 1.5}, "max_new_tokens must be a whole number; got 1.5."),
+        ({"max_new_tokens": 0}, "max_new_tokens must lie in [1, 128]; got 0."),
+        ({"max_new_tokens": [3]}, "max_new_tokens must be a number; got list."),
+        ({"image": 3}, "The image must be a file uploaded to this Space"),
+        ({"image": {"url": "https://example.com/x.png"}}, "The image must be a file uploaded to this Space"),
+    ],
+)
+def test_every_input_is_checked_by_one_function_with_a_message_naming_it(changes, message):
+    inputs = {**GOOD, "image": half_flat(20, 20), "max_new_tokens": 5, **changes}
+    with pytest.raises(app.InputError) as refusal:
+        app.validate_inputs(**inputs, question_required=True)
+    assert message in str(refusal.value)
+
+
+def test_validated_inputs_come_back_typed():
+    inputs = app.validate_inputs(half_flat(20, 20), "  what ?  ", "threshold", 1, 0.5, 4.0)
+    assert (inputs.question, inputs.threshold, inputs.max_new_tokens) == ("what ?", 1.0, 4)
+    assert isinstance(inputs.max_new_tokens, int) and inputs.image.mode == "RGB"
+    assert inputs.overrides == {"pruning_mode": "threshold", "codebook_threshold": 1.0}
+
+
 def test_example_images_are_drawn_in_code_and_show_kept_and_dropped_tokens(backend, tmp_path):
     rows = write_examples(tmp_path)
     assert [Path(path).name for path, _ in rows] == list(SCENES)

@@ -1,9 +1,12 @@
-"""The Space served on 127.0.0.1 and called through `gradio_client`, as a remote user would call it."""
+"""The Space served on 127.0.0.1 and called as a remote user would: through `gradio_client`, and with raw HTTP
+payloads the client would never build (every request loop here is bounded in count and time)."""
 
+import io
 import os
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -20,7 +23,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from spaces_app import app  # noqa: E402
-from space_helpers import launch_on_a_free_port  # noqa: E402
+from space_helpers import call_raw, launch_on_a_free_port  # noqa: E402
 
 TIMEOUT = 120  # seconds any one call may take before the test fails rather than hangs
 
@@ -34,24 +37,33 @@ def picture(path: Path, width: int, height: int, seed: int, flat_share: float = 
     return str(path)
 
 
+class Served(NamedTuple):
+    backend: app.Backend
+    url: str
+    examples: Path  # the app's example folder
+    cache: Path  # Gradio's upload cache
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     # A Gradio cache of its own: servers of other test runs on this machine clean theirs up on exit.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
+        cache = tmp_path_factory.mktemp("gradio-cache")
+        patch.setenv("GRADIO_TEMP_DIR", str(cache))
         backend = app.load_tiny_backend()
-        demo = app.build_demo(backend, examples_dir=tmp_path_factory.mktemp("examples"))
+        examples = tmp_path_factory.mktemp("examples")
+        demo = app.build_demo(backend, examples_dir=examples)
         url = launch_on_a_free_port(demo)
         assert url.startswith("http://127.0.0.1:")
         try:
-            yield backend, url
+            yield Served(backend, url, examples, cache)
         finally:
             demo.close()
 
 
 @pytest.fixture
 def client(served):
-    return Client(served[1], verbose=False, download_files=True)
+    return Client(served.url, verbose=False, download_files=True)
 
 
 def expected(backend, path, mode, threshold, keep_ratio, question=""):
@@ -60,7 +72,7 @@ def expected(backend, path, mode, threshold, keep_ratio, question=""):
 
 
 def test_answer_endpoint_returns_overlays_counts_and_both_timed_answers(served, client, tmp_path):
-    backend, _ = served
+    backend = served.backend
     path = picture(tmp_path / "wide.png", 150, 90, seed=1)
     job = client.submit(handle_file(path), "what is this ?", "threshold", 0.9, 0.25, 6, api_name="/answer")
     base, tile, counts_md, details, pruned, pruned_time, full, full_time = job.result(timeout=TIMEOUT)
@@ -83,7 +95,7 @@ def test_answer_endpoint_returns_overlays_counts_and_both_timed_answers(served, 
 
 
 def test_preview_endpoint_rescores_with_the_budget(served, client, tmp_path):
-    backend, _ = served
+    backend = served.backend
     path = picture(tmp_path / "tall.png", 70, 130, seed=2, flat_share=0.3)
     result = client.submit(handle_file(path), "budget", 0.9, 0.5, "", api_name="/preview").result(timeout=TIMEOUT)
     details = result[3]
@@ -111,7 +123,7 @@ def test_bad_inputs_come_back_as_messages(client, tmp_path):
 
 
 def test_two_concurrent_clients_get_their_own_results(served, tmp_path):
-    backend, url = served
+    backend, url = served.backend, served.url
     requests = [
         (picture(tmp_path / "a.png", 150, 90, seed=10, flat_share=0.2), "threshold", 0.95, 0.25),
         (picture(tmp_path / "b.png", 90, 160, seed=11, flat_share=0.8), "budget", 0.9, 0.3),
@@ -144,3 +156,216 @@ def test_two_concurrent_clients_get_their_own_results(served, tmp_path):
         assert answer[3]["counts"] == want.counts
         assert Image.open(preview[0]).size == want.base_overlay.size
     assert results[0][0][3]["counts"] != results[1][0][3]["counts"]
+
+
+# ---------------------------------------------------------------------------------------------------- security
+ANSWER_ARGS = ["what is it ?", "threshold", 0.9, 0.25, 3]  # everything /answer takes after the image
+PREVIEW_ARGS = ["threshold", 0.9, 0.25, ""]  # everything /preview takes after the image
+
+
+def endpoint_data(api_name: str, image) -> list:
+    return [image, *ANSWER_ARGS] if api_name == "answer" else [image, *PREVIEW_ARGS]
+
+
+def secret_picture(directory: Path) -> tuple[Path, np.ndarray]:
+    """A distinctive noise PNG: any returned picture that correlates with it has leaked it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(1234).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    path = directory / "secret.png"
+    Image.fromarray(pixels).save(path)
+    return path, pixels
+
+
+def returned_pictures(base_url: str, outputs) -> list[np.ndarray]:
+    """Every image among an endpoint's outputs, downloaded from the server."""
+    import httpx
+
+    pictures = []
+    for value in outputs if isinstance(outputs, list) else []:
+        if isinstance(value, dict) and value.get("url"):
+            response = httpx.get(value["url"], timeout=TIMEOUT)
+            response.raise_for_status()
+            pictures.append(np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")))
+    return pictures
+
+
+def correlation(picture: np.ndarray, secret: np.ndarray) -> float:
+    resized = np.asarray(Image.fromarray(picture).resize(secret.shape[1::-1], Image.BILINEAR), dtype=float)
+    return float(np.corrcoef(resized.ravel(), secret.astype(float).ravel())[0, 1])
+
+
+def test_the_leak_check_sees_a_picture_that_is_served_back(served, tmp_path):
+    """The check below is live: the same picture placed where the server may read it does come back in overlays."""
+    allowed, pixels = secret_picture(served.examples / f"control-{tmp_path.name}")
+    event, outputs = call_raw(served.url, "preview", endpoint_data("preview", {"path": str(allowed)}))
+    assert event == "complete" and outputs[0] is not None, outputs
+    assert max(correlation(picture, pixels) for picture in returned_pictures(served.url, outputs)) > 0.6
+
+
+@pytest.mark.parametrize("api_name", ["preview", "answer"])
+@pytest.mark.parametrize("with_meta", [False, True], ids=["no-meta", "meta"])
+def test_a_path_outside_the_allowed_folders_is_refused_and_its_pixels_never_come_back(
+    served, tmp_path, api_name, with_meta
+):
+    secret, pixels = secret_picture(tmp_path / "outside")
+    payload = {"path": str(secret)}
+    if with_meta:
+        payload["meta"] = {"_type": "gradio.FileData"}
+    event, result = call_raw(served.url, api_name, endpoint_data(api_name, payload))
+    assert (event, result) == ("error", app.UNREADABLE_IMAGE)
+    assert not any(correlation(picture, pixels) > 0.5 for picture in returned_pictures(served.url, result))
+
+
+@pytest.mark.parametrize("api_name", ["preview", "answer"])
+def test_dot_dot_and_symlink_escapes_from_the_allowed_folders_are_refused(served, tmp_path, api_name):
+    secret, _ = secret_picture(tmp_path / "outside")
+    links = []
+    for folder in (served.examples, served.cache):
+        link = folder / f"link-{api_name}-{tmp_path.name}.png"
+        link.symlink_to(secret)
+        links.append(link)
+    escapes = [
+        os.path.join(served.examples, os.path.relpath(secret, served.examples)),  # examples/../<test dir>/...
+        os.path.join(served.cache, os.path.relpath(secret, served.cache)),
+        *map(str, links),
+    ]
+    try:
+        for path in escapes:
+            assert Path(path).resolve() == secret.resolve()  # each one does lead to the secret
+            event, result = call_raw(served.url, api_name, endpoint_data(api_name, {"path": path}))
+            assert (event, result) == ("error", app.UNREADABLE_IMAGE), path
+    finally:
+        for link in links:
+            link.unlink()
+
+
+def test_every_refused_or_unreadable_path_gets_the_same_message(served, tmp_path):
+    """No existence oracle: missing, a directory, not a picture, outside or inside the allowed folders, all alike."""
+    (tmp_path / "notes.png").write_text("not a picture")
+    inside_text = served.examples / "notes-inside.png"
+    inside_text.write_text("not a picture either")
+    truncated = served.examples / "truncated.png"
+    truncated.write_bytes(Path(sorted(served.examples.glob("house*.png"))[0]).read_bytes()[:300])
+    paths = [
+        tmp_path / "missing.png",
+        tmp_path,
+        tmp_path / "notes.png",
+        Path(sys.executable),
+        served.examples / "missing.png",
+        served.examples,
+        inside_text,
+        truncated,
+        "relative/path.png",
+        "/dev/zero",
+    ]
+    for path in paths:
+        for api_name in ("preview", "answer"):
+            event, result = call_raw(served.url, api_name, endpoint_data(api_name, {"path": str(path)}))
+            if event == "complete":  # the preview reports what it found in place
+                event, result = "error", result[2].removeprefix("⚠️ ")
+            assert (event, result) == ("error", app.UNREADABLE_IMAGE), (path, api_name)
+
+
+def test_uploads_and_the_example_images_still_work(served, client, tmp_path):
+    upload = picture(tmp_path / "upload.png", 120, 80, seed=40)
+    counts = client.predict(handle_file(upload), *PREVIEW_ARGS, api_name="/preview")[3]["counts"]
+    assert counts["all"]["total"] > 0
+    for example in sorted(served.examples.glob("*.png"))[:2]:
+        event, outputs = call_raw(served.url, "answer", endpoint_data("answer", {"path": str(example)}))
+        assert event == "complete" and outputs[3]["counts"]["all"]["total"] > 0, outputs
+
+
+@pytest.mark.parametrize("api_name", ["preview", "answer"])
+def test_an_over_long_question_is_refused_by_every_endpoint(served, client, tmp_path, api_name):
+    path = handle_file(picture(tmp_path / "q.png", 100, 100, seed=41))
+    question = "why " * 300  # 1,200 characters
+    message = "The question is 1199 characters long; keep it under 1000."
+    if api_name == "preview":
+        base, tile, counts_md, details = client.predict(path, "threshold", 0.9, 0.25, question, api_name="/preview")
+        assert base is None and tile is None and details == {} and message in counts_md
+    else:
+        with pytest.raises(AppError, match=message):
+            client.predict(path, question, "threshold", 0.9, 0.25, 3, api_name="/answer")
+
+
+IMAGE_FORM_START = "The image must be a file uploaded to this Space"
+# (api_name, the data sent as raw JSON text, the message that must come back). `IMAGE` stands for a valid payload.
+BAD_INPUTS = {
+    "image token in the question": (
+        "answer",
+        '[IMAGE, "what is <image> here", "threshold", 0.9, 0.25, 3]',
+        "image placeholder (<image>)",
+    ),
+    "image token, preview": (
+        "preview",
+        '[IMAGE, "threshold", 0.9, 0.25, "a <image>"]',
+        "image placeholder (&lt;image&gt;)",
+    ),
+    "max_new_tokens NaN": (
+        "answer",
+        '[IMAGE, "what", "threshold", 0.9, 0.25, NaN]',
+        "max_new_tokens must be a finite number; got nan",
+    ),
+    "threshold infinite": (
+        "preview",
+        '[IMAGE, "threshold", Infinity, 0.25, ""]',
+        "The threshold must be a finite number; got inf",
+    ),
+    "lone surrogate": ("answer", '[IMAGE, "what \\ud800 is it", "threshold", 0.9, 0.25, 3]', "contains U+D800"),
+    "lone surrogate, preview": ("preview", '[IMAGE, "threshold", 0.9, 0.25, "\\udfff"]', "contains U+DFFF"),
+    "threshold as text": (
+        "answer",
+        '[IMAGE, "what", "threshold", "high", 0.25, 3]',
+        "The threshold must be a number; got str",
+    ),
+    "budget as a bool": ("preview", '[IMAGE, "budget", 0.9, true, ""]', "The token budget must be a number; got bool"),
+    "max_new_tokens fractional": (
+        "answer",
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 2.5]',
+        "max_new_tokens must be a whole number",
+    ),
+    "max_new_tokens too many": (
+        "answer",
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 100000]',
+        "max_new_tokens must lie in [1, 128]",
+    ),
+    "question as a number": ("answer", '[IMAGE, 42, "threshold", 0.9, 0.25, 3]', "The question must be text; got int"),
+    "question as an object": (
+        "preview",
+        '[IMAGE, "threshold", 0.9, 0.25, {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}]',
+        "The question must be text; got dict",
+    ),
+    "mode unknown": ("preview", '[IMAGE, "random", 0.9, 0.25, ""]', "Unknown pruning mode 'random'"),
+    "image as a number": ("answer", '[7, "what", "threshold", 0.9, 0.25, 3]', IMAGE_FORM_START),
+    "image as a URL": (
+        "preview",
+        '[{"path": "https://example.com/a.png", "meta": {"_type": "gradio.FileData"}}, "threshold", 0.9, 0.25, ""]',
+        "this Space does not download images",
+    ),
+    "image missing": ("answer", '[null, "what", "threshold", 0.9, 0.25, 3]', "Upload an image"),
+    "question missing": ("answer", '[IMAGE, null, "threshold", 0.9, 0.25, 3]', "Type a question"),
+    "too few inputs": (
+        "answer",
+        '[IMAGE, "what"]',
+        "This endpoint takes 6 inputs, in this order: image, question, mode, threshold, keep_ratio, max_new_tokens; "
+        "got 2.",
+    ),
+    "too many inputs": (
+        "preview",
+        '[IMAGE, "threshold", 0.9, 0.25, "", 3]',
+        "This endpoint takes 5 inputs, in this order: image, mode, threshold, keep_ratio, question; got 6.",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_each_bad_input_gets_a_message_that_names_it(served, case):
+    api_name, data, message = BAD_INPUTS[case]
+    example = sorted(served.examples.glob("*.png"))[0]
+    data = data.replace("IMAGE", '{"path": "%s"}' % example)
+    event, result = call_raw(served.url, api_name, body='{"data": %s}' % data)
+    if event == "complete":  # the preview reports in place (it runs on every slider move)
+        assert result[0] is None and result[3] == {}, result
+        event, result = "error", result[2]
+    assert event == "error" and result and message in result, result
+    assert "Something went wrong" not in result
