@@ -44,6 +44,10 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
+from starlette.datastructures import Headers  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parent
 try:
@@ -772,6 +776,84 @@ class OverlayFiles:
                 old.unlink(missing_ok=True)
 
 
+def max_upload_bytes() -> int:
+    """The largest image file Gradio accepts on upload, `$MAX_UPLOAD_MB` mebibytes (default 25)."""
+    return int(env_number("MAX_UPLOAD_MB", 25, 0.01) * MIB)
+
+
+def max_request_bytes() -> int:
+    """The largest request body other than an upload, `$MAX_REQUEST_KB` kibibytes (default 256): an API call is a
+    few inputs of JSON (a question of 1,000 characters is at most 12 KB escaped), or a small image as a data: URL."""
+    return int(env_number("MAX_REQUEST_KB", 256, 1) * 1024)
+
+
+# Multipart framing around one uploaded file: boundaries and part headers.
+MULTIPART_SLACK = 64 * 1024
+
+
+class RequestBodyLimits:
+    """ASGI middleware: a request body over its limit gets 413 before anything reads or parses it.
+
+    Gradio's `max_file_size` bounds each uploaded file, but nothing bounds a JSON call (a 50 MB question was parsed
+    and held) or the number of files in one upload. The limit is `upload_bytes` on Gradio's upload route and
+    `body_bytes` everywhere else; a declared Content-Length is judged at once, a chunked body as it arrives.
+    """
+
+    def __init__(self, app, body_bytes: int, upload_bytes: int):
+        self.app = app
+        self.body_bytes = body_bytes
+        self.upload_bytes = upload_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        is_upload = scope["path"].rstrip("/").endswith("/gradio_api/upload")
+        limit = self.upload_bytes if is_upload else self.body_bytes
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return await self._refuse(limit, scope, receive, send)
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # An HTTPException, so that FastAPI re-raises it from its body parsing instead of a 400.
+                    raise HTTPException(413, self.refusal(limit))
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except HTTPException as exc:
+            if exc.status_code != 413 or started:
+                raise
+            await self._refuse(limit, scope, receive, send)
+
+    def refusal(self, limit: int) -> str:
+        return (
+            f"Request body too large: this Space takes at most {limit:,} bytes here. Send images as file uploads "
+            f"(gradio_client: handle_file) of at most {(self.upload_bytes - MULTIPART_SLACK) / MIB:g} MB."
+        )
+
+    async def _refuse(self, limit: int, scope, receive, send):
+        await PlainTextResponse(self.refusal(limit), status_code=413)(scope, receive, send)
+
+
+def launch_options() -> dict:
+    """`demo.launch` arguments that bound what a request may bring (uploads, bodies), read from the environment."""
+    upload_bytes = max_upload_bytes()
+    limits = Middleware(RequestBodyLimits, body_bytes=max_request_bytes(), upload_bytes=upload_bytes + MULTIPART_SLACK)
+    return {"max_file_size": upload_bytes, "app_kwargs": {"middleware": [limits]}, "ssr_mode": False}
+
+
 def _seconds(value: float) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
@@ -937,7 +1019,7 @@ def main(argv=None) -> None:
     backend = load_backend(args.model, args.codebook)
     _SERVED["backend"] = backend  # the one `@spaces.GPU` calls run with
     demo = build_demo(backend)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size="25mb", ssr_mode=False)
+    demo.launch(server_name=args.host, server_port=args.port, **launch_options())
 
 
 if __name__ == "__main__":

@@ -359,6 +359,24 @@ def test_command_line_options(monkeypatch):
     assert (args.model, args.codebook) == ("env/model", "env/cb")
 
 
+def test_launch_options_bound_uploads_and_request_bodies_from_the_environment(monkeypatch):
+    for name in ("MAX_UPLOAD_MB", "MAX_REQUEST_KB"):
+        monkeypatch.delenv(name, raising=False)
+    options = app.launch_options()
+    assert options["max_file_size"] == 25 * 2**20
+    (limits,) = options["app_kwargs"]["middleware"]
+    assert limits.cls is app.RequestBodyLimits
+    assert limits.kwargs == {"body_bytes": 256 * 1024, "upload_bytes": 25 * 2**20 + app.MULTIPART_SLACK}
+    monkeypatch.setenv("MAX_UPLOAD_MB", "4")
+    monkeypatch.setenv("MAX_REQUEST_KB", "32")
+    options = app.launch_options()
+    assert options["max_file_size"] == 4 * 2**20
+    assert options["app_kwargs"]["middleware"][0].kwargs["body_bytes"] == 32 * 1024
+    monkeypatch.setenv("MAX_REQUEST_KB", "-1")
+    with pytest.raises(ValueError, match="MAX_REQUEST_KB"):
+        app.launch_options()
+
+
 def test_overlay_files_are_named_by_content_and_bounded(tmp_path):
     files = app.OverlayFiles(tmp_path, capacity=3)
     red = Image.new("RGB", (8, 8), (255, 0, 0))

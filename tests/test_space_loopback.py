@@ -26,6 +26,7 @@ from spaces_app import app  # noqa: E402
 from space_helpers import call_raw, launch_on_a_free_port  # noqa: E402
 
 TIMEOUT = 120  # seconds any one call may take before the test fails rather than hangs
+MAX_UPLOAD_MB = 2  # small, so that the tests of the limit send little
 
 
 def picture(path: Path, width: int, height: int, seed: int, flat_share: float = 0.5) -> str:
@@ -50,10 +51,11 @@ def served(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         cache = tmp_path_factory.mktemp("gradio-cache")
         patch.setenv("GRADIO_TEMP_DIR", str(cache))
+        patch.setenv("MAX_UPLOAD_MB", str(MAX_UPLOAD_MB))
         backend = app.load_tiny_backend()
         examples = tmp_path_factory.mktemp("examples")
         demo = app.build_demo(backend, examples_dir=examples)
-        url = launch_on_a_free_port(demo)
+        url = launch_on_a_free_port(demo, **app.launch_options())
         assert url.startswith("http://127.0.0.1:")
         try:
             yield Served(backend, url, examples, cache)
@@ -369,3 +371,39 @@ def test_each_bad_input_gets_a_message_that_names_it(served, case):
         event, result = "error", result[2]
     assert event == "error" and result and message in result, result
     assert "Something went wrong" not in result
+
+
+def test_request_bodies_over_the_limit_are_refused_before_they_are_parsed(served, tmp_path):
+    import httpx
+
+    limit = app.max_request_bytes()
+    base = served.url.rstrip("/")
+    over = ('{"data": [null, "threshold", 0.9, 0.25, "' + "x" * limit + '"]}').encode()
+    routes = ["/gradio_api/call/preview", "/gradio_api/call/answer", "/gradio_api/queue/join"]
+    for route in routes:
+        declared = httpx.post(base + route, content=over, headers={"Content-Type": "application/json"}, timeout=30)
+        assert declared.status_code == 413 and "Request body too large" in declared.text, (route, declared.text)
+        # Without a Content-Length (chunked), the body is cut off as it arrives.
+        chunks = (over[start : start + 16384] for start in range(0, len(over), 16384))
+        streamed = httpx.post(base + route, content=chunks, headers={"Content-Type": "application/json"}, timeout=30)
+        assert streamed.status_code == 413 and "Request body too large" in streamed.text, (route, streamed.text)
+    # Just under the limit the body is parsed, and the question then refused by the endpoint's own check.
+    under = '{"data": [null, "threshold", 0.9, 0.25, "' + "x" * 2000 + '"]}'
+    assert call_raw(served.url, "preview", body=under) == (
+        "complete",
+        [None, None, "⚠️ The question is 2000 characters long; keep it under 1000.", {}],
+    )
+
+
+def test_uploads_over_the_file_size_limit_are_refused(served, tmp_path):
+    import httpx
+
+    upload = f"{served.url.rstrip('/')}/gradio_api/upload"
+    small = picture(tmp_path / "small.png", 40, 40, seed=50)
+    accepted = httpx.post(upload, files=[("files", open(small, "rb"))], timeout=30)
+    assert accepted.status_code == 200 and Path(accepted.json()[0]).is_relative_to(served.cache)
+    one_big = [("files", ("big.png", b"\0" * (MAX_UPLOAD_MB * 2**20 + 1)))]
+    assert httpx.post(upload, files=one_big, timeout=30).status_code == 413
+    # Many files each under the limit: the body as a whole is over it.
+    many = [("files", (f"{index}.png", b"\0" * (2**20))) for index in range(MAX_UPLOAD_MB + 1)]
+    assert httpx.post(upload, files=many, timeout=30).status_code == 413
