@@ -6,6 +6,7 @@ demo model) or `python spaces_app/app.py --model llava-hf/llava-v1.6-mistral-7b-
 """
 
 import argparse
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -847,11 +849,63 @@ class RequestBodyLimits:
         await PlainTextResponse(self.refusal(limit), status_code=413)(scope, receive, send)
 
 
+def cache_cleanup() -> tuple[int, int]:
+    """Gradio's `delete_cache` for this Space: every `$CACHE_SWEEP_SECONDS` (default 60), delete the uploads and
+    outputs it cached more than `$CACHE_MAX_AGE_SECONDS` ago (default 600). Each request leaves a few hundred KB
+    there (its upload, two overlays), so the cache holds at most about (age + sweep) x request rate of them."""
+    return int(env_number("CACHE_SWEEP_SECONDS", 60, 1)), int(env_number("CACHE_MAX_AGE_SECONDS", 600, 1))
+
+
+def remove_empty_cache_folders(cache_dir: str | Path, age: float) -> int:
+    """Remove the folders of Gradio's cache that have stayed empty for `age` seconds; return how many.
+
+    Gradio caches each file in a folder of its own (`<cache>/<hash>/<name>`) and its cleanup deletes the files, not
+    the folders: on a busy Space they would pile up (a disk block and an inode each). `rmdir` removes only empty
+    folders, and a folder just made for a new file is younger than `age`.
+    """
+    removed, now = 0, time.time()
+    try:
+        folders = list(Path(cache_dir).iterdir())
+    except OSError:
+        return 0
+    for folder in folders:
+        try:
+            if folder.is_dir() and not folder.is_symlink() and now - folder.stat().st_mtime > age:
+                folder.rmdir()
+                removed += 1
+        except OSError:  # not empty, or gone already
+            continue
+    return removed
+
+
+@asynccontextmanager
+async def sweep_empty_cache_folders(server_app):
+    """Lifespan of the served app: with each `delete_cache` sweep, also `remove_empty_cache_folders`."""
+    blocks = server_app.get_blocks()
+    frequency, age = blocks.delete_cache or (None, None)
+
+    async def sweep():
+        while True:
+            await asyncio.sleep(frequency)
+            await asyncio.to_thread(remove_empty_cache_folders, blocks.GRADIO_CACHE, age)
+
+    task = asyncio.create_task(sweep()) if frequency and age else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+
+
 def launch_options() -> dict:
     """`demo.launch` arguments that bound what a request may bring (uploads, bodies), read from the environment."""
     upload_bytes = max_upload_bytes()
     limits = Middleware(RequestBodyLimits, body_bytes=max_request_bytes(), upload_bytes=upload_bytes + MULTIPART_SLACK)
-    return {"max_file_size": upload_bytes, "app_kwargs": {"middleware": [limits]}, "ssr_mode": False}
+    return {
+        "max_file_size": upload_bytes,
+        "app_kwargs": {"middleware": [limits], "lifespan": sweep_empty_cache_folders},
+        "ssr_mode": False,
+    }
 
 
 def _seconds(value: float) -> str:
@@ -898,8 +952,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             f"**Without pruning:** {_seconds(made.full_seconds)} · prompt of {made.full_prompt_tokens} tokens",
         )
 
-    # Gradio's own cache of uploads and outputs is emptied of files older than an hour, every half hour.
-    with gr.Blocks(title="Redundancy-codebook token pruning", delete_cache=(1800, 3600)) as demo:
+    with gr.Blocks(title="Redundancy-codebook token pruning", delete_cache=cache_cleanup()) as demo:
         gr.Markdown(
             "# Which visual tokens does a redundancy codebook drop?\n"
             "A visual token is dropped when its best cosine similarity to a codebook prototype reaches the threshold "

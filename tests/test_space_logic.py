@@ -377,6 +377,15 @@ def test_launch_options_bound_uploads_and_request_bodies_from_the_environment(mo
         app.launch_options()
 
 
+def test_the_cache_cleanup_schedule_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("CACHE_SWEEP_SECONDS", raising=False)
+    monkeypatch.delenv("CACHE_MAX_AGE_SECONDS", raising=False)
+    assert app.cache_cleanup() == (60, 600)
+    monkeypatch.setenv("CACHE_SWEEP_SECONDS", "5")
+    monkeypatch.setenv("CACHE_MAX_AGE_SECONDS", "30")
+    assert app.cache_cleanup() == (5, 30)
+
+
 def test_overlay_files_are_named_by_content_and_bounded(tmp_path):
     files = app.OverlayFiles(tmp_path, capacity=3)
     red = Image.new("RGB", (8, 8), (255, 0, 0))

@@ -5,6 +5,7 @@ import io
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -407,3 +408,38 @@ def test_uploads_over_the_file_size_limit_are_refused(served, tmp_path):
     # Many files each under the limit: the body as a whole is over it.
     many = [("files", (f"{index}.png", b"\0" * (2**20))) for index in range(MAX_UPLOAD_MB + 1)]
     assert httpx.post(upload, files=many, timeout=30).status_code == 413
+
+
+def cache_contents(cache: Path) -> tuple[list[Path], list[Path]]:
+    """(files, folders) under Gradio's cache, the example files it keeps for good left out."""
+    files = [path for path in cache.rglob("*") if path.is_file() and not path.name.endswith(tuple(SCENE_NAMES))]
+    folders = [path for path in cache.iterdir() if path.is_dir() and not any(path.iterdir())]
+    return files, folders
+
+
+SCENE_NAMES = ("house_in_a_field.png", "lighthouse.png", "bar_chart.png", "city_at_dusk.png")
+
+
+def test_the_cache_of_uploads_and_overlays_is_swept_on_the_configured_schedule(tmp_path):
+    cache = tmp_path / "gradio-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(cache))
+        patch.setenv("CACHE_SWEEP_SECONDS", "1")
+        patch.setenv("CACHE_MAX_AGE_SECONDS", "2")
+        demo = app.build_demo(app.load_tiny_backend(), examples_dir=tmp_path / "examples")
+        assert demo.delete_cache == (1, 2)
+        url = launch_on_a_free_port(demo, **app.launch_options())
+        try:
+            client = Client(url, verbose=False)
+            for index in range(3):  # distinct uploads and overlays, each cached in a folder of its own
+                path = picture(tmp_path / f"{index}.png", 60, 40, seed=60 + index)
+                client.predict(handle_file(path), "threshold", 0.5 + 0.2 * index, 0.25, "", api_name="/preview")
+            files, _ = cache_contents(cache)
+            assert len(files) >= 6, files  # 3 uploads, 6 overlays (some may be swept already)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(cache_contents(cache)):
+                time.sleep(0.5)
+            assert cache_contents(cache) == ([], []), "files or empty folders outlived CACHE_MAX_AGE_SECONDS"
+            assert sorted(path.name for path in cache.rglob("*.png")) == sorted(SCENE_NAMES)  # examples stay
+        finally:
+            demo.close()
