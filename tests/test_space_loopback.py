@@ -410,6 +410,59 @@ def test_uploads_over_the_file_size_limit_are_refused(served, tmp_path):
     assert httpx.post(upload, files=many, timeout=30).status_code == 413
 
 
+def held_bytes(value, seen=None) -> int:
+    """Bytes of array data reachable from a cached entry, counted independently of the cache's own bookkeeping:
+    tensors, numpy arrays and decoded pictures, through dataclass fields and containers."""
+    import dataclasses
+
+    import torch
+
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, Image.Image):
+        return value.width * value.height * len(value.getbands())
+    if dataclasses.is_dataclass(value):
+        return sum(held_bytes(getattr(value, f.name), seen) for f in dataclasses.fields(value))
+    if isinstance(value, (list, tuple)):
+        return sum(held_bytes(item, seen) for item in value)
+    if isinstance(value, dict):
+        return sum(held_bytes(item, seen) for item in value.values())
+    return 0
+
+
+def large_picture(path: Path, seed: int) -> str:
+    """A 2000x1500 picture (9 MB decoded) that compresses to little: flat, with a patch of noise of its own."""
+    pixels = np.full((1500, 2000, 3), 200, dtype=np.uint8)
+    pixels[:64, :64] = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def test_feature_cache_memory_stays_under_its_bound_while_distinct_large_images_arrive(served, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATURE_CACHE_MB", "0.1")  # room for a few of the tiny model's entries
+    cache = app.EncodingCache()
+    monkeypatch.setattr(served.backend, "cache", cache)
+    bound = int(0.1 * 2**20)
+    assert cache.max_bytes == bound
+    client = Client(served.url, verbose=False)
+    keys = []
+    for index in range(8):
+        path = large_picture(tmp_path / f"large-{index}.png", seed=70 + index)
+        keys.append(app.image_key(Image.open(path).convert("RGB")))
+        counts = client.predict(handle_file(path), *PREVIEW_ARGS, api_name="/preview")[3]["counts"]
+        assert counts["all"]["total"] > 0
+        entries = cache.values()
+        assert held_bytes(entries) == cache.nbytes <= bound, f"after image {index}: {held_bytes(entries)} bytes"
+    assert 2 <= len(cache) < 8, "the bound should hold several entries, and evict"
+    assert cache.get(keys[0]) is None and cache.get(keys[-1]) is not None  # least recently used out first
+
+
 def cache_contents(cache: Path) -> tuple[list[Path], list[Path]]:
     """(files, folders) under Gradio's cache, the example files it keeps for good left out."""
     files = [path for path in cache.rglob("*") if path.is_file() and not path.name.endswith(tuple(SCENE_NAMES))]
