@@ -277,6 +277,8 @@ def locate_image(image, allowed_dirs=None):
                 return base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise InputError(UNREADABLE_IMAGE) from exc
+        if path is None and isinstance(url, str):
+            raise InputError(IMAGE_FORM.format(got="a URL: this Space does not download images"))
         if not isinstance(path, str) or not path:
             raise InputError(IMAGE_FORM.format(got=f"a dict whose path is {_type_name(path)}"))
         image = path
@@ -303,6 +305,8 @@ def locate_image(image, allowed_dirs=None):
     if not any(resolved.is_relative_to(folder) for folder in allowed_dirs):
         logger.warning("Refused an image path outside the upload cache and the examples: %r", path[:300])
         raise InputError(UNREADABLE_IMAGE)
+    if not resolved.is_file():  # a directory, or a FIFO or device, which opening could block on
+        raise InputError(UNREADABLE_IMAGE)
     return resolved
 
 
@@ -319,7 +323,7 @@ def check_image(image, allowed_dirs=None) -> Image.Image:
                 f"That image is far larger than this Space accepts ({MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, "
                 f"{MAX_IMAGE_SIDE} px a side). Downscale it first."
             ) from exc
-        except Exception as exc:  # missing, a directory, a FIFO, not an image: all the same to the caller
+        except Exception as exc:  # missing, a directory, not an image: all the same to the caller
             raise InputError(UNREADABLE_IMAGE) from exc
     width, height = source.size
     if width < 1 or height < 1:

@@ -285,6 +285,27 @@ def test_image_paths_are_confined_to_the_allowed_folders_with_one_message(tmp_pa
         assert str(refusal.value) == app.UNREADABLE_IMAGE, path
 
 
+def test_a_fifo_in_an_allowed_folder_is_refused_without_waiting_on_it(tmp_path):
+    import threading
+
+    os.mkfifo(tmp_path / "fifo.png")  # opening it for reading would wait for a writer
+    outcome = []
+
+    def check():
+        try:
+            app.check_image(str(tmp_path / "fifo.png"), [tmp_path.resolve()])
+        except app.InputError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=check, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    if worker.is_alive():  # release the blocked open before failing
+        with open(tmp_path / "fifo.png", "wb"):
+            pass
+    assert outcome == [app.UNREADABLE_IMAGE]
+
+
 def test_an_image_sent_as_a_data_url_is_read_and_a_url_is_not_fetched():
     import base64
     import io
