@@ -6,16 +6,24 @@ demo model) or `python spaces_app/app.py --model llava-hf/llava-v1.6-mistral-7b-
 """
 
 import argparse
+import asyncio
+import base64
+import binascii
 import hashlib
+import html
+import inspect
 import io
 import logging
+import math
 import os
+import re
 import sys
 import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -37,7 +45,11 @@ except ImportError:
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+from starlette.datastructures import Headers  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parent
 try:
@@ -65,8 +77,25 @@ except ImportError:
 
 logger = logging.getLogger("llava_codebook.space")
 
-MAX_IMAGE_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", 40_000_000))
-MAX_IMAGE_SIDE = int(os.environ.get("MAX_IMAGE_SIDE", 12_000))
+
+def env_number(name: str, default: float, minimum: float) -> float:
+    """`$name` as a number (at least `minimum`), or `default` when unset: a bad value stops the Space at start and
+    names the variable, instead of surfacing later as an odd limit."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"${name} must be a number of at least {minimum:g}; got {raw!r}.")
+    return value
+
+
+MIB = 2**20
+MAX_IMAGE_PIXELS = int(env_number("MAX_IMAGE_PIXELS", 40_000_000, 1))
+MAX_IMAGE_SIDE = int(env_number("MAX_IMAGE_SIDE", 12_000, 1))
 MAX_QUESTION_CHARS = 1_000
 TINY_THRESHOLD = 0.9
 DEMO_NOTICE = (
@@ -87,20 +116,40 @@ class EncodedImage:
     """One image run through the processor and the vision tower once; re-scoring reuses `packed`.
 
     `packed` (post-projector features, stock packed order) and `image_sizes` live on the CPU: scoring them against
-    the codebook is cheap there, and on ZeroGPU the GPU is only held inside `@spaces.GPU` calls.
+    the codebook is cheap there, and on ZeroGPU the GPU is only held inside `@spaces.GPU` calls. The image itself is
+    not kept: every request brings it, and its pixels would outweigh the features many times over.
     """
 
-    image: Image.Image
     image_sizes: torch.Tensor
     packed: torch.Tensor
     geometry: object
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tensors and the geometry's arrays: what the feature cache counts against its bound."""
+        arrays = [getattr(self.geometry, f.name) for f in fields(self.geometry)]
+        return (
+            self.packed.nbytes
+            + self.image_sizes.nbytes
+            + sum(array.nbytes for array in arrays if isinstance(array, np.ndarray))
+        )
+
+
+def feature_cache_bytes() -> int:
+    """The feature cache's bound, `$FEATURE_CACHE_MB` mebibytes (default 256; 0 turns the cache off)."""
+    return int(env_number("FEATURE_CACHE_MB", 256, 0) * MIB)
+
 
 class EncodingCache:
-    """A small thread-safe LRU of encoded images, keyed by the image's pixels."""
+    """A thread-safe LRU of encoded images, keyed by the image's pixels and bounded by the bytes it holds.
 
-    def __init__(self, capacity: int = 8):
-        self.capacity = capacity
+    Entries are evicted least recently used first until the sum of their `nbytes` is at most `max_bytes`; an entry
+    larger than the whole bound is served but not kept.
+    """
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = feature_cache_bytes() if max_bytes is None else int(max_bytes)
+        self.nbytes = 0
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -112,14 +161,25 @@ class EncodingCache:
         return None
 
     def put(self, key, value) -> None:
+        size = value.nbytes
         with self._lock:
+            if key in self._items:
+                self.nbytes -= self._items.pop(key).nbytes
+            if size > self.max_bytes:
+                return
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.nbytes -= evicted.nbytes
+
+    def values(self) -> list:
+        with self._lock:
+            return list(self._items.values())
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            return len(self._items)
 
 
 @dataclass
@@ -174,20 +234,98 @@ def load_backend(model_id: str | None = None, codebook_repo: str | None = None) 
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
-def check_image(image) -> Image.Image:
-    """An RGB PIL image from a path or PIL image, or an `InputError` that says what is wrong with it."""
+# Every endpoint checks every input it takes through `validate_inputs`: one set of limits, one wording.
+MAX_NEW_TOKENS = 128
+THRESHOLD_RANGE = (-1.0, 1.0)
+PRUNING_MODES = ("threshold", "budget")
+# One message for every image path that is refused or cannot be read, whatever the reason (outside the allowed
+# folders, missing, a directory, not a picture, truncated): a different message per reason would tell a caller
+# which paths exist on the server.
+UNREADABLE_IMAGE = (
+    "That file could not be read as an image. Upload a PNG, JPEG or WebP picture (and upload it again if it was a "
+    "while ago: uploads expire)."
+)
+IMAGE_FORM = (
+    "The image must be a file uploaded to this Space, sent as {{'path': <the path /gradio_api/upload returned>, "
+    "'meta': {{'_type': 'gradio.FileData'}}}} (gradio_client: handle_file(local_path)); got {got}."
+)
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+class MissingImage(InputError):
+    """No image was given: the preview shows a prompt for one rather than an error."""
+
+
+def _type_name(value) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def locate_image(image, allowed_dirs=None):
+    """Where an image input's pixels are, without reading them: a PIL image, the bytes of a `data:` URL, or a path.
+
+    `image` may be a PIL image, a numpy array, a path, or Gradio's file payload (a dict with `path`, or with a
+    base64 `data:` URL). With `allowed_dirs`, a path must lie inside one of them once links and `..` are resolved;
+    anything else gets `UNREADABLE_IMAGE`. A URL is refused before anything would fetch it.
+    """
+    if isinstance(image, dict):
+        path, url = image.get("path"), image.get("url")
+        if path is None and isinstance(url, str) and url.startswith("data:"):
+            header, _, data = url.partition(",")
+            if not header.endswith(";base64"):
+                raise InputError(IMAGE_FORM.format(got="a data: URL that is not base64"))
+            try:
+                return base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InputError(UNREADABLE_IMAGE) from exc
+        if path is None and isinstance(url, str):
+            raise InputError(IMAGE_FORM.format(got="a URL: this Space does not download images"))
+        if not isinstance(path, str) or not path:
+            raise InputError(IMAGE_FORM.format(got=f"a dict whose path is {_type_name(path)}"))
+        image = path
     if image is None:
-        raise InputError("Upload an image (or pick an example) first.")
+        raise MissingImage("Upload an image (or pick an example) first.")
     if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
         try:
-            image = Image.open(image)  # reads the header only: the size is checked before any pixel is decoded
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+            return Image.fromarray(image)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"That array is not an image ({exc}).") from exc
+    if isinstance(image, Image.Image):
+        return image
+    if not isinstance(image, (str, os.PathLike)):
+        raise InputError(IMAGE_FORM.format(got=_type_name(image)))
+    path = os.fspath(image)
+    if _URL.match(path):
+        raise InputError(IMAGE_FORM.format(got="a URL: this Space does not download images"))
+    if allowed_dirs is None:
+        return path
+    try:
+        resolved = Path(path).resolve()  # follows every link and `..`: what would actually be opened
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+        raise InputError(UNREADABLE_IMAGE) from exc
+    if not any(resolved.is_relative_to(folder) for folder in allowed_dirs):
+        logger.warning("Refused an image path outside the upload cache and the examples: %r", path[:300])
+        raise InputError(UNREADABLE_IMAGE)
+    if not resolved.is_file():  # a directory, or a FIFO or device, which opening could block on
+        raise InputError(UNREADABLE_IMAGE)
+    return resolved
+
+
+def check_image(image, allowed_dirs=None) -> Image.Image:
+    """An RGB PIL image from any form `locate_image` takes, or an `InputError` that says what is wrong with it."""
+    source = locate_image(image, allowed_dirs)
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    if not isinstance(source, Image.Image):
+        try:
+            source = Image.open(source)  # reads the header only: the size is checked before any pixel is decoded
+        except Image.DecompressionBombError as exc:
             raise InputError(
-                f"That file could not be read as an image ({type(exc).__name__}). Upload a PNG, JPEG or WebP picture."
+                f"That image is far larger than this Space accepts ({MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, "
+                f"{MAX_IMAGE_SIDE} px a side). Downscale it first."
             ) from exc
-    width, height = image.size
+        except Exception as exc:  # missing, a directory, not an image: all the same to the caller
+            raise InputError(UNREADABLE_IMAGE) from exc
+    width, height = source.size
     if width < 1 or height < 1:
         raise InputError("That image is empty (0 pixels).")
     if width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_IMAGE_SIDE:
@@ -196,32 +334,114 @@ def check_image(image) -> Image.Image:
             f"and {MAX_IMAGE_SIDE} px a side. Downscale it first (the model sees at most 1008 px a side anyway)."
         )
     try:
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise InputError(f"The image could not be decoded ({type(exc).__name__}); the file may be truncated.") from exc
+        return ImageOps.exif_transpose(source).convert("RGB")
+    except Exception as exc:  # truncated or corrupt pixel data
+        raise InputError(UNREADABLE_IMAGE) from exc
 
 
-def check_question(question) -> str:
-    question = (question or "").strip()
-    if not question:
+def check_question(question, required: bool = True, image_token: str = "<image>") -> str:
+    """The question, stripped; or an `InputError` naming what is wrong (type, length, characters, reserved tokens)."""
+    if question is None:
+        question = ""
+    if not isinstance(question, str):
+        raise InputError(f"The question must be text; got {_type_name(question)}.")
+    question = question.strip()
+    if required and not question:
         raise InputError("Type a question about the image.")
     if len(question) > MAX_QUESTION_CHARS:
         raise InputError(f"The question is {len(question)} characters long; keep it under {MAX_QUESTION_CHARS}.")
+    surrogate = next((char for char in question if "\ud800" <= char <= "\udfff"), None)
+    if surrogate is not None:
+        raise InputError(
+            f"The question contains U+{ord(surrogate):04X}, half of a UTF-16 surrogate pair and not a character on "
+            "its own; retype the question (or send it as UTF-8)."
+        )
+    if image_token and image_token in question:
+        raise InputError(
+            f"The question contains the model's image placeholder ({image_token}); remove it: the picture is attached "
+            "for you."
+        )
     return question
 
 
-def pruning_overrides(mode: str, threshold: float, keep_ratio: float) -> dict:
-    """Per-call pruning arguments for the model from the UI controls."""
+def check_number(value, what: str, low: float, high: float, low_open: bool = False, whole: bool = False):
+    """`value` as a float (an int with `whole`) within [low, high] (or (low, high]), or an `InputError` about it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{what} must be a number; got {_type_name(value)}.")
+    if not math.isfinite(value):
+        raise InputError(f"{what} must be a finite number; got {value}.")
+    if whole and value != int(value):
+        raise InputError(f"{what} must be a whole number; got {value}.")
+    if value < low or value > high or (low_open and value == low):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise InputError(f"{what} must lie in {interval}; got {value}.")
+    return int(value) if whole else float(value)
+
+
+def check_mode(mode) -> str:
+    if not isinstance(mode, str) or mode not in PRUNING_MODES:
+        raise InputError(f"Unknown pruning mode {repr(mode)[:60]}; choose 'threshold' or 'budget'.")
+    return mode
+
+
+# One checker per scalar input, by the name every endpoint gives it.
+SCALAR_CHECKS = {
+    "mode": check_mode,
+    "threshold": lambda value: check_number(value, "The threshold", *THRESHOLD_RANGE),
+    "keep_ratio": lambda value: check_number(value, "The token budget", 0.0, 1.0, low_open=True),
+    "max_new_tokens": lambda value: check_number(value, "max_new_tokens", 1, MAX_NEW_TOKENS, whole=True),
+}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One request's inputs, checked: what `preview` and `answer` work from."""
+
+    image: Image.Image
+    question: str
+    mode: str
+    threshold: float
+    keep_ratio: float
+    max_new_tokens: int | None = None
+
+    @property
+    def overrides(self) -> dict:
+        """Per-call pruning arguments for the model."""
+        return pruning_overrides(self.mode, self.threshold, self.keep_ratio)
+
+
+def validate_inputs(
+    image,
+    question,
+    mode,
+    threshold,
+    keep_ratio,
+    max_new_tokens=None,
+    *,
+    question_required: bool = False,
+    image_token: str = "<image>",
+    allowed_dirs=None,
+) -> Inputs:
+    """Check every input of a request (the cheap ones first, the image last) and return them typed, or raise an
+    `InputError` that names the problem and the fix. `max_new_tokens=None`: the endpoint does not take it."""
+    mode = SCALAR_CHECKS["mode"](mode)
+    threshold = SCALAR_CHECKS["threshold"](threshold)
+    keep_ratio = SCALAR_CHECKS["keep_ratio"](keep_ratio)
+    if max_new_tokens is not None:
+        max_new_tokens = SCALAR_CHECKS["max_new_tokens"](max_new_tokens)
+    question = check_question(question, required=question_required, image_token=image_token)
+    image = check_image(image, allowed_dirs)
+    return Inputs(image, question, mode, threshold, keep_ratio, max_new_tokens)
+
+
+def pruning_overrides(mode, threshold, keep_ratio) -> dict:
+    """Per-call pruning arguments for the model from the three pruning inputs (each one checked)."""
+    mode = SCALAR_CHECKS["mode"](mode)
+    threshold = SCALAR_CHECKS["threshold"](threshold)
+    keep_ratio = SCALAR_CHECKS["keep_ratio"](keep_ratio)
     if mode == "threshold":
-        if not -1.0 <= float(threshold) <= 1.0:
-            raise InputError(f"The threshold must lie in [-1, 1]; got {threshold}.")
-        return {"pruning_mode": "threshold", "codebook_threshold": float(threshold)}
-    if mode == "budget":
-        if not 0.0 < float(keep_ratio) <= 1.0:
-            raise InputError(f"The token budget must lie in (0, 1]; got {keep_ratio}.")
-        return {"pruning_mode": "budget", "keep_ratio": float(keep_ratio)}
-    raise InputError(f"Unknown pruning mode {mode!r}; choose 'threshold' or 'budget'.")
+        return {"pruning_mode": "threshold", "codebook_threshold": threshold}
+    return {"pruning_mode": "budget", "keep_ratio": keep_ratio}
 
 
 def build_prompt(processor, question: str) -> str:
@@ -286,7 +506,7 @@ def encode_image(backend: Backend, image: Image.Image) -> EncodedImage:
             f"The processor's geometry lists {len(geometry)} tokens but the model packed {packed.shape[0]}: the "
             "processor and model configs disagree (crop size, patch size or grid pinpoints)."
         )
-    encoded = EncodedImage(image, inputs["image_sizes"], packed, geometry)
+    encoded = EncodedImage(inputs["image_sizes"], packed, geometry)
     backend.cache.put(key, encoded)
     return encoded
 
@@ -352,17 +572,31 @@ class Preview:
     selection: object
 
 
-def preview(backend: Backend, image, mode: str, threshold: float, keep_ratio: float, question: str = "") -> Preview:
-    """Overlays and counts for the current settings; the vision tower runs only the first time an image is seen."""
-    image = check_image(image)
-    overrides = pruning_overrides(mode, threshold, keep_ratio)
+def preview(
+    backend: Backend, image, mode: str, threshold: float, keep_ratio: float, question: str = "", allowed_dirs=None
+) -> Preview:
+    """Overlays and counts for the current settings; the vision tower runs only the first time an image is seen.
+    With `allowed_dirs`, an image given as a path must lie in one of those folders (see `locate_image`)."""
+    inputs = validate_inputs(
+        image, question, mode, threshold, keep_ratio, image_token=_image_token(backend), allowed_dirs=allowed_dirs
+    )
+    return show_selection(backend, inputs)
+
+
+def _image_token(backend: Backend) -> str:
+    return getattr(backend.processor, "image_token", None) or "<image>"
+
+
+def show_selection(backend: Backend, inputs: Inputs) -> Preview:
+    """`preview` for inputs already checked."""
+    image = inputs.image
     encoded = encode_image(backend, image)
-    selection = score(backend, encoded, overrides)
+    selection = score(backend, encoded, inputs.overrides)
     keep = selection.keep_masks()[0].cpu().numpy()
     counts = token_counts(encoded.geometry, keep)
     flops = flops_estimate(
         backend.model.config.text_config,
-        text_token_count(backend.processor, question),
+        text_token_count(backend.processor, inputs.question),
         counts["all"]["total"],
         counts["all"]["kept"],
     )
@@ -427,42 +661,85 @@ def generate_both(
 
 
 def answer(
-    backend: Backend, image, question: str, mode: str, threshold: float, keep_ratio: float, max_new_tokens: int = 24
+    backend: Backend,
+    image,
+    question: str,
+    mode: str,
+    threshold: float,
+    keep_ratio: float,
+    max_new_tokens: int = 24,
+    allowed_dirs=None,
 ) -> Answer:
     """Check the inputs, show the selection (cached features), then answer with pruning and without."""
-    image = check_image(image)
-    question = check_question(question)
-    overrides = pruning_overrides(mode, threshold, keep_ratio)
-    max_new_tokens = int(max_new_tokens)
-    if not 1 <= max_new_tokens <= 512:
-        raise InputError(f"max new tokens must lie in [1, 512]; got {max_new_tokens}.")
-    shown = preview(backend, image, mode, threshold, keep_ratio, question)
-    generations = on_model_device(backend, generate_both, image, question, overrides, max_new_tokens)
+    inputs = validate_inputs(
+        image,
+        question,
+        mode,
+        threshold,
+        keep_ratio,
+        max_new_tokens,
+        question_required=True,
+        image_token=_image_token(backend),
+        allowed_dirs=allowed_dirs,
+    )
+    shown = show_selection(backend, inputs)
+    generations = on_model_device(
+        backend, generate_both, inputs.image, inputs.question, inputs.overrides, inputs.max_new_tokens
+    )
     return Answer(generations=generations, preview=shown)
 
 
 # ---------------------------------------------------------------------------------------------------- UI
-def image_upload(**kwargs) -> gr.Image:
-    """`gr.Image` whose upload errors (not an image, an image bomb) reach the user as a message, not a trace.
+UPLOAD_PROMPT = "Upload an image (or pick an example) to see which tokens are kept."
 
-    The instance's `preprocess` is wrapped rather than the class subclassed: Gradio writes a `.pyi` stub beside the
-    source file of every component subclass.
+
+def check_payload_form(names: list[str], inputs: list, allowed_dirs) -> None:
+    """What must hold before Gradio processes an endpoint's inputs: their number, the image payload's form and path,
+    and no other input being a JSON object or array (Gradio would treat one shaped like a file as a file)."""
+    if len(inputs) != len(names):
+        raise InputError(
+            f"This endpoint takes {len(names)} inputs, in this order: {', '.join(names)}; got {len(inputs)}."
+        )
+    for name, value in zip(names, inputs):
+        if name == "image":
+            if value is not None:
+                locate_image(value, allowed_dirs)
+        elif isinstance(value, (dict, list)):
+            (SCALAR_CHECKS.get(name) or check_question)(value)  # refuses it, worded as for any other wrong type
+
+
+def guard_gradio_preprocessing(demo: gr.Blocks, dependency_ids, allowed_dirs) -> None:
+    """Run `check_payload_form` before Gradio's own input processing for the given events, and word what Gradio
+    still refuses there.
+
+    Gradio processes inputs before the handler runs: it copies an uploaded file into its cache, downloads a URL,
+    validates a file payload; and an exception there (or too few inputs) reaches the caller as an empty error. Blocks
+    has no hook before that step, hence wrapping this instance's `preprocess_data`. After `check_payload_form` only
+    the image can fail there (a path Gradio will not take): that gets the same `UNREADABLE_IMAGE` as any other
+    refused path.
     """
-    component = gr.Image(**kwargs)
-    stock_preprocess = component.preprocess
+    stock_preprocess_data = demo.preprocess_data
+    guarded = {
+        fn_id: list(inspect.signature(demo.fns[fn_id].fn).parameters) for fn_id in dependency_ids if fn_id in demo.fns
+    }
 
-    def preprocess(payload):
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        names = guarded.get(block_fn._id)
+        if names is None:
+            return await stock_preprocess_data(block_fn, inputs, state, explicit_call)
         try:
-            return stock_preprocess(payload)
+            check_payload_form(names, inputs, allowed_dirs)
+        except InputError as exc:
+            raise gr.Error(str(exc)) from None
+        try:
+            return await stock_preprocess_data(block_fn, inputs, state, explicit_call)
         except gr.Error:
             raise
         except Exception as exc:
-            raise gr.Error(
-                f"That file could not be read as an image ({type(exc).__name__}). Upload a PNG, JPEG or WebP picture."
-            ) from exc
+            logger.info("Gradio refused an image payload (%s)", type(exc).__name__)
+            raise gr.Error(UNREADABLE_IMAGE) from None
 
-    component.preprocess = preprocess
-    return component
+    demo.preprocess_data = preprocess_data
 
 
 def _user_error(exc: Exception) -> gr.Error:
@@ -505,23 +782,156 @@ class OverlayFiles:
                 old.unlink(missing_ok=True)
 
 
+def max_upload_bytes() -> int:
+    """The largest image file Gradio accepts on upload, `$MAX_UPLOAD_MB` mebibytes (default 25)."""
+    return int(env_number("MAX_UPLOAD_MB", 25, 0.01) * MIB)
+
+
+def max_request_bytes() -> int:
+    """The largest request body other than an upload, `$MAX_REQUEST_KB` kibibytes (default 256): an API call is a
+    few inputs of JSON (a question of 1,000 characters is at most 12 KB escaped), or a small image as a data: URL."""
+    return int(env_number("MAX_REQUEST_KB", 256, 1) * 1024)
+
+
+# Multipart framing around one uploaded file: boundaries and part headers.
+MULTIPART_SLACK = 64 * 1024
+
+
+class RequestBodyLimits:
+    """ASGI middleware: a request body over its limit gets 413 before anything reads or parses it.
+
+    Gradio's `max_file_size` bounds each uploaded file, but nothing bounds a JSON call (a 50 MB question was parsed
+    and held) or the number of files in one upload. The limit is `upload_bytes` on Gradio's upload route and
+    `body_bytes` everywhere else; a declared Content-Length is judged at once, a chunked body as it arrives.
+    """
+
+    def __init__(self, app, body_bytes: int, upload_bytes: int):
+        self.app = app
+        self.body_bytes = body_bytes
+        self.upload_bytes = upload_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        is_upload = scope["path"].rstrip("/").endswith("/gradio_api/upload")
+        limit = self.upload_bytes if is_upload else self.body_bytes
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return await self._refuse(limit, scope, receive, send)
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # An HTTPException, so that FastAPI re-raises it from its body parsing instead of a 400.
+                    raise HTTPException(413, self.refusal(limit))
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except HTTPException as exc:
+            if exc.status_code != 413 or started:
+                raise
+            await self._refuse(limit, scope, receive, send)
+
+    def refusal(self, limit: int) -> str:
+        return (
+            f"Request body too large: this Space takes at most {limit:,} bytes here. Send images as file uploads "
+            f"(gradio_client: handle_file) of at most {(self.upload_bytes - MULTIPART_SLACK) / MIB:g} MB."
+        )
+
+    async def _refuse(self, limit: int, scope, receive, send):
+        await PlainTextResponse(self.refusal(limit), status_code=413)(scope, receive, send)
+
+
+def cache_cleanup() -> tuple[int, int]:
+    """Gradio's `delete_cache` for this Space: every `$CACHE_SWEEP_SECONDS` (default 60), delete the uploads and
+    outputs it cached more than `$CACHE_MAX_AGE_SECONDS` ago (default 600). Each request leaves a few hundred KB
+    there (its upload, two overlays), so the cache holds at most about (age + sweep) x request rate of them."""
+    return int(env_number("CACHE_SWEEP_SECONDS", 60, 1)), int(env_number("CACHE_MAX_AGE_SECONDS", 600, 1))
+
+
+def remove_empty_cache_folders(cache_dir: str | Path, age: float) -> int:
+    """Remove the folders of Gradio's cache that have stayed empty for `age` seconds; return how many.
+
+    Gradio caches each file in a folder of its own (`<cache>/<hash>/<name>`) and its cleanup deletes the files, not
+    the folders: on a busy Space they would pile up (a disk block and an inode each). `rmdir` removes only empty
+    folders, and a folder just made for a new file is younger than `age`.
+    """
+    removed, now = 0, time.time()
+    try:
+        folders = list(Path(cache_dir).iterdir())
+    except OSError:
+        return 0
+    for folder in folders:
+        try:
+            if folder.is_dir() and not folder.is_symlink() and now - folder.stat().st_mtime > age:
+                folder.rmdir()
+                removed += 1
+        except OSError:  # not empty, or gone already
+            continue
+    return removed
+
+
+@asynccontextmanager
+async def sweep_empty_cache_folders(server_app):
+    """Lifespan of the served app: with each `delete_cache` sweep, also `remove_empty_cache_folders`."""
+    blocks = server_app.get_blocks()
+    frequency, age = blocks.delete_cache or (None, None)
+
+    async def sweep():
+        while True:
+            await asyncio.sleep(frequency)
+            await asyncio.to_thread(remove_empty_cache_folders, blocks.GRADIO_CACHE, age)
+
+    task = asyncio.create_task(sweep()) if frequency and age else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+
+
+def launch_options() -> dict:
+    """`demo.launch` arguments that bound what a request may bring (uploads, bodies), read from the environment."""
+    upload_bytes = max_upload_bytes()
+    limits = Middleware(RequestBodyLimits, body_bytes=max_request_bytes(), upload_bytes=upload_bytes + MULTIPART_SLACK)
+    return {
+        "max_file_size": upload_bytes,
+        "app_kwargs": {"middleware": [limits], "lifespan": sweep_empty_cache_folders},
+        "ssr_mode": False,
+    }
+
+
 def _seconds(value: float) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.Blocks:
-    examples_dir = examples_dir or Path(tempfile.gettempdir()) / "llava-codebook-space-examples"
+    examples_dir = Path(examples_dir or Path(tempfile.gettempdir()) / "llava-codebook-space-examples")
     overlays = OverlayFiles()
     example_rows = write_examples(examples_dir)
+    # The only folders an image path may point into (after resolving links and `..`): Gradio's upload cache, where
+    # uploads and the example files it serves live, and the app's own example folder. Set once `image` exists.
+    allowed_dirs: list[Path] = []
 
     def on_preview(image, mode, threshold, keep_ratio, question):
-        if image is None:
-            return None, None, "Upload an image (or pick an example) to see which tokens are kept.", {}
         try:
-            shown = preview(backend, image, mode, threshold, keep_ratio, question)
+            shown = preview(backend, image, mode, threshold, keep_ratio, question, allowed_dirs)
+        except MissingImage:
+            return None, None, UPLOAD_PROMPT, {}
         except Exception as exc:  # the preview runs on every slider move: report in place, no modal
-            error = _user_error(exc)
-            return None, None, f"⚠️ {error.message}", {}
+            # Markdown would take a quoted `<image>` for an HTML tag.
+            return None, None, f"⚠️ {html.escape(_user_error(exc).message, quote=False)}", {}
         return (
             overlays.save(shown.base_overlay),
             overlays.save(shown.tile_overlay),
@@ -531,7 +941,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
 
     def on_answer(image, question, mode, threshold, keep_ratio, max_new_tokens):
         try:
-            result = answer(backend, image, question, mode, threshold, keep_ratio, max_new_tokens)
+            result = answer(backend, image, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs)
         except Exception as exc:
             raise _user_error(exc) from None
         shown, made = result.preview, result.generations
@@ -546,8 +956,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             f"**Without pruning:** {_seconds(made.full_seconds)} · prompt of {made.full_prompt_tokens} tokens",
         )
 
-    # Gradio's own cache of uploads and outputs is emptied of files older than an hour, every half hour.
-    with gr.Blocks(title="Redundancy-codebook token pruning", delete_cache=(1800, 3600)) as demo:
+    with gr.Blocks(title="Redundancy-codebook token pruning", delete_cache=cache_cleanup()) as demo:
         gr.Markdown(
             "# Which visual tokens does a redundancy codebook drop?\n"
             "A visual token is dropped when its best cosine similarity to a codebook prototype reaches the threshold "
@@ -559,8 +968,16 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
         gr.Markdown(backend.notice, elem_id="model-notice")
         with gr.Row():
             with gr.Column(scale=1):
-                image = image_upload(type="filepath", image_mode=None, label="Image", elem_id="input-image")
-                question = gr.Textbox(label="Question", placeholder="What is in the picture?", elem_id="question")
+                # The events below take the image payload unprocessed (`preprocess=False`): `check_image` reads it,
+                # and Gradio's image preprocessing, which opens any path it is sent, never runs.
+                image = gr.Image(type="filepath", image_mode=None, label="Image", elem_id="input-image")
+                allowed_dirs += [Path(image.GRADIO_CACHE).resolve(), examples_dir.resolve()]
+                question = gr.Textbox(
+                    label="Question",
+                    placeholder="What is in the picture?",
+                    max_length=MAX_QUESTION_CHARS,
+                    elem_id="question",
+                )
                 mode = gr.Radio(["threshold", "budget"], value="threshold", label="Pruning rule")
                 threshold = gr.Slider(
                     -1.0,
@@ -571,7 +988,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                     elem_id="threshold",
                 )
                 keep_ratio = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Token budget (share kept)")
-                max_new_tokens = gr.Slider(1, 128, value=24, step=1, label="Max new tokens")
+                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=24, step=1, label="Max new tokens")
                 ask = gr.Button("Ask", variant="primary", elem_id="ask")
                 gr.Examples(example_rows, inputs=[image, question], label="Examples (drawn in code)")
             with gr.Column(scale=2):
@@ -585,9 +1002,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                     tile_view = gr.Image(
                         label="High-resolution tile grid", type="filepath", interactive=False, elem_id="tile-overlay"
                     )
-                counts = gr.Markdown(
-                    "Upload an image (or pick an example) to see which tokens are kept.", elem_id="counts"
-                )
+                counts = gr.Markdown(UPLOAD_PROMPT, elem_id="counts")
                 with gr.Accordion("Raw counts", open=False):
                     details = gr.JSON(label="counts and FLOPs")
                 with gr.Row():
@@ -604,25 +1019,36 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
 
         preview_inputs = [image, mode, threshold, keep_ratio, question]
         preview_outputs = [base_view, tile_view, counts, details]
+        events = []
         for control in (image, mode, threshold, keep_ratio):
-            control.change(
-                on_preview,
-                preview_inputs,
-                preview_outputs,
-                api_name="preview" if control is image else False,
-                trigger_mode="always_last",
-                show_progress="hidden",
-                concurrency_limit=2,
-                concurrency_id="preview",
+            events.append(
+                control.change(
+                    on_preview,
+                    preview_inputs,
+                    preview_outputs,
+                    api_name="preview" if control is image else False,
+                    trigger_mode="always_last",
+                    show_progress="hidden",
+                    concurrency_limit=2,
+                    concurrency_id="preview",
+                    preprocess=False,
+                )
             )
         answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens]
         answer_outputs = preview_outputs + [pruned_answer, pruned_time, full_answer, full_time]
-        ask.click(
-            on_answer, answer_inputs, answer_outputs, api_name="answer", concurrency_limit=1, concurrency_id="answer"
-        )
-        question.submit(
-            on_answer, answer_inputs, answer_outputs, api_name=False, concurrency_limit=1, concurrency_id="answer"
-        )
+        for trigger, api_name in ((ask.click, "answer"), (question.submit, False)):
+            events.append(
+                trigger(
+                    on_answer,
+                    answer_inputs,
+                    answer_outputs,
+                    api_name=api_name,
+                    concurrency_limit=1,
+                    concurrency_id="answer",
+                    preprocess=False,
+                )
+            )
+    guard_gradio_preprocessing(demo, [event["id"] for event in events], allowed_dirs)
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo
 
@@ -650,7 +1076,7 @@ def main(argv=None) -> None:
     backend = load_backend(args.model, args.codebook)
     _SERVED["backend"] = backend  # the one `@spaces.GPU` calls run with
     demo = build_demo(backend)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size="25mb", ssr_mode=False)
+    demo.launch(server_name=args.host, server_port=args.port, **launch_options())
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def served(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
         demo = app.build_demo(app.load_tiny_backend(), examples_dir=tmp_path_factory.mktemp("examples"))
-        url = launch_on_a_free_port(demo)
+        url = launch_on_a_free_port(demo, **app.launch_options())
         try:
             yield url
         finally:

@@ -119,11 +119,43 @@ def test_moving_the_slider_rescores_without_rerunning_the_vision_tower(backend, 
     assert len(calls) == 2
 
 
-def test_encoding_cache_is_bounded_and_evicts_the_oldest():
-    cache = app.EncodingCache(capacity=2)
-    for key in "abc":
-        cache.put(key, key.upper())
-    assert cache.get("a") is None and cache.get("c") == "C" and len(cache) == 2
+class Sized:
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+
+def test_encoding_cache_is_bounded_by_bytes_and_evicts_the_least_recently_used():
+    cache = app.EncodingCache(max_bytes=100)
+    for key, size in (("a", 40), ("b", 40), ("c", 10)):
+        cache.put(key, Sized(size))
+    assert cache.nbytes == 90 and len(cache) == 3
+    cache.get("a")  # "a" is now the most recently used: "b" goes first
+    cache.put("d", Sized(30))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("d") is not None
+    assert cache.nbytes == 80 <= cache.max_bytes
+    cache.put("a", Sized(60))  # re-putting a key replaces its size, it does not add to it
+    assert cache.nbytes == 100 and len(cache) == 3
+    cache.put("huge", Sized(101))  # larger than the whole bound: served by the caller, never kept
+    assert cache.get("huge") is None and cache.nbytes == 100
+
+
+def test_the_feature_cache_bound_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FEATURE_CACHE_MB", "1.5")
+    assert app.EncodingCache().max_bytes == int(1.5 * 2**20)
+    monkeypatch.delenv("FEATURE_CACHE_MB")
+    assert app.EncodingCache().max_bytes == 256 * 2**20
+    monkeypatch.setenv("FEATURE_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="FEATURE_CACHE_MB"):
+        app.EncodingCache()
+
+
+def test_cached_features_are_counted_in_bytes_and_hold_no_pixels(backend):
+    image = half_flat(600, 400, seed=30)
+    app.preview(backend, image, "threshold", 0.9, 0.25)
+    encoded = backend.cache.get(app.image_key(image))
+    geometry_bytes = sum(getattr(encoded.geometry, name).nbytes for name in ("view", "crop", "row", "col", "boxes"))
+    assert encoded.nbytes == encoded.packed.nbytes + encoded.image_sizes.nbytes + geometry_bytes
+    assert not any(isinstance(value, Image.Image) for value in vars(encoded).values())
 
 
 def test_counts_add_up_and_percentages_are_of_the_view():
@@ -226,6 +258,107 @@ def test_bad_settings_get_a_clear_message():
     assert app.pruning_overrides("budget", 0.5, 0.3) == {"pruning_mode": "budget", "keep_ratio": 0.3}
 
 
+def test_image_paths_are_confined_to_the_allowed_folders_with_one_message(tmp_path):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    half_flat(40, 30).save(allowed / "ok.png")
+    half_flat(40, 30).save(outside / "secret.png")
+    (allowed / "link.png").symlink_to(outside / "secret.png")
+    (allowed / "notes.png").write_text("not a picture")
+    folders = [allowed.resolve()]
+    assert app.check_image(str(allowed / "ok.png"), folders).size == (40, 30)
+    assert app.check_image({"path": str(allowed / "ok.png"), "meta": {"_type": "gradio.FileData"}}, folders)
+    refused = [
+        outside / "secret.png",  # exists, outside
+        allowed / ".." / "outside" / "secret.png",  # `..` out of the folder
+        allowed / "link.png",  # a link out of the folder
+        outside / "missing.png",
+        allowed / "missing.png",
+        allowed,  # a directory
+        allowed / "notes.png",  # inside, not a picture
+        "bad\0path.png",
+    ]
+    for path in refused:
+        with pytest.raises(app.InputError) as refusal:
+            app.check_image({"path": str(path)}, folders)
+        assert str(refusal.value) == app.UNREADABLE_IMAGE, path
+
+
+def test_a_fifo_in_an_allowed_folder_is_refused_without_waiting_on_it(tmp_path):
+    import threading
+
+    os.mkfifo(tmp_path / "fifo.png")  # opening it for reading would wait for a writer
+    outcome = []
+
+    def check():
+        try:
+            app.check_image(str(tmp_path / "fifo.png"), [tmp_path.resolve()])
+        except app.InputError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=check, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    if worker.is_alive():  # release the blocked open before failing
+        with open(tmp_path / "fifo.png", "wb"):
+            pass
+    assert outcome == [app.UNREADABLE_IMAGE]
+
+
+def test_an_image_sent_as_a_data_url_is_read_and_a_url_is_not_fetched():
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    half_flat(30, 20).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert app.check_image({"path": None, "url": url}, allowed_dirs=[]).size == (30, 20)
+    with pytest.raises(app.InputError, match="could not be read as an image"):
+        app.check_image({"path": None, "url": "data:image/png;base64,@@@"}, allowed_dirs=[])
+    with pytest.raises(app.InputError, match="does not download images"):
+        app.check_image({"path": "https://example.com/picture.png"}, allowed_dirs=[])
+
+
+GOOD = {"image": None, "question": "what is it ?", "mode": "budget", "threshold": 0.9, "keep_ratio": 0.5}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"question": "a" * 1001}, "The question is 1001 characters long; keep it under 1000."),
+        ({"question": "what is <image> here"}, "image placeholder (<image>)"),
+        ({"question": "what \ud800 is it"}, "contains U+D800"),
+        ({"question": 3}, "The question must be text; got int."),
+        ({"question": "   "}, "Type a question"),
+        ({"mode": None}, "Unknown pruning mode None"),
+        ({"threshold": float("nan")}, "The threshold must be a finite number; got nan."),
+        ({"threshold": "0.5"}, "The threshold must be a number; got str."),
+        ({"threshold": 1.5}, "The threshold must lie in [-1, 1]; got 1.5."),
+        ({"keep_ratio": 0}, "The token budget must lie in (0, 1]; got 0."),
+        ({"keep_ratio": True}, "The token budget must be a number; got bool."),
+        ({"max_new_tokens": float("nan")}, "max_new_tokens must be a finite number; got nan."),
+        ({"max_new_tokens": 1.5}, "max_new_tokens must be a whole number; got 1.5."),
+        ({"max_new_tokens": 0}, "max_new_tokens must lie in [1, 128]; got 0."),
+        ({"max_new_tokens": [3]}, "max_new_tokens must be a number; got list."),
+        ({"image": 3}, "The image must be a file uploaded to this Space"),
+        ({"image": {"url": "https://example.com/x.png"}}, "The image must be a file uploaded to this Space"),
+    ],
+)
+def test_every_input_is_checked_by_one_function_with_a_message_naming_it(changes, message):
+    inputs = {**GOOD, "image": half_flat(20, 20), "max_new_tokens": 5, **changes}
+    with pytest.raises(app.InputError) as refusal:
+        app.validate_inputs(**inputs, question_required=True)
+    assert message in str(refusal.value)
+
+
+def test_validated_inputs_come_back_typed():
+    inputs = app.validate_inputs(half_flat(20, 20), "  what ?  ", "threshold", 1, 0.5, 4.0)
+    assert (inputs.question, inputs.threshold, inputs.max_new_tokens) == ("what ?", 1.0, 4)
+    assert isinstance(inputs.max_new_tokens, int) and inputs.image.mode == "RGB"
+    assert inputs.overrides == {"pruning_mode": "threshold", "codebook_threshold": 1.0}
+
+
 def test_example_images_are_drawn_in_code_and_show_kept_and_dropped_tokens(backend, tmp_path):
     rows = write_examples(tmp_path)
     assert [Path(path).name for path, _ in rows] == list(SCENES)
@@ -245,6 +378,33 @@ def test_command_line_options(monkeypatch):
     monkeypatch.setenv("CODEBOOK_REPO", "env/cb")
     args = app.parse_args([])
     assert (args.model, args.codebook) == ("env/model", "env/cb")
+
+
+def test_launch_options_bound_uploads_and_request_bodies_from_the_environment(monkeypatch):
+    for name in ("MAX_UPLOAD_MB", "MAX_REQUEST_KB"):
+        monkeypatch.delenv(name, raising=False)
+    options = app.launch_options()
+    assert options["max_file_size"] == 25 * 2**20
+    (limits,) = options["app_kwargs"]["middleware"]
+    assert limits.cls is app.RequestBodyLimits
+    assert limits.kwargs == {"body_bytes": 256 * 1024, "upload_bytes": 25 * 2**20 + app.MULTIPART_SLACK}
+    monkeypatch.setenv("MAX_UPLOAD_MB", "4")
+    monkeypatch.setenv("MAX_REQUEST_KB", "32")
+    options = app.launch_options()
+    assert options["max_file_size"] == 4 * 2**20
+    assert options["app_kwargs"]["middleware"][0].kwargs["body_bytes"] == 32 * 1024
+    monkeypatch.setenv("MAX_REQUEST_KB", "-1")
+    with pytest.raises(ValueError, match="MAX_REQUEST_KB"):
+        app.launch_options()
+
+
+def test_the_cache_cleanup_schedule_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("CACHE_SWEEP_SECONDS", raising=False)
+    monkeypatch.delenv("CACHE_MAX_AGE_SECONDS", raising=False)
+    assert app.cache_cleanup() == (60, 600)
+    monkeypatch.setenv("CACHE_SWEEP_SECONDS", "5")
+    monkeypatch.setenv("CACHE_MAX_AGE_SECONDS", "30")
+    assert app.cache_cleanup() == (5, 30)
 
 
 def test_overlay_files_are_named_by_content_and_bounded(tmp_path):

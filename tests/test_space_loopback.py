@@ -1,9 +1,13 @@
-"""The Space served on 127.0.0.1 and called through `gradio_client`, as a remote user would call it."""
+"""The Space served on 127.0.0.1 and called as a remote user would: through `gradio_client`, and with raw HTTP
+payloads the client would never build (every request loop here is bounded in count and time)."""
 
+import io
 import os
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -20,9 +24,10 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from spaces_app import app  # noqa: E402
-from space_helpers import launch_on_a_free_port  # noqa: E402
+from space_helpers import call_raw, launch_on_a_free_port  # noqa: E402
 
 TIMEOUT = 120  # seconds any one call may take before the test fails rather than hangs
+MAX_UPLOAD_MB = 2  # small, so that the tests of the limit send little
 
 
 def picture(path: Path, width: int, height: int, seed: int, flat_share: float = 0.5) -> str:
@@ -34,24 +39,34 @@ def picture(path: Path, width: int, height: int, seed: int, flat_share: float = 
     return str(path)
 
 
+class Served(NamedTuple):
+    backend: app.Backend
+    url: str
+    examples: Path  # the app's example folder
+    cache: Path  # Gradio's upload cache
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     # A Gradio cache of its own: servers of other test runs on this machine clean theirs up on exit.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
+        cache = tmp_path_factory.mktemp("gradio-cache")
+        patch.setenv("GRADIO_TEMP_DIR", str(cache))
+        patch.setenv("MAX_UPLOAD_MB", str(MAX_UPLOAD_MB))
         backend = app.load_tiny_backend()
-        demo = app.build_demo(backend, examples_dir=tmp_path_factory.mktemp("examples"))
-        url = launch_on_a_free_port(demo)
+        examples = tmp_path_factory.mktemp("examples")
+        demo = app.build_demo(backend, examples_dir=examples)
+        url = launch_on_a_free_port(demo, **app.launch_options())
         assert url.startswith("http://127.0.0.1:")
         try:
-            yield backend, url
+            yield Served(backend, url, examples, cache)
         finally:
             demo.close()
 
 
 @pytest.fixture
 def client(served):
-    return Client(served[1], verbose=False, download_files=True)
+    return Client(served.url, verbose=False, download_files=True)
 
 
 def expected(backend, path, mode, threshold, keep_ratio, question=""):
@@ -60,7 +75,7 @@ def expected(backend, path, mode, threshold, keep_ratio, question=""):
 
 
 def test_answer_endpoint_returns_overlays_counts_and_both_timed_answers(served, client, tmp_path):
-    backend, _ = served
+    backend = served.backend
     path = picture(tmp_path / "wide.png", 150, 90, seed=1)
     job = client.submit(handle_file(path), "what is this ?", "threshold", 0.9, 0.25, 6, api_name="/answer")
     base, tile, counts_md, details, pruned, pruned_time, full, full_time = job.result(timeout=TIMEOUT)
@@ -83,7 +98,7 @@ def test_answer_endpoint_returns_overlays_counts_and_both_timed_answers(served, 
 
 
 def test_preview_endpoint_rescores_with_the_budget(served, client, tmp_path):
-    backend, _ = served
+    backend = served.backend
     path = picture(tmp_path / "tall.png", 70, 130, seed=2, flat_share=0.3)
     result = client.submit(handle_file(path), "budget", 0.9, 0.5, "", api_name="/preview").result(timeout=TIMEOUT)
     details = result[3]
@@ -111,7 +126,7 @@ def test_bad_inputs_come_back_as_messages(client, tmp_path):
 
 
 def test_two_concurrent_clients_get_their_own_results(served, tmp_path):
-    backend, url = served
+    backend, url = served.backend, served.url
     requests = [
         (picture(tmp_path / "a.png", 150, 90, seed=10, flat_share=0.2), "threshold", 0.95, 0.25),
         (picture(tmp_path / "b.png", 90, 160, seed=11, flat_share=0.8), "budget", 0.9, 0.3),
@@ -144,3 +159,340 @@ def test_two_concurrent_clients_get_their_own_results(served, tmp_path):
         assert answer[3]["counts"] == want.counts
         assert Image.open(preview[0]).size == want.base_overlay.size
     assert results[0][0][3]["counts"] != results[1][0][3]["counts"]
+
+
+# ---------------------------------------------------------------------------------------------------- security
+ANSWER_ARGS = ["what is it ?", "threshold", 0.9, 0.25, 3]  # everything /answer takes after the image
+PREVIEW_ARGS = ["threshold", 0.9, 0.25, ""]  # everything /preview takes after the image
+
+
+def endpoint_data(api_name: str, image) -> list:
+    return [image, *ANSWER_ARGS] if api_name == "answer" else [image, *PREVIEW_ARGS]
+
+
+def secret_picture(directory: Path) -> tuple[Path, np.ndarray]:
+    """A distinctive noise PNG: any returned picture that correlates with it has leaked it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(1234).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    path = directory / "secret.png"
+    Image.fromarray(pixels).save(path)
+    return path, pixels
+
+
+def returned_pictures(base_url: str, outputs) -> list[np.ndarray]:
+    """Every image among an endpoint's outputs, downloaded from the server."""
+    import httpx
+
+    pictures = []
+    for value in outputs if isinstance(outputs, list) else []:
+        if isinstance(value, dict) and value.get("url"):
+            response = httpx.get(value["url"], timeout=TIMEOUT)
+            response.raise_for_status()
+            pictures.append(np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")))
+    return pictures
+
+
+def correlation(picture: np.ndarray, secret: np.ndarray) -> float:
+    resized = np.asarray(Image.fromarray(picture).resize(secret.shape[1::-1], Image.BILINEAR), dtype=float)
+    return float(np.corrcoef(resized.ravel(), secret.astype(float).ravel())[0, 1])
+
+
+def test_the_leak_check_sees_a_picture_that_is_served_back(served, tmp_path):
+    """The check below is live: the same picture placed where the server may read it does come back in overlays."""
+    allowed, pixels = secret_picture(served.examples / f"control-{tmp_path.name}")
+    event, outputs = call_raw(served.url, "preview", endpoint_data("preview", {"path": str(allowed)}))
+    assert event == "complete" and outputs[0] is not None, outputs
+    assert max(correlation(picture, pixels) for picture in returned_pictures(served.url, outputs)) > 0.6
+
+
+@pytest.mark.parametrize("api_name", ["preview", "answer"])
+@pytest.mark.parametrize("with_meta", [False, True], ids=["no-meta", "meta"])
+def test_a_path_outside_the_allowed_folders_is_refused_and_its_pixels_never_come_back(
+    served, tmp_path, api_name, with_meta
+):
+    secret, pixels = secret_picture(tmp_path / "outside")
+    payload = {"path": str(secret)}
+    if with_meta:
+        payload["meta"] = {"_type": "gradio.FileData"}
+    event, result = call_raw(served.url, api_name, endpoint_data(api_name, payload))
+    assert (event, result) == ("error", app.UNREADABLE_IMAGE)
+    assert not any(correlation(picture, pixels) > 0.5 for picture in returned_pictures(served.url, result))
+
+
+@pytest.mark.parametrize("api_name", ["preview", "answer"])
+def test_dot_dot_and_symlink_escapes_from_the_allowed_folders_are_refused(served, tmp_path, api_name):
+    secret, _ = secret_picture(tmp_path / "outside")
+    links = []
+    for folder in (served.examples, served.cache):
+        link = folder / f"link-{api_name}-{tmp_path.name}.png"
+        link.symlink_to(secret)
+        links.append(link)
+    escapes = [
+        os.path.join(served.examples, os.path.relpath(secret, served.examples)),  # examples/../<test dir>/...
+        os.path.join(served.cache, os.path.relpath(secret, served.cache)),
+        *map(str, links),
+    ]
+    try:
+        for path in escapes:
+            assert Path(path).resolve() == secret.resolve()  # each one does lead to the secret
+            event, result = call_raw(served.url, api_name, endpoint_data(api_name, {"path": path}))
+            assert (event, result) == ("error", app.UNREADABLE_IMAGE), path
+    finally:
+        for link in links:
+            link.unlink()
+
+
+def test_every_refused_or_unreadable_path_gets_the_same_message(served, tmp_path):
+    """No existence oracle: missing, a directory, not a picture, outside or inside the allowed folders, all alike."""
+    (tmp_path / "notes.png").write_text("not a picture")
+    inside_text = served.examples / "notes-inside.png"
+    inside_text.write_text("not a picture either")
+    truncated = served.examples / "truncated.png"
+    truncated.write_bytes(Path(sorted(served.examples.glob("house*.png"))[0]).read_bytes()[:300])
+    paths = [
+        tmp_path / "missing.png",
+        tmp_path,
+        tmp_path / "notes.png",
+        Path(sys.executable),
+        served.examples / "missing.png",
+        served.examples,
+        inside_text,
+        truncated,
+        "relative/path.png",
+        "/dev/zero",
+    ]
+    for path in paths:
+        for api_name in ("preview", "answer"):
+            event, result = call_raw(served.url, api_name, endpoint_data(api_name, {"path": str(path)}))
+            if event == "complete":  # the preview reports what it found in place
+                event, result = "error", result[2].removeprefix("⚠️ ")
+            assert (event, result) == ("error", app.UNREADABLE_IMAGE), (path, api_name)
+
+
+def test_uploads_and_the_example_images_still_work(served, client, tmp_path):
+    upload = picture(tmp_path / "upload.png", 120, 80, seed=40)
+    counts = client.predict(handle_file(upload), *PREVIEW_ARGS, api_name="/preview")[3]["counts"]
+    assert counts["all"]["total"] > 0
+    for example in sorted(served.examples.glob("*.png"))[:2]:
+        event, outputs = call_raw(served.url, "answer", endpoint_data("answer", {"path": str(example)}))
+        assert event == "complete" and outputs[3]["counts"]["all"]["total"] > 0, outputs
+
+
+@pytest.mark.parametrize("api_name", ["preview", "answer"])
+def test_an_over_long_question_is_refused_by_every_endpoint(served, client, tmp_path, api_name):
+    path = handle_file(picture(tmp_path / "q.png", 100, 100, seed=41))
+    question = "why " * 300  # 1,200 characters
+    message = "The question is 1199 characters long; keep it under 1000."
+    if api_name == "preview":
+        base, tile, counts_md, details = client.predict(path, "threshold", 0.9, 0.25, question, api_name="/preview")
+        assert base is None and tile is None and details == {} and message in counts_md
+    else:
+        with pytest.raises(AppError, match=message):
+            client.predict(path, question, "threshold", 0.9, 0.25, 3, api_name="/answer")
+
+
+IMAGE_FORM_START = "The image must be a file uploaded to this Space"
+# (api_name, the data sent as raw JSON text, the message that must come back). `IMAGE` stands for a valid payload.
+BAD_INPUTS = {
+    "image token in the question": (
+        "answer",
+        '[IMAGE, "what is <image> here", "threshold", 0.9, 0.25, 3]',
+        "image placeholder (<image>)",
+    ),
+    "image token, preview": (
+        "preview",
+        '[IMAGE, "threshold", 0.9, 0.25, "a <image>"]',
+        "image placeholder (&lt;image&gt;)",
+    ),
+    "max_new_tokens NaN": (
+        "answer",
+        '[IMAGE, "what", "threshold", 0.9, 0.25, NaN]',
+        "max_new_tokens must be a finite number; got nan",
+    ),
+    "threshold infinite": (
+        "preview",
+        '[IMAGE, "threshold", Infinity, 0.25, ""]',
+        "The threshold must be a finite number; got inf",
+    ),
+    "lone surrogate": ("answer", '[IMAGE, "what \\ud800 is it", "threshold", 0.9, 0.25, 3]', "contains U+D800"),
+    "lone surrogate, preview": ("preview", '[IMAGE, "threshold", 0.9, 0.25, "\\udfff"]', "contains U+DFFF"),
+    "threshold as text": (
+        "answer",
+        '[IMAGE, "what", "threshold", "high", 0.25, 3]',
+        "The threshold must be a number; got str",
+    ),
+    "budget as a bool": ("preview", '[IMAGE, "budget", 0.9, true, ""]', "The token budget must be a number; got bool"),
+    "max_new_tokens fractional": (
+        "answer",
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 2.5]',
+        "max_new_tokens must be a whole number",
+    ),
+    "max_new_tokens too many": (
+        "answer",
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 100000]',
+        "max_new_tokens must lie in [1, 128]",
+    ),
+    "question as a number": ("answer", '[IMAGE, 42, "threshold", 0.9, 0.25, 3]', "The question must be text; got int"),
+    "question as an object": (
+        "preview",
+        '[IMAGE, "threshold", 0.9, 0.25, {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}]',
+        "The question must be text; got dict",
+    ),
+    "mode unknown": ("preview", '[IMAGE, "random", 0.9, 0.25, ""]', "Unknown pruning mode 'random'"),
+    "image as a number": ("answer", '[7, "what", "threshold", 0.9, 0.25, 3]', IMAGE_FORM_START),
+    "image as a URL": (
+        "preview",
+        '[{"path": "https://example.com/a.png", "meta": {"_type": "gradio.FileData"}}, "threshold", 0.9, 0.25, ""]',
+        "this Space does not download images",
+    ),
+    "image missing": ("answer", '[null, "what", "threshold", 0.9, 0.25, 3]', "Upload an image"),
+    "question missing": ("answer", '[IMAGE, null, "threshold", 0.9, 0.25, 3]', "Type a question"),
+    "too few inputs": (
+        "answer",
+        '[IMAGE, "what"]',
+        "This endpoint takes 6 inputs, in this order: image, question, mode, threshold, keep_ratio, max_new_tokens; "
+        "got 2.",
+    ),
+    "too many inputs": (
+        "preview",
+        '[IMAGE, "threshold", 0.9, 0.25, "", 3]',
+        "This endpoint takes 5 inputs, in this order: image, mode, threshold, keep_ratio, question; got 6.",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_each_bad_input_gets_a_message_that_names_it(served, case):
+    api_name, data, message = BAD_INPUTS[case]
+    example = sorted(served.examples.glob("*.png"))[0]
+    data = data.replace("IMAGE", '{"path": "%s"}' % example)
+    event, result = call_raw(served.url, api_name, body='{"data": %s}' % data)
+    if event == "complete":  # the preview reports in place (it runs on every slider move)
+        assert result[0] is None and result[3] == {}, result
+        event, result = "error", result[2]
+    assert event == "error" and result and message in result, result
+    assert "Something went wrong" not in result
+
+
+def test_request_bodies_over_the_limit_are_refused_before_they_are_parsed(served, tmp_path):
+    import httpx
+
+    limit = app.max_request_bytes()
+    base = served.url.rstrip("/")
+    over = ('{"data": [null, "threshold", 0.9, 0.25, "' + "x" * limit + '"]}').encode()
+    routes = ["/gradio_api/call/preview", "/gradio_api/call/answer", "/gradio_api/queue/join"]
+    for route in routes:
+        declared = httpx.post(base + route, content=over, headers={"Content-Type": "application/json"}, timeout=30)
+        assert declared.status_code == 413 and "Request body too large" in declared.text, (route, declared.text)
+        # Without a Content-Length (chunked), the body is cut off as it arrives.
+        chunks = (over[start : start + 16384] for start in range(0, len(over), 16384))
+        streamed = httpx.post(base + route, content=chunks, headers={"Content-Type": "application/json"}, timeout=30)
+        assert streamed.status_code == 413 and "Request body too large" in streamed.text, (route, streamed.text)
+    # Just under the limit the body is parsed, and the question then refused by the endpoint's own check.
+    under = '{"data": [null, "threshold", 0.9, 0.25, "' + "x" * 2000 + '"]}'
+    assert call_raw(served.url, "preview", body=under) == (
+        "complete",
+        [None, None, "⚠️ The question is 2000 characters long; keep it under 1000.", {}],
+    )
+
+
+def test_uploads_over_the_file_size_limit_are_refused(served, tmp_path):
+    import httpx
+
+    upload = f"{served.url.rstrip('/')}/gradio_api/upload"
+    small = picture(tmp_path / "small.png", 40, 40, seed=50)
+    accepted = httpx.post(upload, files=[("files", open(small, "rb"))], timeout=30)
+    assert accepted.status_code == 200 and Path(accepted.json()[0]).is_relative_to(served.cache)
+    one_big = [("files", ("big.png", b"\0" * (MAX_UPLOAD_MB * 2**20 + 1)))]
+    assert httpx.post(upload, files=one_big, timeout=30).status_code == 413
+    # Many files each under the limit: the body as a whole is over it.
+    many = [("files", (f"{index}.png", b"\0" * (2**20))) for index in range(MAX_UPLOAD_MB + 1)]
+    assert httpx.post(upload, files=many, timeout=30).status_code == 413
+
+
+def held_bytes(value, seen=None) -> int:
+    """Bytes of array data reachable from a cached entry, counted independently of the cache's own bookkeeping:
+    tensors, numpy arrays and decoded pictures, through dataclass fields and containers."""
+    import dataclasses
+
+    import torch
+
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, Image.Image):
+        return value.width * value.height * len(value.getbands())
+    if dataclasses.is_dataclass(value):
+        return sum(held_bytes(getattr(value, f.name), seen) for f in dataclasses.fields(value))
+    if isinstance(value, (list, tuple)):
+        return sum(held_bytes(item, seen) for item in value)
+    if isinstance(value, dict):
+        return sum(held_bytes(item, seen) for item in value.values())
+    return 0
+
+
+def large_picture(path: Path, seed: int) -> str:
+    """A 2000x1500 picture (9 MB decoded) that compresses to little: flat, with a patch of noise of its own."""
+    pixels = np.full((1500, 2000, 3), 200, dtype=np.uint8)
+    pixels[:64, :64] = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def test_feature_cache_memory_stays_under_its_bound_while_distinct_large_images_arrive(served, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATURE_CACHE_MB", "0.1")  # room for a few of the tiny model's entries
+    cache = app.EncodingCache()
+    monkeypatch.setattr(served.backend, "cache", cache)
+    bound = int(0.1 * 2**20)
+    assert cache.max_bytes == bound
+    client = Client(served.url, verbose=False)
+    keys = []
+    for index in range(8):
+        path = large_picture(tmp_path / f"large-{index}.png", seed=70 + index)
+        keys.append(app.image_key(Image.open(path).convert("RGB")))
+        counts = client.predict(handle_file(path), *PREVIEW_ARGS, api_name="/preview")[3]["counts"]
+        assert counts["all"]["total"] > 0
+        entries = cache.values()
+        assert held_bytes(entries) == cache.nbytes <= bound, f"after image {index}: {held_bytes(entries)} bytes"
+    assert 2 <= len(cache) < 8, "the bound should hold several entries, and evict"
+    assert cache.get(keys[0]) is None and cache.get(keys[-1]) is not None  # least recently used out first
+
+
+def cache_contents(cache: Path) -> tuple[list[Path], list[Path]]:
+    """(files, folders) under Gradio's cache, the example files it keeps for good left out."""
+    files = [path for path in cache.rglob("*") if path.is_file() and not path.name.endswith(tuple(SCENE_NAMES))]
+    folders = [path for path in cache.iterdir() if path.is_dir() and not any(path.iterdir())]
+    return files, folders
+
+
+SCENE_NAMES = ("house_in_a_field.png", "lighthouse.png", "bar_chart.png", "city_at_dusk.png")
+
+
+def test_the_cache_of_uploads_and_overlays_is_swept_on_the_configured_schedule(tmp_path):
+    cache = tmp_path / "gradio-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(cache))
+        patch.setenv("CACHE_SWEEP_SECONDS", "1")
+        patch.setenv("CACHE_MAX_AGE_SECONDS", "2")
+        demo = app.build_demo(app.load_tiny_backend(), examples_dir=tmp_path / "examples")
+        assert demo.delete_cache == (1, 2)
+        url = launch_on_a_free_port(demo, **app.launch_options())
+        try:
+            client = Client(url, verbose=False)
+            for index in range(3):  # distinct uploads and overlays, each cached in a folder of its own
+                path = picture(tmp_path / f"{index}.png", 60, 40, seed=60 + index)
+                client.predict(handle_file(path), "threshold", 0.5 + 0.2 * index, 0.25, "", api_name="/preview")
+            files, _ = cache_contents(cache)
+            assert len(files) >= 6, files  # 3 uploads, 6 overlays (some may be swept already)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(cache_contents(cache)):
+                time.sleep(0.5)
+            assert cache_contents(cache) == ([], []), "files or empty folders outlived CACHE_MAX_AGE_SECONDS"
+            assert sorted(path.name for path in cache.rglob("*.png")) == sorted(SCENE_NAMES)  # examples stay
+        finally:
+            demo.close()
