@@ -1,17 +1,100 @@
-"""The `llava-codebook` command line. Heavy imports happen inside each command."""
+"""The `llava-codebook` command line. Heavy imports happen inside each command.
 
+Errors: every command reports a failure as one line on stderr (`Error: ...`) and a non-zero exit status: 1 for an
+error, 2 for a bad option, 130 for Ctrl-C. `--debug` (or LLAVA_CODEBOOK_DEBUG=1) shows the traceback instead.
+"""
+
+import os
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from .codebooks.commands import register as register_codebook_commands
 
-app = typer.Typer(help="Redundancy-codebook visual token pruning for LLaVA-NeXT models.", no_args_is_help=True)
+try:  # typer vendors Click; the errors of its parser derive from this
+    from typer import TyperException as OptionError
+except ImportError:  # older typer, on Click itself
+    from click import ClickException as OptionError
+
+DEBUG_ENV = "LLAVA_CODEBOOK_DEBUG"
+# Errors that describe the user's input or environment (a bad value, a missing file, an unreachable repo, a missing
+# extra): their message is the whole report. Anything else is a bug, reported with its type and the --debug hint.
+USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _report(message: str, code: int) -> None:
+    typer.secho(f"Error: {_one_line(message)}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=code)
+
+
+def _debugging(ctx) -> bool:
+    obj = ctx.obj if isinstance(ctx.obj, dict) else {}
+    return bool(obj.get("debug")) or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+class ReportingGroup(TyperGroup):
+    """The one place where a command's failure becomes a one-line report (all commands run inside `invoke`)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except OptionError as err:  # a bad or missing option of a command: the parser's message, on one line
+            if _debugging(ctx):
+                raise
+            where = err.ctx.command_path if getattr(err, "ctx", None) is not None else ctx.command_path
+            _report(f"{err.format_message()} (see '{where} --help')", err.exit_code)
+        except KeyboardInterrupt as err:
+            if _debugging(ctx):
+                raise
+            # A command that can resume raises a KeyboardInterrupt subclass whose message says how far it got.
+            _report(str(err) or "Interrupted.", 130)
+        except Exception as err:
+            if _debugging(ctx):
+                raise
+            if isinstance(err, USER_ERRORS):
+                _report(str(err) or type(err).__name__, 1)
+            _report(f"{type(err).__name__}: {err} (unexpected; rerun with --debug for the traceback)", 1)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"llava-codebook {__version__}")
+        raise typer.Exit()
+
+
+# rich_markup_mode=None: Click's plain help, which wraps descriptions instead of cutting long option names at 80
+# columns. No pretty exceptions: tracebacks (with --debug) are plain and never print local variables (tokens).
+app = typer.Typer(
+    cls=ReportingGroup,
+    help="Redundancy-codebook visual token pruning for LLaVA-NeXT models.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
 
 
 @app.callback()
-def _group() -> None:
+def _group(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar=DEBUG_ENV, help=f"Show tracebacks of errors (or set {DEBUG_ENV}=1).")
+    ] = False,
+) -> None:
     """Redundancy-codebook visual token pruning for LLaVA-NeXT models."""
+    ctx.ensure_object(dict)["debug"] = debug
 
 
 @app.command()
@@ -20,7 +103,10 @@ def convert(
     codebook: Annotated[
         str, typer.Option(help="Codebook: Hub repo id or local directory holding codebook.safetensors.")
     ],
-    out: Annotated[str, typer.Option(help="Directory to write the pruning-enabled repo to.")],
+    out: Annotated[str, typer.Option(help="New or empty directory to write the pruning-enabled repo to.")],
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the contents of a non-empty --out (never a source directory).")
+    ] = False,
     threshold: Annotated[
         Optional[float], typer.Option(help="codebook_threshold in [-1, 1] (higher keeps more).")
     ] = None,
@@ -43,6 +129,7 @@ def convert(
         push_to=push_to,
         create_pr=create_pr,
         private=private,
+        overwrite=overwrite,
     )
     typer.echo(f"Wrote {path}" + (f" and pushed it to {push_to}" if push_to else ""))
 

@@ -8,6 +8,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 from .codebook import CODEBOOK_FILENAME, resolve_codebook_file
 from .loading import load_pruned_model
 from .modeling_llava_next_codebook import SELF_REPO
+from .output_dir import check_output_dir, write_output_dir
 from .processing_llava_next_codebook import LlavaNextCodebookProcessor
 
 EMBEDDED_CODEBOOK = f"codebook/{CODEBOOK_FILENAME}"
@@ -101,9 +102,14 @@ def convert_checkpoint(
     push_to: str | None = None,
     create_pr: bool = False,
     private: bool | None = None,
+    overwrite: bool = False,
     **pruning,
 ) -> Path:
     """Write a pruning-enabled repo to `out` (and push it when `push_to` is given); returns `out`.
+
+    `out` must be new or empty unless `overwrite` (then its whole contents are replaced), and never the base
+    checkpoint or the codebook (nor inside or around them). The repo is written beside `out` and renamed into place
+    when complete, so an interrupted run changes nothing.
 
     A codebook given as a local path is copied into the repo (`codebook/`) and referenced as `"."`, so the repo is
     self-contained on the Hub; a Hub repo id stays a reference, pinned to the commit loaded now unless
@@ -113,6 +119,8 @@ def convert_checkpoint(
 
     out = Path(out)
     local_codebook = Path(codebook).exists()
+    sources = {"base checkpoint": base, "codebook": codebook}
+    check_output_dir(out, overwrite=overwrite, sources=sources)  # before the (slow) model load
     if threshold is not None:
         pruning["codebook_threshold"] = threshold
     reference = {
@@ -122,18 +130,19 @@ def convert_checkpoint(
     }
     model = load_pruned_model(base, revision=base_revision, dtype="auto", **reference, **pruning)
     processor = codebook_processor(AutoProcessor.from_pretrained(base, revision=base_revision))
-    out.mkdir(parents=True, exist_ok=True)
     if local_codebook:
-        model.codebook.save_pretrained(out / "codebook")
         model.config.codebook_repo, model.config.codebook_filename = SELF_REPO, EMBEDDED_CODEBOOK
         model.config.codebook_revision = None
     elif codebook_revision is None:
         # A floating "main" would let the converted model change behaviour when the codebook repo changes:
         # pin the commit that was actually loaded.
         model.config.codebook_revision = pinned_commit(codebook, codebook_filename)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    model_card(model.config, base, push_to, base_revision).save(out / "README.md")
+    with write_output_dir(out, overwrite=overwrite, sources=sources) as staging:
+        if local_codebook:
+            model.codebook.save_pretrained(staging / "codebook")
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        model_card(model.config, base, push_to, base_revision).save(staging / "README.md")
     if push_to:
         api = HfApi()
         api.create_repo(push_to, private=private, exist_ok=True)

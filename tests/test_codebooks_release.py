@@ -70,3 +70,77 @@ def test_files_that_need_arbitrary_unpickling_or_hold_no_matrix_are_refused(tmp_
         import_release_codebook(wrong_count, "org/base")
     result = CliRunner().invoke(app, ["import-seed", str(vector), "--base-model", "o/b", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "float [K, D]" in result.output
+
+
+def _seed_file(tmp_path, value, name="seed.pt"):
+    torch.save(value, tmp_path / name)
+    return tmp_path / name
+
+
+def error_line(result, code: int = 1) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def test_import_seed_refuses_a_non_empty_out_and_overwrite_replaces_the_card_too(tmp_path):
+    first = _seed_file(tmp_path, torch.randn(3, 8), "first.pt")
+    second = _seed_file(tmp_path, torch.randn(5, 8), "second.pt")
+    out = tmp_path / "cb"
+    assert (
+        CliRunner().invoke(app, ["import-seed", str(first), "--base-model", "org/first", "--out", str(out)]).exit_code
+        == 0
+    )
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    args = ["import-seed", str(second), "--base-model", "org/second", "--out", str(out)]
+    line = error_line(CliRunner().invoke(app, args))
+    assert "is not empty" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    codebook = RedundancyCodebook.from_pretrained(out)
+    assert codebook.num_prototypes == 5 and codebook.base_model == "org/second"
+    card = (out / "README.md").read_text()
+    assert "org/second" in card and "org/first" not in card  # the card describes the codebook it sits beside
+
+
+def test_import_seed_never_replaces_the_directory_holding_its_source(tmp_path):
+    source = _seed_file(tmp_path, torch.randn(3, 8))
+    args = ["import-seed", str(source), "--base-model", "org/base", "--out", str(tmp_path), "--overwrite"]
+    line = error_line(CliRunner().invoke(app, args))
+    assert "contains the release file" in line and source.is_file()
+
+
+def test_a_dict_of_several_entries_is_refused_with_its_keys_and_key_picks_one(tmp_path):
+    prototypes = torch.randn(4, 8, dtype=torch.float16)
+    source = _seed_file(tmp_path, {"prototypes": prototypes, "centroids": torch.randn(2, 8), "step": torch.tensor(3)})
+    base = ["import-seed", str(source), "--base-model", "org/base", "--out"]
+    line = error_line(CliRunner().invoke(app, [*base, str(tmp_path / "a")]))
+    assert "'prototypes' (float16 [4, 8])" in line and "'centroids' (float32 [2, 8])" in line and "'step'" in line
+    assert "--key" in line and not (tmp_path / "a").exists()
+
+    result = CliRunner().invoke(app, [*base, str(tmp_path / "b"), "--key", "prototypes"])
+    assert result.exit_code == 0, result.output
+    assert "'prototypes'" in result.output
+    codebook = RedundancyCodebook.from_pretrained(tmp_path / "b")
+    assert torch.equal(codebook.prototypes, prototypes) and codebook.build_parameters["source_key"] == "prototypes"
+
+    line = error_line(CliRunner().invoke(app, [*base, str(tmp_path / "c"), "--key", "nope"]))
+    assert "no entry 'nope'" in line and "'prototypes'" in line
+
+
+def test_a_single_entry_dict_is_used_and_says_which_entry(tmp_path):
+    prototypes = torch.randn(3, 8)
+    source = _seed_file(tmp_path, {"codebook": prototypes})
+    result = CliRunner().invoke(app, ["import-seed", str(source), "--base-model", "o/b", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0 and "(the dict entry 'codebook')" in result.output
+    assert RedundancyCodebook.from_pretrained(tmp_path / "o").build_parameters["source_key"] == "codebook"
+
+
+def test_import_seed_without_base_model_names_the_option(tmp_path):
+    source = _seed_file(tmp_path, torch.randn(3, 8))
+    line = error_line(CliRunner().invoke(app, ["import-seed", str(source), "--out", str(tmp_path / "o")]), code=2)
+    assert "Missing option '--base-model'" in line

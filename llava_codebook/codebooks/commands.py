@@ -1,18 +1,32 @@
 """`llava-codebook build | push | import-seed | inspect`: the codebook commands, registered on the main CLI app.
 
-Heavy imports (torch, transformers, datasets, accelerate) happen inside the command bodies.
+Heavy imports (torch, transformers, datasets, accelerate) happen inside the command bodies. Errors are raised, not
+printed: the app's one error reporter (`llava_codebook.cli.ReportingGroup`) turns them into one line on stderr.
 """
 
+import contextlib
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
+class DType(str, Enum):
+    """Model dtypes `build` accepts (a choice, so a typo is named before anything loads)."""
+
+    auto = "auto"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+
+
+def _at_least_one(value: Optional[int]) -> Optional[int]:
+    """Option callback for counts: the error names the value given (the parser's own range check does not)."""
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"{value} is not a count; give a whole number of at least 1.")
+    return value
 
 
 def _parse_ids(ids: Optional[str]):
@@ -28,7 +42,9 @@ def build(
     model: Annotated[str, typer.Option(help="Hub id or local directory of a LLaVA-NeXT checkpoint.")],
     images: Annotated[str, typer.Option(help="A folder of images, or a `datasets` id / path.")],
     out: Annotated[Path, typer.Option(help="Directory to write the codebook to.")],
-    num_images: Annotated[Optional[int], typer.Option(help="Use the first N images of the source.")] = None,
+    num_images: Annotated[
+        Optional[int], typer.Option(callback=_at_least_one, help="Use the first N images of the source.")
+    ] = None,
     split: Annotated[str, typer.Option(help="Dataset split (datasets sources only).")] = "train",
     image_column: Annotated[str, typer.Option(help="Image column (datasets sources only).")] = "image",
     id_column: Annotated[
@@ -55,13 +71,17 @@ def build(
     divergence: Annotated[
         Optional[str], typer.Option(help="'release' (default, the thresholds' scale) or 'jsd'.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Language-model sequences per forward pass.")] = 96,
-    image_batch_size: Annotated[int, typer.Option(help="Images encoded and probed together.")] = 4,
+    batch_size: Annotated[
+        int, typer.Option(callback=_at_least_one, help="Language-model sequences per forward pass.")
+    ] = 96,
+    image_batch_size: Annotated[
+        int, typer.Option(callback=_at_least_one, help="Images encoded and probed together.")
+    ] = 4,
     work_dir: Annotated[
         Optional[Path], typer.Option(help="Per-image probe results (default OUT/probes); reuse to resume.")
     ] = None,
     revision: Annotated[Optional[str], typer.Option(help="Model revision (recorded in the codebook).")] = None,
-    dtype: Annotated[str, typer.Option(help="Model dtype: auto, float16, bfloat16 or float32.")] = "auto",
+    dtype: Annotated[DType, typer.Option(help="Model dtype.")] = DType.auto,
     pad_embedding: Annotated[
         Optional[Path], typer.Option(help="A .pt tensor [D] to use as the pad embedding (read weights-only).")
     ] = None,
@@ -79,11 +99,13 @@ def build(
     Probes use the base crop only (the first crop of pixel_values, the whole image at the tower's resolution), as
     the release does. Rerunning the same command resumes; a different preset reuses the stored probes. For several
     GPUs run it under `accelerate launch` (or torchrun): images are split across processes and merged at the end.
+    Ctrl-C stops it with the number of finished images; rerunning the same command resumes from there.
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .build import CodebookBuildError, build_codebook, partial_state
+    from ..output_dir import refuse_source_overlap
+    from .build import build_codebook, partial_state
     from .data import open_image_source
     from .presets import RELEASE_PROBE_RANKS, RELEASE_PROMPT, get_preset
 
@@ -96,51 +118,77 @@ def build(
         "min_unique_images": min_unique_images,
         "divergence": divergence,
     }
-    try:
-        get_preset(preset, **overrides)  # bad thresholds fail before the model is loaded
-        source = open_image_source(
-            images,
-            split=split,
-            image_column=image_column,
-            id_column=id_column,
-            ids=_parse_ids(ids),
-            streaming=streaming,
+    # Bad input fails before the model is loaded.
+    get_preset(preset, **overrides)
+    ranks = _parse_ranks(probe_ranks) if probe_ranks else RELEASE_PROBE_RANKS
+    source = open_image_source(
+        images,
+        split=split,
+        image_column=image_column,
+        id_column=id_column,
+        ids=_parse_ids(ids),
+        streaming=streaming,
+    )
+    # The codebook's config.json and card go to --out, probes to the work dir: never into the checkpoint or the
+    # image folder (an --out around them is fine: build adds files, it never removes any).
+    sources = {"model checkpoint": model, "image folder": images}
+    for directory in (out, work_dir):
+        if directory is not None:
+            refuse_source_overlap(directory, sources, replaces=False)
+    torch_dtype = "auto" if dtype is DType.auto else getattr(torch, dtype.value)
+    processor = AutoProcessor.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+    with _transformers_progress_bars(progress):
+        network = AutoModelForImageTextToText.from_pretrained(
+            model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
         )
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        processor = AutoProcessor.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-        network = (
-            AutoModelForImageTextToText.from_pretrained(
-                model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
-            )
-            .to(state.device if state is not None else "cpu")
-            .eval()
-        )
-        pad = torch.load(pad_embedding, map_location="cpu", weights_only=True).flatten() if pad_embedding else None
-        ranks = [int(r) for r in probe_ranks.split(",")] if probe_ranks else RELEASE_PROBE_RANKS
-        result = build_codebook(
-            network,
-            processor,
-            source,
-            out=out,
-            work_dir=work_dir,
-            preset=preset,
-            preset_overrides=overrides,
-            num_images=num_images,
-            batch_size=batch_size,
-            image_batch_size=image_batch_size,
-            probe_ranks=ranks,
-            prompt=prompt or RELEASE_PROMPT,
-            pad_embedding=pad,
-            base_model=model,
-            base_model_revision=revision,
-            source={"images": images, "split": split, "image_column": image_column, "id_column": id_column},
-            progress=progress,
-        )
-    except (CodebookBuildError, ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+    network = network.to(state.device if state is not None else "cpu").eval()
+    pad = torch.load(pad_embedding, map_location="cpu", weights_only=True).flatten() if pad_embedding else None
+    result = build_codebook(
+        network,
+        processor,
+        source,
+        out=out,
+        work_dir=work_dir,
+        preset=preset,
+        preset_overrides=overrides,
+        num_images=num_images,
+        batch_size=batch_size,
+        image_batch_size=image_batch_size,
+        probe_ranks=ranks,
+        prompt=prompt or RELEASE_PROMPT,
+        pad_embedding=pad,
+        base_model=model,
+        base_model_revision=revision,
+        source={"images": images, "split": split, "image_column": image_column, "id_column": id_column},
+        progress=progress,
+    )
     if result.codebook is not None:
         typer.echo(str(result.summary))
         typer.echo(f"Wrote {result.codebook.num_prototypes} x {result.codebook.dim} codebook to {out}")
+
+
+@contextlib.contextmanager
+def _transformers_progress_bars(enabled: bool):
+    """--no-progress silences transformers' weight-loading bar too (restored afterwards: it is process-wide)."""
+    from transformers.utils import logging as transformers_logging
+
+    were_enabled = transformers_logging.is_progress_bar_enabled()
+    if not enabled:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if were_enabled and not enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def _parse_ranks(probe_ranks: str) -> list[int]:
+    try:
+        return [int(rank) for rank in probe_ranks.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{probe_ranks!r} is not a comma-separated list of integers (e.g. 1,2,3).", param_hint="--probe-ranks"
+        ) from None
 
 
 def push(
@@ -155,34 +203,39 @@ def push(
     token: Annotated[Optional[str], typer.Option(help="Hub token (default: the logged-in one).")] = None,
 ) -> None:
     """Publish a codebook on the Hub, after checking it fits its declared base model."""
-    from ..codebook import CodebookError
     from .hub import push_codebook
 
-    try:
-        info = push_codebook(
-            path, repo, revision=revision, create_pr=create_pr, private=private, token=token,
-            verify_base_model=verify_base_model,
-        )  # fmt: skip
-    except CodebookError as err:
-        _fail(str(err))
+    info = push_codebook(
+        path, repo, revision=revision, create_pr=create_pr, private=private, token=token,
+        verify_base_model=verify_base_model,
+    )  # fmt: skip
     typer.echo(f"Pushed {path} to {repo}: {getattr(info, 'pr_url', None) or getattr(info, 'commit_url', info)}")
 
 
 def import_seed(
-    path: Annotated[Path, typer.Argument(help="A released .pt codebook (torch.save of one [K, D] tensor).")],
+    path: Annotated[
+        Path, typer.Argument(help="A released .pt codebook: one [K, D] tensor (or a dict of tensors, with --key).")
+    ],
     base_model: Annotated[str, typer.Option(help="The model it was built for, e.g. liuhaotian/llava-v1.5-7b.")],
-    out: Annotated[Path, typer.Option(help="Directory to write the safetensors codebook to.")],
+    out: Annotated[Path, typer.Option(help="New or empty directory to write the safetensors codebook to.")],
+    key: Annotated[
+        Optional[str], typer.Option(help="For a .pt holding a dict of several entries: the key of the codebook.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the contents of a non-empty --out.")] = False,
     vision_feature_layer: Annotated[int, typer.Option(help="Vision feature layer the codebook was built at.")] = -2,
 ) -> None:
     """Convert a released pickled codebook to safetensors (read tensor-only, weights_only=True)."""
-    from ..codebook import CodebookError
     from .release import import_release_codebook
 
-    try:
-        codebook = import_release_codebook(path, base_model, out=out, vision_feature_layer=vision_feature_layer)
-    except (CodebookError, FileNotFoundError) as err:
-        _fail(str(err))
-    typer.echo(f"Wrote {codebook.num_prototypes} x {codebook.dim} {codebook.prototypes.dtype} codebook to {out}")
+    codebook = import_release_codebook(
+        path, base_model, out=out, key=key, overwrite=overwrite, vision_feature_layer=vision_feature_layer
+    )
+    picked = codebook.build_parameters.get("source_key")
+    typer.echo(
+        f"Wrote {codebook.num_prototypes} x {codebook.dim} {codebook.prototypes.dtype} codebook"
+        + (f" (the dict entry {picked!r})" if picked is not None else "")
+        + f" to {out}"
+    )
 
 
 def inspect(
@@ -191,13 +244,9 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Describe a codebook: size, dtype, base model, build parameters, duplicate rows."""
-    from ..codebook import CodebookError
     from .hub import inspect_codebook
 
-    try:
-        info = inspect_codebook(reference, revision=revision)
-    except CodebookError as err:
-        _fail(str(err))
+    info = inspect_codebook(reference, revision=revision)
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))
         return

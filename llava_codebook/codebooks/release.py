@@ -1,5 +1,9 @@
 """Import a codebook released as a pickled PyTorch file (`torch.save` of one fp16 `[K, D]` tensor) into safetensors.
 
+A file holding a dict (`{"prototypes": tensor}`) is accepted when the dict has one entry, or with `key=` naming
+the entry; the entry used is recorded in the provenance (`source_key`). Several entries and no `key` is refused with
+the keys found: guessing could import the wrong matrix.
+
 The file is read with `torch.load(..., map_location="cpu", weights_only=True)`, which refuses anything but tensors
 and plain containers, so importing cannot run code. The rows keep their dtype and values exactly (duplicates too).
 """
@@ -12,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..codebook import CodebookError, RedundancyCodebook
+from ..output_dir import check_output_dir, write_output_dir
 
 
 def _sha256(path: Path) -> str:
@@ -22,8 +27,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_release_tensor(path: str | os.PathLike) -> torch.Tensor:
-    """The `[K, D]` tensor of a released `.pt` codebook, on CPU, in its saved dtype."""
+def load_release_tensor(path: str | os.PathLike, key: str | None = None) -> tuple[torch.Tensor, str | None]:
+    """The `[K, D]` tensor of a released `.pt` codebook, on CPU, in its saved dtype, and the dict key it was found
+    under (None for a file holding the tensor itself)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Release file {str(path)!r} does not exist.")
@@ -34,15 +40,37 @@ def load_release_tensor(path: str | os.PathLike) -> torch.Tensor:
             f"{str(path)!r} could not be read as a tensor-only PyTorch file ({type(err).__name__}: {err}). Only "
             "files holding plain tensors are imported; anything needing arbitrary unpickling is refused."
         ) from err
-    if isinstance(value, dict) and len(value) == 1:
-        (value,) = value.values()
+    picked = None
+    if isinstance(value, dict):
+        found = ", ".join(f"{str(k)!r} ({_describe(v)})" for k, v in value.items()) or "none"
+        if key is not None:
+            if key not in value:
+                raise CodebookError(f"{str(path)!r} has no entry {key!r}; its keys are: {found}.")
+            picked = key
+        elif len(value) == 1:
+            (picked,) = value
+        else:
+            raise CodebookError(
+                f"{str(path)!r} holds a dict of {len(value)} entries ({found}); say which one is the codebook with "
+                "--key NAME (key= in Python)."
+            )
+        value = value[picked]
+    elif key is not None:
+        raise CodebookError(f"{str(path)!r} holds a {type(value).__name__}, not a dict: drop --key.")
+    where = f"{str(path)!r}" + (f" (entry {picked!r})" if picked is not None else "")
     if not isinstance(value, torch.Tensor):
-        raise CodebookError(f"{str(path)!r} holds a {type(value).__name__}, expected one [K, D] tensor.")
+        raise CodebookError(f"{where} holds a {type(value).__name__}, expected one [K, D] tensor.")
     if value.ndim != 2 or not value.is_floating_point():
         raise CodebookError(
-            f"{str(path)!r} holds a {value.dtype} tensor of shape {tuple(value.shape)}, expected a float [K, D] tensor."
+            f"{where} holds a {value.dtype} tensor of shape {tuple(value.shape)}, expected a float [K, D] tensor."
         )
-    return value
+    return value, picked
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')} {list(value.shape)}"
+    return type(value).__name__
 
 
 def import_release_codebook(
@@ -52,14 +80,20 @@ def import_release_codebook(
     out: str | os.PathLike | None = None,
     vision_feature_layer: int | list[int] | None = -2,
     base_model_revision: str | None = None,
+    key: str | None = None,
+    overwrite: bool = False,
 ) -> RedundancyCodebook:
     """Turn a released `.pt` codebook into a `RedundancyCodebook` declared for `base_model` (saved to `out` if given).
 
     A file name with `numPrototypes-K` (the release's naming) must hold K rows; a mismatch means a wrong or
-    truncated file and is an error.
+    truncated file and is an error. `key` names the entry of a file holding a dict. `out` must be new or empty
+    unless `overwrite` (then its contents are replaced whole, so no card of another codebook survives).
     """
     path = Path(path)
-    prototypes = load_release_tensor(path)
+    sources = {"release file": path}
+    if out is not None:
+        check_output_dir(out, overwrite=overwrite, sources=sources)
+    prototypes, picked = load_release_tensor(path, key=key)
     named = re.search(r"numPrototypes-(\d+)", path.name)
     if named and int(named.group(1)) != prototypes.shape[0]:
         raise CodebookError(
@@ -76,9 +110,11 @@ def import_release_codebook(
             "source_file": path.name,
             "source_sha256": _sha256(path),
             "source_format": "torch.save tensor, read with weights_only=True",
+            **({"source_key": picked} if picked is not None else {}),
             "num_duplicate_rows": prototypes.shape[0] - unique_rows,
         },
     )
     if out is not None:
-        codebook.save_pretrained(out)
+        with write_output_dir(out, overwrite=overwrite, sources=sources) as staging:
+            codebook.save_pretrained(staging)
     return codebook
