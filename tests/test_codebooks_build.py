@@ -245,3 +245,29 @@ def test_duplicate_image_ids_are_refused(tiny, tmp_path):
     images = synthetic_images(3)
     with pytest.raises(ValueError, match="'a' occurs twice"):
         _build(tiny, pil_images(images, ids=["a", "b", "a"]), work_dir=tmp_path)
+
+
+def test_an_unreadable_image_replaced_by_a_good_one_is_probed_on_resume(tiny, tmp_path):
+    folder = tmp_path / "images"
+    save_images(folder, synthetic_images(4))
+    good = (folder / "img-001.png").read_bytes()
+    (folder / "img-001.png").write_bytes(b"not a png")
+    first = _build(tiny, folder_images(folder), work_dir=tmp_path / "work", preset_overrides={"min_unique_images": 0})
+    assert first.summary.num_unreadable == 1
+    (folder / "img-001.png").write_bytes(good)
+    again = _build(tiny, folder_images(folder), work_dir=tmp_path / "work", preset_overrides={"min_unique_images": 0})
+    assert again.summary.num_unreadable == 0 and (again.summary.num_resumed, again.summary.num_probed_now) == (3, 1)
+    assert "img-001.png" in again.codebook.build_parameters["image_ids"]
+
+
+def test_in_memory_and_dataset_images_are_keyed_by_content_too(tiny, tmp_path):
+    images = synthetic_images(4)
+    _build(tiny, pil_images(images, ids=list("abcd")), work_dir=tmp_path)
+    swapped = [images[1], images[0], images[2], images[3]]  # "a" and "b" now name each other's picture
+    again = _build(tiny, pil_images(swapped, ids=list("abcd")), work_dir=tmp_path)
+    assert again.summary.num_changed == 2 and again.summary.num_resumed == 2 and again.summary.num_probed_now == 2
+
+
+def test_num_images_below_one_is_refused_by_name(tiny, tmp_path):
+    with pytest.raises(ValueError, match="num_images must be at least 1; got -3"):
+        _build(tiny, pil_images(synthetic_images(2)), work_dir=tmp_path, num_images=-3)

@@ -80,3 +80,116 @@ def test_build_command_uses_a_given_pad_embedding_file(tiny_checkpoint, tmp_path
     assert result.exit_code == 0, result.output
     params = RedundancyCodebook.from_pretrained(tmp_path / "cb").build_parameters
     assert params["pad_embedding_sha256"] == tensor_digest(pad.flatten().float())
+
+
+# Loose thresholds so that six synthetic images give a non-empty codebook on the tiny model.
+LOOSE = [
+    "--trust-remote-code", "--preset", "llava-ov", "--top1-prob-thres", "0.5", "--jsd-thres", "0.01",
+    "--prototype-cluster-nums", "6", "--min-unique-images", "1", "--cluster-size-thres", "8", "--no-progress",
+]  # fmt: skip
+
+
+def build_args(checkpoint, folder, out, *extra):
+    return ["build", "--model", str(checkpoint), "--images", str(folder), "--out", str(out), *LOOSE, *map(str, extra)]
+
+
+def error_line(result, code: int = 1) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def test_ctrl_c_during_build_says_how_many_images_are_done_and_how_to_resume(tiny_checkpoint, tmp_path, monkeypatch):
+    from llava_codebook.codebooks import build as build_module
+
+    folder = tmp_path / "images"
+    save_images(folder, synthetic_images(6))
+    args = build_args(tiny_checkpoint, folder, tmp_path / "cb", "--image-batch-size", "2")
+    real_probe, calls = build_module.probe_images, []
+
+    def probe_then_ctrl_c(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # two batches of two images are finished
+            raise KeyboardInterrupt
+        return real_probe(*a, **k)
+
+    monkeypatch.setattr(build_module, "probe_images", probe_then_ctrl_c)
+    line = error_line(CliRunner().invoke(app, args), code=130)
+    assert "Interrupted: 4 of 6 images are finished" in line and "Run the same command again" in line
+    assert str(tmp_path / "cb" / "probes") in line
+    assert not (tmp_path / "cb" / "codebook.safetensors").exists()
+
+    monkeypatch.setattr(build_module, "probe_images", real_probe)
+    resumed = CliRunner().invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 probed now, 4 from earlier runs" in resumed.output
+
+
+def test_build_resume_reprobes_images_whose_content_changed_under_the_same_name(tiny_checkpoint, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    names = save_images(first, synthetic_images(6, seed=0))
+    save_images(second, synthetic_images(6, seed=1), names)  # same file names, other pictures
+    (second / names[2]).write_bytes((first / names[2]).read_bytes())  # one picture is the same in both
+    assert CliRunner().invoke(app, build_args(tiny_checkpoint, first, tmp_path / "cb")).exit_code == 0
+
+    again = CliRunner().invoke(app, build_args(tiny_checkpoint, second, tmp_path / "cb"))
+    assert again.exit_code == 0, again.output
+    assert "5 probed now, 1 from earlier runs" in again.output
+    assert "5 had a stored result of other content under their name and were probed again" in again.output
+    fresh = CliRunner().invoke(app, build_args(tiny_checkpoint, second, tmp_path / "fresh"))
+    assert fresh.exit_code == 0, fresh.output
+    resumed, reference = (RedundancyCodebook.from_pretrained(tmp_path / d) for d in ("cb", "fresh"))
+    assert torch.equal(resumed.prototypes, reference.prototypes)
+
+
+def test_build_with_other_probe_settings_in_the_same_out_stops_and_names_what_differs(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "images"
+    save_images(folder, synthetic_images(6))
+    assert CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb")).exit_code == 0
+    line = error_line(CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb", "--prompt", "hi")))
+    assert "prompt:" in line and '"hi" now' in line and "other --work-dir" in line
+    line = error_line(
+        CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb", "--dtype", "bfloat16"))
+    )
+    assert 'dtype: "float32" before, "bfloat16" now' in line
+    line = error_line(
+        CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb", "--probe-ranks", "1,2"))
+    )
+    assert "probe_ranks:" in line
+
+
+def test_a_work_dir_of_the_old_name_keyed_format_is_refused(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "images"
+    save_images(folder, synthetic_images(2))
+    (tmp_path / "cb" / "probes").mkdir(parents=True)
+    (tmp_path / "cb" / "probes" / "run.json").write_text(json.dumps({"base_model": str(tiny_checkpoint)}))
+    line = error_line(CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb")))
+    assert "keyed by file name only" in line
+
+
+def test_a_rebuild_into_the_same_out_writes_its_own_card(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "images"
+    save_images(folder, synthetic_images(6))
+    assert CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb")).exit_code == 0
+    assert "| `min_unique_images` | `1` |" in (tmp_path / "cb" / "README.md").read_text()
+    rebuilt = CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb", "--min-unique-images", "0"))
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "| `min_unique_images` | `0` |" in (tmp_path / "cb" / "README.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "cb").iterdir()) == [
+        "README.md", "codebook.safetensors", "config.json", "probes"
+    ]  # fmt: skip
+
+
+def test_build_never_writes_into_the_model_or_the_image_folder(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "images"
+    save_images(folder, synthetic_images(2))
+    config = (tiny_checkpoint / "config.json").read_bytes()
+    for args in (
+        build_args(tiny_checkpoint, folder, tiny_checkpoint),
+        build_args(tiny_checkpoint, folder, tmp_path / "cb", "--work-dir", folder / "probes"),
+    ):
+        line = error_line(CliRunner().invoke(app, args))
+        assert "sources are never written to" in line
+    assert (tiny_checkpoint / "config.json").read_bytes() == config
+    assert sorted(p.name for p in folder.iterdir()) == ["img-000.png", "img-001.png"]

@@ -30,11 +30,12 @@ How a codebook is built (one module per stage):
    then over all kept tokens; clusters spanning enough distinct images are kept.
 5. The codebook is every member of the kept clusters, saved with its provenance (`build`).
 
-Builds are resumable (per-image results in the work directory), data-parallel under `accelerate launch` /
+Builds are resumable (per-image results in the work directory, reused only for the same image content and probe
+settings; Ctrl-C raises `BuildInterrupted`, which says how far the build got), data-parallel under `accelerate launch` /
 `torchrun`, and skip (and report) unreadable images.
 """
 
-from .build import BuildResult, BuildSummary, CodebookBuildError, build_codebook
+from .build import BuildInterrupted, BuildResult, BuildSummary, CodebookBuildError, build_codebook
 from .data import ImageItem, UnreadableImageError, dataset_images, folder_images, open_image_source, pil_images
 from .divergence import topk_divergence
 from .dpcknn import dpc_knn
@@ -50,6 +51,7 @@ __all__ = [
     "RELEASE_PROBE_RANKS",
     "RELEASE_PROMPT",
     "BaseModelUnreachableError",
+    "BuildInterrupted",
     "BuildPreset",
     "BuildResult",
     "BuildSummary",

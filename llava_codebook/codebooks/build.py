@@ -6,6 +6,11 @@ codebook) run on the main process from those files, so they can be rerun with ot
 again. Under `accelerate launch`, image batches are dealt round-robin to the processes (batch `k` to process
 `k % num_processes`); the work directory must then be on a filesystem all processes share.
 
+Resuming: a stored result is reused only for an image with the same id and the same content hash, in a work
+directory whose probe settings (model, revision, dtype, layer, prompt, ranks, pad embedding, ...) are those of this
+run; other settings stop the build with the differing values named (see `store.py`). Ctrl-C raises
+`BuildInterrupted`, whose message says how many images are finished and how to resume.
+
 Determinism: a batch is always the same images (batch `k` holds source positions `[k*B, (k+1)*B)`), and every
 later step is deterministic, so an interrupted build resumed with the same `image_batch_size` (and `batch_size`)
 gives the same codebook as an uninterrupted one. Another batch size only changes the float rounding of the probes.
@@ -21,6 +26,7 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from ..codebook import RedundancyCodebook
+from ..output_dir import replace_files
 from .data import ImageItem, UnreadableImageError, open_image_source
 from .presets import RELEASE_PROBE_RANKS, RELEASE_PROMPT, BuildPreset, get_preset
 from .probe import ProbeRunner, probe_images
@@ -32,6 +38,10 @@ class CodebookBuildError(RuntimeError):
     """The build finished its probes but cannot produce a codebook (e.g. no cluster passed the filters)."""
 
 
+class BuildInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a build. A KeyboardInterrupt still; its message says how far the build got and how to resume."""
+
+
 @dataclass
 class BuildSummary:
     """What a build did; `str()` gives the report the CLI prints."""
@@ -39,6 +49,7 @@ class BuildSummary:
     num_images: int = 0
     num_probed_now: int = 0
     num_resumed: int = 0
+    num_changed: int = 0
     unreadable: list[dict] = field(default_factory=list)
     num_probes: int = 0
     num_redundant: int = 0
@@ -60,7 +71,12 @@ class BuildSummary:
     def __str__(self) -> str:
         lines = [
             f"images: {self.num_images} ({self.num_probed_now} probed now, {self.num_resumed} from earlier runs, "
-            f"{self.num_unreadable} unreadable and skipped)",
+            f"{self.num_unreadable} unreadable and skipped)"
+            + (
+                f"; {self.num_changed} had a stored result of other content under their name and were probed again"
+                if self.num_changed
+                else ""
+            ),
             f"probes: {self.num_probes}, redundant: {self.num_redundant}, kept after per-image clustering: "
             f"{self.num_after_image_clusters}",
             f"global clusters: {self.num_global_clusters}, kept: {self.num_kept_clusters} -> "
@@ -130,8 +146,12 @@ def run_probes(
     summary: BuildSummary | None = None,
 ) -> tuple[list[ImageItem], BuildSummary]:
     """Stages 1-2 over all items, writing each finished image to `store`; returns every item seen (all ranks)."""
+    for name, value in (("num_images", num_images), ("image_batch_size", image_batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1; got {value}.")
     summary = summary or BuildSummary()
     seen: list[ImageItem] = []
+    mine: list[ImageItem] = []  # the items of this process's batches reached so far
     total = num_images
     if hasattr(items, "__len__"):
         total = len(items) if num_images is None else min(num_images, len(items))
@@ -143,42 +163,63 @@ def run_probes(
     start = time.perf_counter()
     probed_images = 0
     ids: set[str] = set()
-    for batch_number, batch in enumerate(_batches(items, image_batch_size, num_images)):
-        for item in batch:
-            if item.image_id in ids:
-                raise ValueError(
-                    f"Image id {item.image_id!r} occurs twice in the source; ids name the per-image results, so they "
-                    "must be unique. Use an id column with unique values (--id-column), or drop the duplicates."
-                )
-            ids.add(item.image_id)
-        # Keep ids only: an item's loader may hold the image itself (dataset rows), and memory must not grow with
-        # the dataset.
-        seen.extend(ImageItem(index=item.index, image_id=item.image_id, loader=_released) for item in batch)
-        if batch_number % world_size != rank:
-            continue
-        done = {item.key for item in batch if store.is_done(item.key)}
-        summary.num_resumed += len(done)
-        settled = done | {item.key for item in batch if store.unreadable_record(item.key) is not None}
-        if len(settled) < len(batch):
-            # A partly finished batch is probed whole again (only the missing results are written) so that every
-            # image is always probed in the same company: batched kernels then give bit-identical results.
-            decoded, ready = [], []
+    try:
+        for batch_number, batch in enumerate(_batches(items, image_batch_size, num_images)):
             for item in batch:
-                try:
-                    decoded.append(item.load())
-                    ready.append(item)
-                except UnreadableImageError as err:
-                    store.mark_unreadable(item.key, item.image_id, item.index, str(err))
-            if ready:
-                for item, result in zip(ready, probe_images(runner, decoded, ready)):
-                    if item.key not in done:
-                        store.write(item.key, result)
-                        summary.num_probed_now += 1
-                probed_images += len(ready)
-        bar.update(len(batch))  # resumed batches count too, so the bar ends at its total
-        elapsed = time.perf_counter() - start
-        if elapsed > 0 and probed_images:
-            bar.set_postfix(probes_per_s=f"{probed_images * len(runner.probe_ranks) / elapsed:.1f}")
+                if item.image_id in ids:
+                    raise ValueError(
+                        f"Image id {item.image_id!r} occurs twice in the source; ids name the per-image results, so "
+                        "they must be unique. Use an id column with unique values (--id-column), or drop the "
+                        "duplicates."
+                    )
+                ids.add(item.image_id)
+                # Every process hashes every image: the main one checks all results against it when assembling.
+                item.content_sha256 = item.digest() or ""
+            # Keep ids and hashes only: an item's loader may hold the image itself (dataset rows), and memory must
+            # not grow with the dataset.
+            seen.extend(
+                ImageItem(index=i.index, image_id=i.image_id, loader=_released, content_sha256=i.content_sha256)
+                for i in batch
+            )
+            if batch_number % world_size != rank:
+                continue
+            mine.extend(batch)
+            stored = {item.key: store.result_content(item.key) for item in batch}
+            done = {item.key for item in batch if stored[item.key] == item.content_sha256}
+            summary.num_resumed += len(done)
+            summary.num_changed += sum(1 for item in batch if stored[item.key] not in (None, item.content_sha256))
+            settled = done | {
+                item.key for item in batch if store.unreadable_record(item.key, item.content_sha256) is not None
+            }
+            if len(settled) < len(batch):
+                # A partly finished batch is probed whole again (only the missing results are written) so that every
+                # image is always probed in the same company: batched kernels then give bit-identical results.
+                decoded, ready = [], []
+                for item in batch:
+                    try:
+                        decoded.append(item.load())
+                        ready.append(item)
+                    except UnreadableImageError as err:
+                        store.mark_unreadable(item.key, item.image_id, item.index, str(err), item.content_sha256)
+                if ready:
+                    for item, result in zip(ready, probe_images(runner, decoded, ready)):
+                        if item.key not in done:
+                            store.write(item.key, result)
+                            summary.num_probed_now += 1
+                    probed_images += len(ready)
+            bar.update(len(batch))  # resumed batches count too, so the bar ends at its total
+            elapsed = time.perf_counter() - start
+            if elapsed > 0 and probed_images:
+                bar.set_postfix(probes_per_s=f"{probed_images * len(runner.probe_ranks) / elapsed:.1f}")
+    except KeyboardInterrupt as interrupt:
+        bar.close()
+        finished = sum(1 for item in mine if _settled(store, item))
+        of_total = f" of {total}" if total is not None else ""
+        raise BuildInterrupted(
+            f"Interrupted: {finished}{of_total} images are finished ({summary.num_probed_now} probed in this run), "
+            f"their probes kept in {str(store.root)!r}. Run the same command again (same --out / --work-dir and "
+            "--image-batch-size) to resume; finished images are not probed again."
+        ) from interrupt
     bar.close()
     summary.probe_seconds = time.perf_counter() - start
     if summary.probe_seconds > 0 and probed_images:
@@ -194,12 +235,13 @@ def assemble_codebook(
     per-prototype provenance (`image_ids`, `patch_indices`)."""
     kept_tokens, kept_image, kept_patch, used_ids = [], [], [], []
     for item in tqdm(sorted(items, key=lambda i: i.index), desc="selecting", unit="img", disable=not progress):
-        if not store.is_done(item.key):
-            record = store.unreadable_record(item.key)
+        if not store.is_done(item.key, item.content_sha256 or ""):
+            record = store.unreadable_record(item.key, item.content_sha256 or "")
             if record is None:
                 raise CodebookBuildError(
-                    f"Image {item.image_id!r} has no probe result in {str(store.root)!r}: a process stopped before "
-                    "finishing it. Rerun the same command to resume."
+                    f"Image {item.image_id!r} has no probe result of its current content in {str(store.root)!r}: a "
+                    "process stopped before finishing it, or the image changed meanwhile. Rerun the same command to "
+                    "resume."
                 )
             summary.unreadable.append(record)
             continue
@@ -344,7 +386,13 @@ def build_codebook(
     if rank != 0:
         return BuildResult(codebook=None, summary=summary)
 
-    prototypes, used_ids, rows = assemble_codebook(store, seen, preset_obj, summary, progress=progress)
+    try:
+        prototypes, used_ids, rows = assemble_codebook(store, seen, preset_obj, summary, progress=progress)
+    except KeyboardInterrupt as interrupt:
+        raise BuildInterrupted(
+            f"Interrupted while selecting prototypes: all {len(seen)} images are probed, their probes kept in "
+            f"{str(store.root)!r}. Run the same command again to finish without probing again."
+        ) from interrupt
     preset_name = preset if isinstance(preset, str) else None
     codebook = RedundancyCodebook(
         prototypes=prototypes,
@@ -376,8 +424,16 @@ def build_codebook(
         },
     )
     if out is not None:
-        codebook.save_pretrained(out)
+        # Staged and renamed file by file (the probes live in `out` too), and always with this build's card:
+        # save_pretrained keeps an existing README, which would describe an earlier build.
+        with replace_files(out) as staging:
+            codebook.save_pretrained(staging)
     return BuildResult(codebook=codebook, summary=summary, output_dir=Path(out) if out is not None else None)
+
+
+def _settled(store: ResultStore, item: ImageItem) -> bool:
+    content = item.content_sha256 or ""
+    return store.is_done(item.key, content) or store.unreadable_record(item.key, content) is not None
 
 
 def _released():

@@ -1,7 +1,8 @@
 """Image sources for a build: a folder of image files, or a `datasets` dataset (streamed when large).
 
 Every source yields `ImageItem`s in a fixed order with a stable string id, *without* decoding the image; the
-builder decodes only the images it has not finished, so a resumed run does not read finished images again.
+builder decodes only the images it has not finished, so a resumed run does not decode finished images again. It
+does hash every image's bytes (`ImageItem.digest()`): a finished result counts only for the same content.
 An image that cannot be decoded raises `UnreadableImageError` from `ImageItem.load()`; the builder counts and
 skips it.
 """
@@ -22,16 +23,26 @@ class UnreadableImageError(ValueError):
 
 @dataclass
 class ImageItem:
-    """One image of the build: its position in the source, its id, and a deferred decoder."""
+    """One image of the build: its position in the source, its id, a deferred decoder, and (once computed by the
+    builder) the hash of its content."""
 
     index: int
     image_id: str
     loader: Callable[[], Any]
+    content_sha256: str | None = None
 
     @property
     def key(self) -> str:
         """A filesystem-safe key for the per-image result file, unique per id."""
         return hashlib.sha1(self.image_id.encode("utf-8")).hexdigest()[:20]
+
+    def digest(self) -> str | None:
+        """SHA-256 of the image's encoded bytes (file or dataset bytes; the pixels for an in-memory image), or None
+        when they cannot be read (the image is then reported unreadable when it is loaded)."""
+        try:
+            return content_sha256(self.loader())
+        except Exception:  # unreadable data is reported by load(), with its error
+            return None
 
     def load(self):
         """The image as an RGB `PIL.Image`; raises `UnreadableImageError` when it does not decode."""
@@ -51,6 +62,26 @@ class ImageItem:
             return image.convert("RGB")
         except Exception as err:  # any decoder failure is a property of the data, reported per image
             raise UnreadableImageError(f"image {self.image_id!r}: {type(err).__name__}: {err}") from err
+
+
+def content_sha256(image: Any) -> str:
+    """SHA-256 of an image as a source holds it: a path (the file's bytes), bytes, a `datasets` image dict, or a
+    `PIL.Image` (mode, size and pixels)."""
+    digest = hashlib.sha256()
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, (str, Path)):
+        with open(image, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        digest.update(image)
+    elif hasattr(image, "tobytes") and hasattr(image, "mode") and hasattr(image, "size"):
+        digest.update(f"{image.mode} {image.size}".encode())
+        digest.update(image.tobytes())
+    else:
+        raise TypeError(f"cannot hash an image given as {type(image).__name__}")
+    return digest.hexdigest()
 
 
 def read_id_list(ids: Iterable[str] | str | Path | None) -> list[str] | None:

@@ -26,7 +26,9 @@ class ImageProbeResult:
     `patch_indices[j]` is the raster index of probe `j` in the crop's token grid and `ranks[j]` its 1-based rank by
     [CLS] similarity (by index for towers without [CLS]); `tokens[j]` its post-projector token; `top_ids` /
     `top_probs` the first-token distribution of the single-token probe on its top-50 logits (renormalised), whose
-    largest value is `p_max`; `div_*` the leave-one-out divergences (both kinds are stored).
+    largest value is `p_max`; `div_*` the leave-one-out divergences (both kinds are stored); `content_sha256` the
+    hash of the image the probes were made from (see `ImageItem.digest`), so a stored result is reused for that
+    image only.
     """
 
     image_id: str
@@ -41,6 +43,7 @@ class ImageProbeResult:
     div_ctx_jsd: torch.Tensor
     div_global_release: torch.Tensor
     div_global_jsd: torch.Tensor
+    content_sha256: str = ""
 
     TENSORS = (
         "patch_indices", "ranks", "tokens", "p_max", "top_ids", "top_probs",
@@ -324,6 +327,7 @@ def probe_images(runner: ProbeRunner, images, items) -> list[ImageProbeResult]:
                 top_ids=single["top_ids"][b].clone(),
                 top_probs=single["top_probs"][b].clone(),
                 **{f"div_{name}": values[b].clone() for name, values in divergences.items()},
+                content_sha256=item.content_sha256 or "",
             )
         )
     return results
