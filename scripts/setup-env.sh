@@ -2,6 +2,12 @@
 # Create (or reuse) the project's virtual environment in .venv and install the package with the given extras.
 # Sourced by scripts/demo.sh and scripts/test.sh. torch is pinned in pyproject.toml to the CPU build
 # available on the project's machines; no other step is needed on a fresh machine.
+#
+# The install is skipped when .venv already holds one made from the same pyproject.toml with the same extras: a
+# stamp file per extras set (.venv/.installed-<extras>) records the hash of pyproject.toml it was installed from.
+# The package is installed in editable mode, so source changes need no reinstall; a changed pyproject.toml
+# (dependencies, extras, entry points) does. A fresh machine (no .venv) always installs everything; to force a
+# reinstall, delete .venv/.installed-*.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 extras=${1:-}
@@ -11,5 +17,11 @@ if [ ! -x "$root/.venv/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$root/.venv/bin/activate"
-python -m pip install --quiet --upgrade pip
-python -m pip install --quiet -e "$root${extras:+[$extras]}"
+stamp="$root/.venv/.installed-${extras:-base}"
+wanted="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1) ${extras}"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  python -m pip install --quiet --upgrade pip
+  python -m pip install --quiet -e "$root${extras:+[$extras]}"
+  # Written only after a successful install: an interrupted or failed one is retried next time.
+  echo "$wanted" >"$stamp"
+fi
