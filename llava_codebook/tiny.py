@@ -10,9 +10,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextImageProcessorPil, PreTrainedTokenizerFast
 
-from .codebook import RedundancyCodebook
+from .codebook import CODEBOOK_FILENAME, RedundancyCodebook
 from .configuration_llava_next_codebook import LlavaNextCodebookConfig
-from .modeling_llava_next_codebook import LlavaNextCodebookForConditionalGeneration
+from .modeling_llava_next_codebook import SELF_REPO, LlavaNextCodebookForConditionalGeneration
 from .processing_llava_next_codebook import LlavaNextCodebookProcessor
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
@@ -23,6 +23,22 @@ WORDS = (
 ).split()
 TINY_CROP = 56  # pixels per crop side: 4 x 4 tokens of 14 px
 TINY_PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
+# A chat template, so that code written for real checkpoints (`processor.apply_chat_template(...)`) runs on the tiny
+# model too. The vocabulary has no role words, so a turn is its content: an image becomes "<image>\n", text stays
+# text, an assistant turn ends with </s>, and the generation prompt is empty. A one-turn user message therefore
+# renders as "<image>\n" + question, the prompt the demo and the builder use without a template: adding the
+# template changes no token they produce.
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{- '<image>\n' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}{{- '</s>' -}}{%- endif -%}"
+    "{%- if not loop.last -%}{{- '\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+)
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -47,6 +63,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
         extra_special_tokens={"image_token": "<image>"},
         padding_side="left",
     )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
     return tokenizer
 
 
@@ -63,6 +80,7 @@ def build_tiny_processor(crop: int = TINY_CROP) -> LlavaNextCodebookProcessor:
         patch_size=14,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # the CLS token, dropped by the "default" feature strategy
+        chat_template=TINY_CHAT_TEMPLATE,
     )
 
 
@@ -134,20 +152,30 @@ def flat_colour_codebook(model, processor, colours=None, side: int = 112) -> Red
 
 
 def build_tiny_default(directory: str | Path, seed: int = 0, threshold: float = 0.9) -> Path:
-    """Write the embedded default to `directory`: model (with remote code), processor and a codebook beside it.
+    """Write the embedded default to `directory` as a self-contained, pruning-enabled repo: model (with remote code),
+    processor (with a chat template) and its codebook in `codebook/`, referenced as the repo's own (`"."`), the
+    layout `llava-codebook convert` writes. It loads offline, from anywhere it is moved to (or after an upload to
+    the Hub), with `AutoModelForImageTextToText.from_pretrained(directory, trust_remote_code=True)` and
+    `AutoProcessor.from_pretrained(directory, trust_remote_code=True)`.
 
-    The model's config references the codebook by absolute local path, so the directory loads offline with
-    `AutoModelForImageTextToText.from_pretrained(directory, trust_remote_code=True)`.
+    From a shell: `python -m llava_codebook.tiny DIRECTORY`.
     """
     directory = Path(directory).resolve()
     model = build_tiny_model(seed)
     processor = build_tiny_processor()
     codebook = flat_colour_codebook(model, processor)
-    codebook_dir = directory / "codebook"
-    codebook.save_pretrained(codebook_dir)
-    model.config.codebook_repo = str(codebook_dir)
+    codebook.save_pretrained(directory / "codebook")
+    model.config.codebook_repo, model.config.codebook_filename = SELF_REPO, f"codebook/{CODEBOOK_FILENAME}"
     model.config.codebook_threshold = threshold
     model.load_codebook(codebook)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m llava_codebook.tiny DIRECTORY  (writes the embedded default there)")
+    print(f"Wrote the embedded tiny model to {build_tiny_default(sys.argv[1])}")

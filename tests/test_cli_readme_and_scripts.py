@@ -1,0 +1,149 @@
+"""The README's commands and quick start run as written, and the scripts install only when something changed."""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llava_codebook.cli import app
+from llava_codebook.codebook import RedundancyCodebook
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+README = (REPO_ROOT / "README.md").read_text()
+
+
+def readme_section(heading: str) -> str:
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## )", README, flags=re.S | re.M)
+    assert match, f"README has no section {heading!r}"
+    return match.group(1)
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_runs_as_written_on_the_embedded_tiny_model(tmp_path):
+    blocks = python_blocks(readme_section("Quick start"))
+    assert len(blocks) == 2 and "build_tiny_default" in blocks[0] and "apply_chat_template" in blocks[1]
+    script = "\n".join(blocks) + textwrap.dedent(
+        """
+        assert report.num_kept[0] < report.num_total[0] // 2, "the flat white picture is mostly pruned"
+        print("QUICKSTART-OK")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    # Not the repo root as working directory: the saved repo's remote code must be what gets loaded.
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "QUICKSTART-OK" in run.stdout
+
+
+def test_the_saved_tiny_default_is_self_contained_and_has_a_chat_template(tmp_path):
+    from llava_codebook.tiny import build_tiny_default, build_tiny_processor
+
+    build_tiny_default(tmp_path / "first")
+    shutil.move(tmp_path / "first", tmp_path / "moved")  # no absolute path inside: it loads from anywhere
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "moved", trust_remote_code=True)
+    assert model.codebook is not None and model.config.codebook_repo == "."
+    processor = AutoProcessor.from_pretrained(tmp_path / "moved", trust_remote_code=True)
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this ?"}]}]
+    text = processor.apply_chat_template(turn, add_generation_prompt=True)
+    # The template renders the prompt the demo and the builder used before it existed: no token changes.
+    assert text == "<image>\nwhat is this ?"
+    tokenizer = build_tiny_processor().tokenizer
+    assert tokenizer(text)["input_ids"] == tokenizer("<image> what is this ?")["input_ids"]
+
+
+def test_the_readme_import_seed_command_runs_as_written(tmp_path):
+    lines = [line for line in README.splitlines() if "llava-codebook import-seed FILE.pt" in line]
+    assert lines, "README shows no import-seed command"
+    command = shlex.split(re.search(r"`(llava-codebook import-seed [^`]*)`", lines[0]).group(1))
+    torch.save(torch.randn(3, 8), tmp_path / "release.pt")
+    args = [{"FILE.pt": str(tmp_path / "release.pt"), "DIR": str(tmp_path / "cb")}.get(a, a) for a in command[1:]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert RedundancyCodebook.from_pretrained(tmp_path / "cb").num_prototypes == 3
+
+
+# ------------------------------------------------------------------------------------------- setup-env.sh stamp
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "$* ${MODEL_ID:+MODEL_ID=$MODEL_ID}" >>"$LOG"
+exit "${FAIL:-0}"
+"""
+
+
+@pytest.fixture
+def fake_checkout(tmp_path):
+    """A checkout with the real setup-env.sh and a .venv whose python only records how it was called."""
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    for script in ("setup-env.sh", "demo.sh"):
+        shutil.copy(REPO_ROOT / "scripts" / script, root / "scripts")
+    (root / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    return root
+
+
+def run_logged(root: Path, command: str, fail: bool = False) -> list[str]:
+    """Run `command` in bash with the fake venv's python; returns how python was called."""
+    log = root / "calls.log"
+    log.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_ID", "VIRTUAL_ENV")}
+    env.update(LOG=str(log), FAIL="1" if fail else "0")
+    run = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+    assert (run.returncode != 0) == fail, run.stderr
+    return [line.strip() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def setup_env(root: Path, extras: str, fail: bool = False) -> list[str]:
+    """Source setup-env.sh as demo.sh / test.sh do; returns the pip installs it ran."""
+    calls = run_logged(root, f'source "{root}/scripts/setup-env.sh" {extras}', fail)
+    return [call for call in calls if call.startswith("-m pip install --quiet -e")]
+
+
+def test_setup_env_installs_once_then_only_when_pyproject_or_extras_change(fake_checkout):
+    root = fake_checkout
+    assert setup_env(root, "space") == [f"-m pip install --quiet -e {root}[space]"]
+    assert setup_env(root, "space") == []  # the demo's second start: no pip at all
+    assert setup_env(root, "test") == [f"-m pip install --quiet -e {root}[test]"]
+    assert setup_env(root, "space") == []
+    (root / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["numpy"]\n')
+    assert setup_env(root, "space") == [f"-m pip install --quiet -e {root}[space]"]
+    assert setup_env(root, "") == [f"-m pip install --quiet -e {root}"]
+
+
+def test_setup_env_retries_after_a_failed_install(fake_checkout):
+    assert setup_env(fake_checkout, "space", fail=True) == []  # pip upgrade failed first: nothing stamped
+    assert setup_env(fake_checkout, "space") == [f"-m pip install --quiet -e {fake_checkout}[space]"]
+
+
+def test_demo_installs_on_its_first_start_only_and_passes_options_to_the_app(fake_checkout):
+    root = fake_checkout
+    first = run_logged(root, f'bash "{root}/scripts/demo.sh"')
+    assert f"-m pip install --quiet -e {root}[space]" in first and first[-1] == f"{root}/spaces_app/app.py"
+    assert run_logged(root, f'bash "{root}/scripts/demo.sh" --port 7861') == [f"{root}/spaces_app/app.py --port 7861"]
+    assert run_logged(root, f'bash "{root}/scripts/demo.sh" org/model --port 7861') == [
+        f"{root}/spaces_app/app.py --port 7861 MODEL_ID=org/model"
+    ]
+
+
+def test_demo_and_test_scripts_share_setup_env():
+    for script in ("demo.sh", "test.sh"):
+        assert 'source "$root/scripts/setup-env.sh"' in (REPO_ROOT / "scripts" / script).read_text()
