@@ -7,6 +7,8 @@ Rules, shared by every writer:
 - a non-empty output directory is refused unless `overwrite=True` (`--overwrite`);
 - the result is written to a fresh hidden directory beside the target and renamed into place when complete, so an
   interrupted or failed run leaves the target as it was (absent, or the old contents) and no half-written repo.
+  (A process killed outright, with no chance to clean up, can leave a hidden `.NAME.partial-*` directory beside
+  the target; it is never read and can be deleted.)
 """
 
 import contextlib
