@@ -16,9 +16,10 @@ test and the config:
 Each upstream test is one pytest item per variant (`test_stock_control[...]`, `test_pruning_off[...]`,
 `test_pruning_on[...]`), run through `unittest`, so upstream's `setUp`, `subTest` and `skipTest` behave as upstream.
 A variant that ends differently from the control fails its item unless the table names the test; then the item is
-an explicit xfail carrying the classification, and only if the failure text matches the entry's pattern and, where
-the entry has a `recheck`, the test ends as for the control once the named cause is removed (the strict loading
-relaxed, the proposed fix applied). A table entry whose test no longer differs fails too (strict).
+an explicit xfail carrying the classification, and only if the failure text matches the entry's pattern and the
+test ends as for the control once the named cause is removed (`recheck`: the strict loading relaxed; for a bug, its
+proposed `fix` applied, while without the fix it must still differ). A table entry whose test no longer differs, or
+whose bug no longer shows, fails too (strict): the table must be updated when a fix lands.
 
 `GenerationTesterMixin` and `ExportTesterMixin` are stand-ins without tests: their modules are not in the sdist, so
 upstream's generation and export suites do not run here (generation is held against the stock model in
@@ -72,12 +73,11 @@ from transformers import (
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextModel,
+    conversion_mapping,
     set_seed,
 )
-from transformers import conversion_mapping
 from transformers.models.auto import modeling_auto
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-from transformers_upstream import GenerationTesterMixin, UpstreamTestsUnavailable, import_upstream
 
 from llava_codebook import (
     LlavaNextCodebookConfig,
@@ -87,12 +87,14 @@ from llava_codebook import (
 )
 from llava_codebook import modeling_llava_next_codebook as codebook_modeling
 
+from transformers_upstream import GenerationTesterMixin, UpstreamTestsUnavailable, import_upstream
+
 try:
     upstream = import_upstream()
 except UpstreamTestsUnavailable as error:
     pytest.skip(f"transformers' own tests are not available here: {error}", allow_module_level=True)
 
-# About 100 s for the three variants on one core: end-to-end scale.
+# About two minutes for the three variants on the project's 2-core machines: end-to-end scale.
 pytestmark = pytest.mark.slow
 
 ModelTesterMixin = upstream.modeling.ModelTesterMixin
@@ -400,14 +402,16 @@ class Expected:
     """A classified difference from the control.
 
     `kind` is "by design" or "project bug"; `match` must be found in the variant's failure text, so a different
-    failure of the same test is not excused; with `recheck`, the test is run again inside those context managers
-    (together) and must then end as for the control (the classification's cause, verified).
+    failure of the same test is not excused. The classification is then verified: inside the `recheck` context
+    managers (what removes a by-design cause, e.g. the strict loading) plus, for a bug, its proposed `fix`, the test
+    must end as for the control; and for a bug, under `recheck` alone it must still differ (else the bug is fixed).
     """
 
     kind: str
     reason: str
     match: str
     recheck: tuple = ()
+    fix: object = None
 
 
 STRICT_LOADING = (
@@ -448,13 +452,10 @@ OFF_EXPECTED: dict[str, Expected] = {
         (strict_loading_relaxed,),
     ),
     "test_can_init_all_missing_weights": Expected(
-        "project bug",
-        INIT_BUG,
-        "IncompleteCheckpointError",
-        (strict_loading_relaxed, proposed_init_fix),
+        "project bug", INIT_BUG, "IncompleteCheckpointError", (strict_loading_relaxed,), proposed_init_fix
     ),
     "test_reverse_loading_mapping": Expected(
-        "project bug", LAYOUT_BUG, "No key mapping was performed", (proposed_layout_fix,)
+        "project bug", LAYOUT_BUG, "No key mapping was performed", fix=proposed_layout_fix
     ),
 }
 
@@ -520,19 +521,36 @@ def check_variant(variant: str, name: str, table: dict[str, Expected]) -> None:
             f"{where}, but not as classified ({expected.kind}; looked for /{expected.match}/):\n{outcome.text}",
             pytrace=False,
         )
-    if expected.recheck:
-        with contextlib.ExitStack() as stack:
-            for context in expected.recheck:
-                stack.enter_context(context())
-            rechecked = run_upstream(VARIANTS[variant], name)
-        if rechecked.status != reference.status:
-            under = " + ".join(context.__name__ for context in expected.recheck)
+    if expected.fix is not None and expected.recheck:
+        # The bug must still be there: with only the by-design cause removed, the test still differs.
+        without_fix = run_under(expected.recheck, variant, name)
+        if without_fix.status == reference.status:
             pytest.fail(
-                f"{where}; the classification ({expected.kind}) is not confirmed: under {under} it ends "
+                f"{where}; classified as a project bug, but under {_names(expected.recheck)} alone it now ends as "
+                f"for the stock classes: the bug is fixed, reclassify the entry (by design) with no `fix`.",
+                pytrace=False,
+            )
+    contexts = (*expected.recheck, *((expected.fix,) if expected.fix is not None else ()))
+    if contexts:
+        rechecked = run_under(contexts, variant, name)
+        if rechecked.status != reference.status:
+            pytest.fail(
+                f"{where}; the classification ({expected.kind}) is not confirmed: under {_names(contexts)} it ends "
                 f"{rechecked.summary()}\n{rechecked.text}",
                 pytrace=False,
             )
     pytest.xfail(f"{expected.kind}: {expected.reason}")
+
+
+def _names(contexts) -> str:
+    return " + ".join(context.__name__ for context in contexts)
+
+
+def run_under(contexts, variant: str, name: str) -> Outcome:
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context())
+        return run_upstream(VARIANTS[variant], name)
 
 
 # ------------------------------------------------------------------------------------------------------ session
@@ -627,10 +645,27 @@ def test_stock_legacy_checkpoint_loads_into_project_classes(pair, tmp_path):
 
     for pruning in (PRUNING_OFF, pruning_on_config_kwargs()):
         project = project_class.from_pretrained(tmp_path, config=project_config(stock_config, **pruning))
+        assert (project.codebook is not None) == (pruning["pruning_strategy"] == "codebook")
         expected, loaded = stock.state_dict(), project.state_dict()
         assert loaded.keys() == expected.keys()
         for key, tensor in expected.items():
             torch.testing.assert_close(loaded[key], tensor, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_project_checkpoint_loads_into_stock_classes(pair, tmp_path):
+    """What the project's `save_pretrained` writes loads into the stock class, every weight used and equal."""
+    stock_class, project_class = PAIRS[pair]
+    set_seed(0)
+    stock_config = TinyLlavaNextTester(None).get_config()
+    project = project_class(project_config(stock_config, **PRUNING_OFF)).eval()
+    project.save_pretrained(tmp_path)
+    stock, info = stock_class.from_pretrained(tmp_path, config=stock_config, output_loading_info=True)
+    assert not any(info[what] for what in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    expected, loaded = project.state_dict(), stock.state_dict()
+    assert loaded.keys() == expected.keys()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(loaded[key], tensor, rtol=0, atol=0, msg=key)
 
 
 def test_stock_full_checkpoint_loads_into_project_base_model(tmp_path):
@@ -672,6 +707,7 @@ def test_proposed_layout_fix_gives_stock_layout_and_keeps_loading(pair, tmp_path
     with proposed_layout_fix():
         assert _layout_differences(pair, tmp_path / "layout") == (set(), set())
         test_stock_legacy_checkpoint_loads_into_project_classes(pair, tmp_path / "legacy")
+        test_project_checkpoint_loads_into_stock_classes(pair, tmp_path / "to_stock")
         if pair == "base_model":
             test_stock_full_checkpoint_loads_into_project_base_model(tmp_path / "full")
 
