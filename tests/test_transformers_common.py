@@ -94,7 +94,7 @@ try:
 except UpstreamTestsUnavailable as error:
     pytest.skip(f"transformers' own tests are not available here: {error}", allow_module_level=True)
 
-# About two minutes for the three variants on the project's 2-core machines: end-to-end scale.
+# About a minute for the three variants on an idle 2-core machine (two when it is shared): end-to-end scale.
 pytestmark = pytest.mark.slow
 
 ModelTesterMixin = upstream.modeling.ModelTesterMixin
