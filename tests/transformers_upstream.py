@@ -203,9 +203,15 @@ def import_upstream(version: str | None = None) -> types.SimpleNamespace:
             warnings.filterwarnings("ignore", message=r"Unknown pytest\.mark\.")
             modeling = importlib.import_module(f"{PACKAGE}.test_modeling_common")
             configuration = importlib.import_module(f"{PACKAGE}.test_configuration_common")
-    except Exception:
+    except Exception as error:
         for name in [*stand_ins, f"{PACKAGE}.test_modeling_common", f"{PACKAGE}.test_configuration_common"]:
             sys.modules.pop(name, None)
+        if isinstance(error, ModuleNotFoundError) and (error.name or "").startswith(PACKAGE + "."):
+            missing = error.name.removeprefix(PACKAGE + ".")
+            raise ImportError(
+                f"transformers {transformers.__version__}'s upstream tests import `tests/{missing.replace('.', '/')}"
+                ".py`, which its sdist does not ship: add a stand-in for it in tests/transformers_upstream.py."
+            ) from error
         raise
     package.test_modeling_common, package.test_configuration_common = modeling, configuration
     return types.SimpleNamespace(modeling=modeling, configuration=configuration)
