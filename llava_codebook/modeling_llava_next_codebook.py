@@ -31,6 +31,10 @@ from .pruning_core import (
 from .strategies import Segment
 
 register_stock_checkpoint_layout(LlavaNextCodebookConfig.model_type, "llava_next")
+# Stock also maps its base model by class name (`LlavaNextModel`: legacy `language_model.model.*` <->
+# `language_model.*`), alone and, scoped to `model.`, inside the generation model. Class names are looked up before
+# model types, so the base class needs that entry too, or a model built in code would save `language_model.*`.
+register_stock_checkpoint_layout("LlavaNextCodebookModel", "LlavaNextModel")
 
 
 @dataclass
@@ -61,7 +65,8 @@ class LlavaNextCodebookModel(PruningModelMixin, LlavaNextModel):
     pruning_modalities = ("image",)
     # Loaded from a full checkpoint (the usual case: `AutoModel` on a llava-hf repo), the base model has no use for
     # the language-model head; every other unused or missing weight still fails the load.
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+    # (`language_model.lm_head.*` in the llava-hf layout, `lm_head.*` in transformers' own.)
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
 
     def _tokens_per_crop(self, vision_feature_select_strategy: str | None) -> int:
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy

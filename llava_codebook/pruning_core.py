@@ -166,7 +166,8 @@ def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -
 
 # ---------------------------------------------------------------------------------------------------------- loading
 def register_stock_checkpoint_layout(model_type: str, stock_model_type: str) -> None:
-    """Load and save `model_type` checkpoints with the key layout of the stock `stock_model_type` class.
+    """Load and save `model_type` checkpoints with the key layout of the stock `stock_model_type` class (either may
+    also be a class name: transformers looks class names up first).
 
     Every llava-hf repo stores the legacy layout (`language_model.model.*`, `language_model.lm_head.weight`,
     `vision_tower.*`, ...), which the stock class renames on load (and back on save) through transformers'
@@ -256,6 +257,14 @@ def _with_stock_signature(cls, body):
 # ----------------------------------------------------------------------------------------------------------- mixins
 class PruningMixin:
     """Loading, saving, the codebook and the per-thread switches, shared by a family's base and generation model."""
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # The weights are initialised by the stock `_init_weights`, so transformers' shortcut for custom code (which
+        # treats every module without parameters of its own as initialised) must not apply: it skips CLIPAttention /
+        # CLIPMLP, whose init sets their projections, whenever a model is initialised from the meta device. The
+        # checkpoint key conversions stay exactly those the family registers.
+        return False
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

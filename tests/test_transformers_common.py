@@ -34,13 +34,9 @@ Classification (the tables `OFF_EXPECTED` / `ON_EXPECTED` below are the executab
 | test_base_model_prefix_loads_base_weights         | off, on | by design   | placeholder for every weight: strict    |
 | test_model_weights_reload_no_missing_tied_weights | off, on | by design   | loading refuses it                      |
 |                                                   |         |             | (recheck: refusal off -> as for stock)  |
-| test_can_init_all_missing_weights                 | off, on | project bug | refused by design; with the refusal     |
-|                                                   |         |             | off, meta-device init differs from the  |
-|                                                   |         |             | stock classes' (CLIP's attention/MLP    |
-|                                                   |         |             | projections get the generic init)       |
-| test_reverse_loading_mapping                      | off, on | project bug | no key mapping for the base model:      |
-|                                                   |         |             | saves `language_model.*`, not llava-hf's |
-|                                                   |         |             | `language_model.model.*`                |
+| test_can_init_all_missing_weights                 | off, on | by design   | every weight left to initialisation     |
+|                                                   |         |             | (strict loading refuses; recheck as     |
+|                                                   |         |             | above)                                  |
 | test_attention_outputs                            | on      | by design   | attentions over the compacted prompt:   |
 |                                                   |         |             | 21 positions, not 31                    |
 | test_hidden_states_output                         | on      | by design   | hidden states over the compacted prompt |
@@ -67,13 +63,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import (
-    AutoConfig,
     AutoModel,
     AutoModelForImageTextToText,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextModel,
-    conversion_mapping,
     set_seed,
 )
 from transformers.models.auto import modeling_auto
@@ -85,7 +79,7 @@ from llava_codebook import (
     LlavaNextCodebookModel,
     RedundancyCodebook,
 )
-from llava_codebook import modeling_llava_next_codebook as codebook_modeling
+from llava_codebook import pruning_core
 
 from transformers_upstream import GenerationTesterMixin, UpstreamTestsUnavailable, import_upstream
 
@@ -348,51 +342,7 @@ def control(name: str) -> Outcome:
 @contextlib.contextmanager
 def strict_loading_relaxed():
     """Loading as stock transformers does it: the project's refusal of incomplete checkpoints switched off."""
-    with mock.patch.object(codebook_modeling, "_refuse_incomplete_load", lambda *args, **kwargs: None):
-        yield
-
-
-BASE_MODEL_CLASS_MAPPING = "LlavaNextCodebookModel"
-
-
-@contextlib.contextmanager
-def proposed_layout_fix():
-    """The fix proposed for the base-model key layout (see `test_project_save_writes_stock_legacy_layout`).
-
-    Register stock `LlavaNextModel`'s class-name conversion for `LlavaNextCodebookModel` (as the project registers
-    `llava_next`'s for its model_type), and let the base model ignore the head of a full checkpoint under its legacy
-    name too. Undone on exit (unless the project registered the mapping itself, which this then leaves in place).
-    """
-    name = BASE_MODEL_CLASS_MAPPING
-    already = conversion_mapping.get_checkpoint_conversion_mapping(name) is not None
-    ignore = [*(LlavaNextCodebookModel._keys_to_ignore_on_load_unexpected or []), r"^language_model\.lm_head\."]
-    if not already:
-        conversion_mapping.register_checkpoint_conversion_mapping(
-            name, conversion_mapping.get_checkpoint_conversion_mapping("LlavaNextModel")
-        )
-    try:
-        with mock.patch.object(LlavaNextCodebookModel, "_keys_to_ignore_on_load_unexpected", ignore):
-            yield
-    finally:
-        if not already:
-            conversion_mapping._checkpoint_conversion_mapping_cache.pop(name, None)
-            conversion_mapping.USER_REGISTERED_MAPPINGS.discard(name)
-
-
-@contextlib.contextmanager
-def proposed_init_fix():
-    """The fix proposed for initialisation from the meta device (see `test_meta_device_initialisation_matches_init`).
-
-    The project's classes answer `is_custom_code() -> False`: their weights are initialised by stock `_init_weights`
-    (through `transformers.initialization`), so transformers' shortcut for custom code that writes parameters in place
-    must not apply. That shortcut marks every module without parameters of its own as initialised, so CLIPAttention
-    and CLIPMLP, whose `_init_weights` branch sets their projections, are skipped and the projections keep the generic
-    Linear init (std 0.02 instead of CLIP's scaled std).
-    """
-    with contextlib.ExitStack() as stack:
-        for model_class in (LlavaNextCodebookModel, LlavaNextCodebookForConditionalGeneration):
-            if model_class.is_custom_code():
-                stack.enter_context(mock.patch.object(model_class, "is_custom_code", classmethod(lambda cls: False)))
+    with mock.patch.object(pruning_core, "refuse_incomplete_load", lambda *args, **kwargs: None):
         yield
 
 
@@ -419,19 +369,6 @@ STRICT_LOADING = (
     "(IncompleteCheckpointError); this upstream test loads such a checkpoint on purpose ({what}). Rechecked: with "
     "the refusal switched off the test ends as for the stock classes."
 )
-LAYOUT_BUG = (
-    "LlavaNextCodebookModel gets no checkpoint key mapping (stock registers one for the class name LlavaNextModel; "
-    "the project registers only its model_type), so both project classes save the language model as "
-    "`language_model.*` instead of llava-hf's `language_model.model.*`, and the base model saves with no mapping at "
-    "all. Rechecked: passes with the proposed fix (see test_project_save_writes_stock_legacy_layout)."
-)
-INIT_BUG = (
-    "strict loading refuses from_pretrained(None, state_dict={}) (by design), but with the refusal off the test "
-    "still fails where the stock classes pass: initialised from the meta device, the vision tower's attention and "
-    "MLP projections get the generic Linear init, not CLIP's (transformers' custom-code init shortcut, see "
-    "test_meta_device_initialisation_matches_init). Rechecked: passes with the refusal off and the proposed fix."
-)
-
 OFF_EXPECTED: dict[str, Expected] = {
     "test_correct_missing_keys": Expected(
         "by design",
@@ -452,10 +389,10 @@ OFF_EXPECTED: dict[str, Expected] = {
         (strict_loading_relaxed,),
     ),
     "test_can_init_all_missing_weights": Expected(
-        "project bug", INIT_BUG, "IncompleteCheckpointError", (strict_loading_relaxed,), proposed_init_fix
-    ),
-    "test_reverse_loading_mapping": Expected(
-        "project bug", LAYOUT_BUG, "No key mapping was performed", fix=proposed_layout_fix
+        "by design",
+        STRICT_LOADING.format(what="from_pretrained(None, state_dict={}): every weight left to initialisation"),
+        "IncompleteCheckpointError",
+        (strict_loading_relaxed,),
     ),
 }
 
@@ -556,21 +493,25 @@ def run_under(contexts, variant: str, name: str) -> Outcome:
 # ------------------------------------------------------------------------------------------------------ session
 @pytest.fixture(scope="module", autouse=True)
 def registered_project_classes():
-    """Register the project's config/classes with the Auto classes and the auto mapping names, like a stock model.
+    """Register the project's classes in the auto mapping *names*, like a stock model.
 
-    Upstream decides labels and base-model handling by looking the class names up in these mappings. Everything
-    is undone when the module ends, so no other test module sees the registration.
+    Upstream decides labels and base-model handling by looking the class names up in these mappings. Importing
+    `llava_codebook` already registers the classes with the Auto classes themselves (checked here); the name entries
+    are undone when the module ends, so no other test module sees them.
     """
     model_type = LlavaNextCodebookConfig.model_type
-    AutoConfig.register(model_type, LlavaNextCodebookConfig)
-    AutoModel.register(LlavaNextCodebookConfig, LlavaNextCodebookModel)
-    AutoModelForImageTextToText.register(LlavaNextCodebookConfig, LlavaNextCodebookForConditionalGeneration)
+    assert CONFIG_MAPPING[model_type] is LlavaNextCodebookConfig
+    assert (
+        AutoModelForImageTextToText._model_mapping[LlavaNextCodebookConfig] is LlavaNextCodebookForConditionalGeneration
+    )
+    assert AutoModel._model_mapping[LlavaNextCodebookConfig] is LlavaNextCodebookModel
     names = [
         (modeling_auto.MODEL_MAPPING_NAMES, LlavaNextCodebookModel.__name__),
         (modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, LlavaNextCodebookForConditionalGeneration.__name__),
     ]
+    added = [mapping for mapping, _ in names if model_type not in mapping]
     for mapping, class_name in names:
-        mapping[model_type] = class_name
+        mapping.setdefault(model_type, class_name)
     directory = Path(tempfile.mkdtemp(prefix="llava-codebook-upstream-"))
     _SESSION["codebook_dir"] = _write_codebook(directory / "codebook")
     try:
@@ -578,11 +519,8 @@ def registered_project_classes():
     finally:
         _SESSION.clear()
         shutil.rmtree(directory, ignore_errors=True)
-        for mapping, _ in names:
+        for mapping in added:
             mapping.pop(model_type, None)
-        CONFIG_MAPPING._extra_content.pop(model_type, None)
-        for auto in (AutoModel, AutoModelForImageTextToText):
-            auto._model_mapping._extra_content.pop(LlavaNextCodebookConfig, None)
 
 
 # ------------------------------------------------------------------------------------------ the upstream tests
@@ -689,27 +627,11 @@ def _layout_differences(pair, tmp_path) -> tuple[set[str], set[str]]:
     return stock_keys - project_keys, project_keys - stock_keys
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="project bug: LlavaNextCodebookModel has no checkpoint key mapping (stock registers one for the class "
-    "name LlavaNextModel), so save_pretrained writes `language_model.*` instead of `language_model.model.*`",
-)
 @pytest.mark.parametrize("pair", PAIRS)
 def test_project_save_writes_stock_legacy_layout(pair, tmp_path):
     """The project's `save_pretrained` writes exactly the key set the stock class writes (llava-hf's layout)."""
     stock_only, project_only = _layout_differences(pair, tmp_path)
     assert not stock_only and not project_only, (sorted(stock_only)[:4], sorted(project_only)[:4])
-
-
-@pytest.mark.parametrize("pair", PAIRS)
-def test_proposed_layout_fix_gives_stock_layout_and_keeps_loading(pair, tmp_path):
-    """The fix proposed for the bug above: identical key sets, and every legacy load above still works."""
-    with proposed_layout_fix():
-        assert _layout_differences(pair, tmp_path / "layout") == (set(), set())
-        test_stock_legacy_checkpoint_loads_into_project_classes(pair, tmp_path / "legacy")
-        test_project_checkpoint_loads_into_stock_classes(pair, tmp_path / "to_stock")
-        if pair == "base_model":
-            test_stock_full_checkpoint_loads_into_project_base_model(tmp_path / "full")
 
 
 # ------------------------------------------------------------------------------- initialisation on meta device
@@ -741,31 +663,17 @@ def _meta_initialisation_differences(model_class) -> list[str]:
     return sorted(key for key, tensor in expected.items() if not torch.equal(tensor, initialised[key]))
 
 
-PROJECT_INIT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="project bug: initialised from the meta device, the project's classes get the vision tower's attention and "
-    "MLP projections with the generic Linear init (std 0.02), not CLIP's: transformers' init shortcut for custom code "
-    "skips modules without parameters of their own (CLIPAttention, CLIPMLP), whose _init_weights sets them",
-)
-
-
 @pytest.mark.parametrize(
     "name",
     [
         "LlavaNextModel",
         "LlavaNextForConditionalGeneration",
-        pytest.param("LlavaNextCodebookModel", marks=PROJECT_INIT_BUG),
-        pytest.param("LlavaNextCodebookForConditionalGeneration", marks=PROJECT_INIT_BUG),
+        "LlavaNextCodebookModel",
+        "LlavaNextCodebookForConditionalGeneration",
     ],
 )
 def test_meta_device_initialisation_matches_init(name):
     assert _meta_initialisation_differences(MODEL_CLASSES[name]) == []
-
-
-@pytest.mark.parametrize("name", ["LlavaNextCodebookModel", "LlavaNextCodebookForConditionalGeneration"])
-def test_proposed_init_fix_initialises_as_stock(name):
-    with proposed_init_fix():
-        assert _meta_initialisation_differences(MODEL_CLASSES[name]) == []
 
 
 # --------------------------------------------------------------------------------- inputs_embeds, pruning ON
