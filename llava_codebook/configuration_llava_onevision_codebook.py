@@ -17,7 +17,7 @@ class LlavaOnevisionCodebookConfig(PruningConfigMixin, LlavaOnevisionConfig):
     ```python
     >>> from llava_codebook import LlavaOnevisionCodebookConfig
 
-    >>> config = LlavaOnevisionCodebookConfig(codebook_repo="org/codebook-llava-onevision-qwen2-7b-ov", codebook_threshold=0.5)
+    >>> config = LlavaOnevisionCodebookConfig(codebook_repo="org/codebook-ov", codebook_threshold=0.5)
     >>> config.model_type
     'llava_onevision_codebook'
     ```"""
