@@ -21,6 +21,8 @@ from .pruning_core import (
 )
 
 register_stock_checkpoint_layout(LlavaCodebookConfig.model_type, "llava")
+# The stock base class's own key mapping, looked up by class name before the model type (see the LLaVA-NeXT family).
+register_stock_checkpoint_layout("LlavaCodebookModel", "LlavaModel")
 
 
 @dataclass
@@ -51,7 +53,7 @@ class LlavaCodebookModel(PruningModelMixin, LlavaModel):
     pruning_modalities = ("image",)
     # Loaded from a full checkpoint the base model has no use for the language-model head; every other unused or
     # missing weight still fails the load.
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
 
     def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
         pixel_values = call.get("pixel_values")

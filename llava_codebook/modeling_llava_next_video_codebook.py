@@ -26,6 +26,8 @@ from .pruning_core import (
 )
 
 register_stock_checkpoint_layout(LlavaNextVideoCodebookConfig.model_type, "llava_next_video")
+# The stock base class's own key mapping, looked up by class name before the model type (see the LLaVA-NeXT family).
+register_stock_checkpoint_layout("LlavaNextVideoCodebookModel", "LlavaNextVideoModel")
 
 
 @dataclass
@@ -54,7 +56,7 @@ class LlavaNextVideoCodebookModel(LlavaNextImageLayout, PruningModelMixin, Llava
     config: LlavaNextVideoCodebookConfig
     pruning_output_class = LlavaNextVideoCodebookModelOutputWithPast
     pruning_modalities = ("image", "video")
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
 
     def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
         if modality == "video":

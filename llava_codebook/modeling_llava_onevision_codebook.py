@@ -32,6 +32,8 @@ from .pruning_core import (
 )
 
 register_stock_checkpoint_layout(LlavaOnevisionCodebookConfig.model_type, "llava_onevision")
+# The stock base class's own key mapping, looked up by class name before the model type (see the LLaVA-NeXT family).
+register_stock_checkpoint_layout("LlavaOnevisionCodebookModel", "LlavaOnevisionModel")
 
 
 @dataclass
@@ -60,7 +62,7 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
     config: LlavaOnevisionCodebookConfig
     pruning_output_class = LlavaOnevisionCodebookModelOutputWithPast
     pruning_modalities = ("image", "video")
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
 
     def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
         if modality == "image":
