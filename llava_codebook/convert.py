@@ -1,17 +1,37 @@
-"""Turn a stock LLaVA-NeXT checkpoint plus a codebook into a pruning-enabled, `trust_remote_code` model repo."""
+"""Turn a stock checkpoint of a supported LLaVA family plus a codebook into a pruning-enabled, `trust_remote_code`
+model repo. The family is read from the checkpoint's `model_type` (`families.py`)."""
 
 import re
+import shutil
 from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
 
 from .codebook import CODEBOOK_FILENAME, resolve_codebook_file
+from .families import Family, family_for_model_type
 from .loading import load_pruned_model
-from .modeling_llava_next_codebook import SELF_REPO
 from .output_dir import check_output_dir, write_output_dir
 from .processing_llava_next_codebook import LlavaNextCodebookProcessor
+from .pruning_core import SELF_REPO
 
 EMBEDDED_CODEBOOK = f"codebook/{CODEBOOK_FILENAME}"
+# What a llava-hf repo's processor consists of: tokenizer, image (and video) processor configs, chat template. A
+# family that uses its stock processor gets these files copied unchanged, never re-serialised: the stock processor
+# then loads exactly what the base repo serves (and no video processor, which needs torchvision, is instantiated).
+PROCESSOR_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 def codebook_processor(processor) -> LlavaNextCodebookProcessor:
@@ -27,22 +47,52 @@ def codebook_processor(processor) -> LlavaNextCodebookProcessor:
     )
 
 
+def copy_processor_files(base: str, destination: Path, revision: str | None = None) -> list[str]:
+    """Copy the processor files of `base` (local directory, or Hub id resolved through the Hub cache) unchanged."""
+    source = (
+        Path(base)
+        if Path(base).is_dir()
+        else Path(snapshot_download(base, revision=revision, allow_patterns=list(PROCESSOR_FILES)))
+    )
+    copied = []
+    for name in PROCESSOR_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, destination / name)
+            copied.append(name)
+    if not any(name.startswith("tokenizer") for name in copied):
+        raise FileNotFoundError(f"{base!r} has no tokenizer files ({', '.join(PROCESSOR_FILES)}): is it a model repo?")
+    return copied
+
+
+def _video_example(family: Family) -> str:
+    if "video" not in family.modalities:
+        return ""
+    return """
+# Videos: a list of frames (PIL images or a [frames, height, width, 3] array) per video, pruned per video.
+video = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens in this video?"}]}]
+prompt = processor.apply_chat_template(video, add_generation_prompt=True)
+inputs = processor(videos=[frames], text=[prompt], return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=64, return_dict_in_generate=True)
+"""
+
+
 def model_card(config, base: str, repo_id: str | None, base_revision: str | None) -> ModelCard:
     repo = repo_id or "<this repo>"
+    family = family_for_model_type(config.model_type)
     data = ModelCardData(
         base_model=base if not Path(base).exists() else None,
         pipeline_tag="image-text-to-text",
         library_name="transformers",
-        tags=["llava-codebook", "llava_next", "visual-token-pruning", "custom_code"],
+        tags=["llava-codebook", family.stock_model_type, "visual-token-pruning", "custom_code"],
     )
     codebook = config.codebook_repo if config.codebook_repo != SELF_REPO else f"this repo ({config.codebook_filename})"
     body = f"""
 # {repo.split("/")[-1]}: {base} with redundancy-codebook token pruning
 
 The weights of [`{base}`]({"https://huggingface.co/" + base if not Path(base).exists() else base})
-{f"(revision `{base_revision}`) " if base_revision else ""}unchanged, with a vision path that drops redundant
-visual tokens before the language model sees them: each packed visual token (base view and every AnyRes tile)
-is compared with the prototypes of a redundancy codebook, and tokens too similar to one are pruned per image.
+{f"(revision `{base_revision}`) " if base_revision else ""}unchanged ({family.name}), with a vision path that drops
+redundant visual tokens before the language model sees them: {family.pruned_tokens} is compared with the
+prototypes of a redundancy codebook, and tokens too similar to one are pruned per {" and per ".join(family.modalities)}.
 
 ## Quick start
 
@@ -52,11 +102,13 @@ from PIL import Image
 
 model = AutoModelForImageTextToText.from_pretrained("{repo}", trust_remote_code=True, dtype="auto")
 processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)
-inputs = processor(images=[Image.open("photo.jpg")], text=["<image>\\nWhat is shown here?"], return_tensors="pt")
+image = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is shown here?"}}]}}]
+prompt = processor.apply_chat_template(image, add_generation_prompt=True)
+inputs = processor(images=[Image.open("photo.jpg")], text=[prompt], return_tensors="pt")
 out = model.generate(**inputs, max_new_tokens=64, return_dict_in_generate=True)
 print(processor.batch_decode(out.sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 print(out.visual_token_selection.num_kept, "of", out.visual_token_selection.num_total, "visual tokens kept")
-
+{_video_example(family)}
 model.generate(**inputs, codebook_threshold=0.2)   # per-call override
 with model.pruning_disabled():                      # exact stock behaviour
     model.generate(**inputs)
@@ -107,6 +159,10 @@ def convert_checkpoint(
 ) -> Path:
     """Write a pruning-enabled repo to `out` (and push it when `push_to` is given); returns `out`.
 
+    `base` is a stock checkpoint of a supported family (LLaVA 1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video),
+    read from its `model_type`. The repo ships that family's remote-code files only, and its processor: LLaVA-NeXT's
+    pruning-aware one, or for the other families the base checkpoint's own processor files, copied unchanged.
+
     `out` must be new or empty unless `overwrite` (then its whole contents are replaced), and never the base
     checkpoint or the codebook (nor inside or around them). The repo is written beside `out` and renamed into place
     when complete, so an interrupted run changes nothing.
@@ -129,7 +185,10 @@ def convert_checkpoint(
         "codebook_filename": codebook_filename,
     }
     model = load_pruned_model(base, revision=base_revision, dtype="auto", **reference, **pruning)
-    processor = codebook_processor(AutoProcessor.from_pretrained(base, revision=base_revision))
+    family = family_for_model_type(model.config.model_type)
+    processor = None
+    if not family.ships_stock_processor:
+        processor = codebook_processor(AutoProcessor.from_pretrained(base, revision=base_revision))
     if local_codebook:
         model.config.codebook_repo, model.config.codebook_filename = SELF_REPO, EMBEDDED_CODEBOOK
         model.config.codebook_revision = None
@@ -141,7 +200,10 @@ def convert_checkpoint(
         if local_codebook:
             model.codebook.save_pretrained(staging / "codebook")
         model.save_pretrained(staging)
-        processor.save_pretrained(staging)
+        if processor is not None:
+            processor.save_pretrained(staging)
+        else:
+            copy_processor_files(base, staging, base_revision)
         model_card(model.config, base, push_to, base_revision).save(staging / "README.md")
     if push_to:
         api = HfApi()

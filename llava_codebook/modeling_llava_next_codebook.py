@@ -58,15 +58,10 @@ class LlavaNextCodebookCausalLMOutputWithPast(LlavaNextCausalLMOutputWithPast):
     visual_token_selection: VisualTokenSelection | None = None
 
 
-class LlavaNextCodebookModel(PruningModelMixin, LlavaNextModel):
-    config_class = LlavaNextCodebookConfig
-    config: LlavaNextCodebookConfig
-    pruning_output_class = LlavaNextCodebookModelOutputWithPast
-    pruning_modalities = ("image",)
-    # Loaded from a full checkpoint (the usual case: `AutoModel` on a llava-hf repo), the base model has no use for
-    # the language-model head; every other unused or missing weight still fails the load.
-    # (`language_model.lm_head.*` in the llava-hf layout, `lm_head.*` in transformers' own.)
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
+class LlavaNextImageLayout:
+    """LLaVA-NeXT's AnyRes image layout, for a base model whose stock class has LLaVA-NeXT's `get_image_features` and
+    `pack_image_features` (LLaVA-NeXT, and LLaVA-NeXT-Video, whose images are LLaVA-NeXT's): the `"image"` modality's
+    encoding, its newline masks and crop ids, and the image helpers built on them."""
 
     def _tokens_per_crop(self, vision_feature_select_strategy: str | None) -> int:
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
@@ -190,6 +185,17 @@ class LlavaNextCodebookModel(PruningModelMixin, LlavaNextModel):
         return call, selection
 
 
+class LlavaNextCodebookModel(LlavaNextImageLayout, PruningModelMixin, LlavaNextModel):
+    config_class = LlavaNextCodebookConfig
+    config: LlavaNextCodebookConfig
+    pruning_output_class = LlavaNextCodebookModelOutputWithPast
+    pruning_modalities = ("image",)
+    # Loaded from a full checkpoint (the usual case: `AutoModel` on a llava-hf repo), the base model has no use for
+    # the language-model head; every other unused or missing weight still fails the load.
+    # (`language_model.lm_head.*` in the llava-hf layout, `lm_head.*` in transformers' own.)
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
+
+
 class LlavaNextCodebookForConditionalGeneration(
     PruningForConditionalGenerationMixin, LlavaNextForConditionalGeneration
 ):
@@ -207,6 +213,7 @@ __all__ = [
     "IncompleteCheckpointError",
     "LlavaNextCodebookForConditionalGeneration",
     "LlavaNextCodebookModel",
+    "LlavaNextImageLayout",
     "PruningSettings",
     "SELF_REPO",
     "VisualTokenSelection",

@@ -120,8 +120,8 @@ PRUNING_FIELDS_DOC = r"""
         Lower bound on the visual tokens kept per image (the lowest-scoring ones fill up to it), so that no image
         can vanish from the prompt. 0 disables the guard.
     always_keep_newline (`bool`, *optional*, defaults to `True`):
-        Keep the `image_newline` tokens that end each row of the AnyRes tile grid; they are not counted as visual
-        tokens by the budget and the minimum.
+        Keep the `image_newline` tokens that end each row of the AnyRes tile grid (and a LLaVA-OneVision video); they
+        are not counted as visual tokens by the budget and the minimum.
     position_mode (`str`, *optional*, defaults to `"contiguous"`):
         `"contiguous"`: kept tokens get consecutive position ids, as if the prompt had been written without the
         dropped tokens. `"original"`: every token keeps the position id it had in the full prompt.

@@ -13,9 +13,11 @@ What lives here, once for every family:
   position ids and labels), the batch is re-padded on the left, and the encoded, pruned visual features are handed
   to the stock `forward` / `generate` as `mm_encoder_outputs`, so everything downstream sees one shorter prompt.
 
-What a family states (see `modeling_llava_next_codebook.py`): which modalities it prunes, how one modality is encoded
-into per-segment packed features with their row-newline masks (`encode_for_pruning`), its output classes, and the
-wiring of its two classes. Nothing here knows a family's layout.
+What a family states (see `modeling_llava_next_codebook.py`): which modalities it prunes (`"image"`, `"video"`), how one
+modality is encoded into per-segment packed features with their row-newline masks (`encode_for_pruning`; a segment is
+one image or one video), its output classes, and the wiring of its two classes. A family whose stock `forward` reads a
+modality's features from a container other than the per-segment list the core hands over says so in
+`stock_encoder_outputs`. Nothing here knows a family's layout.
 """
 
 import contextlib
@@ -69,15 +71,16 @@ class PruningSettings:
 @dataclass
 class VisualTokenSelection(ModelOutput):
     r"""
-    Which packed visual tokens of each visual segment (an image; later a video) reached the language model.
+    Which packed visual tokens of each visual segment (an image, or a video) reached the language model.
 
     num_kept (`torch.LongTensor` of shape `(num_segments,)`):
         Tokens kept per segment, row newlines included (what the language model receives).
     num_total (`torch.LongTensor` of shape `(num_segments,)`):
         Tokens the stock model would have given the language model for each segment.
     kept_indices (`list[torch.LongTensor]`):
-        Per segment, ascending indices of the kept tokens in the stock packed order (for LLaVA-NeXT: base crop, then
-        the unpadded tile grid row by row, each row followed by its newline token).
+        Per segment, ascending indices of the kept tokens in the stock packed order (for a LLaVA-NeXT image: base crop,
+        then the unpadded tile grid row by row, each row followed by its newline token; for a video: its pooled frames
+        in order, then the trailing newline where the family has one).
     scores (`list[torch.FloatTensor]`, *optional*):
         Per segment, the per-token score the strategy ranked by (codebook: the redundancy `max_k cos(z_i, C_k)`).
     newline_mask (`list[torch.BoolTensor]`):
@@ -387,6 +390,15 @@ class PruningModelMixin(PruningMixin):
         """Encode `modality`'s inputs of `call` (popping them), or return `None` when the call has none."""
         raise NotImplementedError
 
+    def stock_encoder_outputs(self, mm_encoder_outputs: dict) -> dict:
+        """`mm_encoder_outputs` in the container the stock `forward` reads, called before every stock forward.
+
+        The core hands each modality's kept features over as a per-segment list in `pooler_output` (which is also
+        what `generate` expands for beam search). A family whose stock forward reads one modality from another
+        container (a batched tensor) returns a converted copy here; the default passes the dict through.
+        """
+        return mm_encoder_outputs
+
     # ------------------------------------------------------------------ codebook
     def _load_codebook(
         self, codebook: RedundancyCodebook | str | None = None, revision: str | None = None, **hub_kwargs
@@ -545,6 +557,8 @@ class PruningModelMixin(PruningMixin):
         per-call overrides; the output's `visual_token_selection` reports what was kept.
         """
         selection = self.prune_call(call, pruning, _pad_token_id(self.config))
+        if call.get("mm_encoder_outputs"):
+            call["mm_encoder_outputs"] = self.stock_encoder_outputs(call["mm_encoder_outputs"])
         outputs = super(PruningModelMixin, self).forward(**call)
         if isinstance(outputs, tuple):
             return outputs

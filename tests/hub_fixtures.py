@@ -91,7 +91,7 @@ class FamilySpec:
     vocab_size: int  # text_config.vocab_size: rows of the embedding and lm_head tables
     tokenizer_length: int  # len(tokenizer): base vocabulary plus the tokens the conversion added
     image_token_id: int
-    bos_token: tuple[str, int]
+    bos_token: tuple[str, int] | None  # None: the tokenizer has no BOS token (Qwen2)
     eos_token: tuple[str, int]
     pad_token: tuple[str, int]
     unk_token: tuple[str, int] | None
@@ -116,14 +116,27 @@ class FamilySpec:
     image_seq_length: int = (REAL_CROP // PATCH_SIZE) ** 2
     num_additional_image_tokens: int = 1
     tie_word_embeddings: bool = False
+    # The stock class the checkpoint is written by (config.json "model_type"), and what differs between families.
+    architecture: str = "llava_next"
+    video_token: tuple[str, int] | None = None
+    vision_model_type: str = "clip"  # "siglip" for LLaVA-OneVision
+    real_crop: int = REAL_CROP
+    fixture_crop: int = FIXTURE_CROP
+    image_mean: tuple = CLIP_MEAN
+    image_std: tuple = CLIP_STD
+    rope_scaling: dict | None = None  # extra rope parameters (LLaVA-NeXT-Video: linear, factor 2.5)
+    sliding_window_enabled: bool | None = None  # Qwen2's use_sliding_window
 
     @property
     def fixture_pinpoints(self) -> list[list[int]]:
-        return [[height // SHRINK, width // SHRINK] for height, width in self.image_grid_pinpoints]
+        return [
+            [height * self.fixture_crop // self.real_crop, width * self.fixture_crop // self.real_crop]
+            for height, width in self.image_grid_pinpoints
+        ]
 
     @property
     def fixture_image_seq_length(self) -> int:
-        return (FIXTURE_CROP // PATCH_SIZE) ** 2
+        return (self.fixture_crop // PATCH_SIZE) ** 2
 
 
 def _sentencepiece_byte_tokens() -> dict:
@@ -341,6 +354,161 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
 }
 
+# LLaVA-OneVision's AnyRes grid: every (rows, columns) of 1..6 crops of 384 px (config.json and
+# preprocessor_config.json `image_grid_pinpoints` of llava-hf/llava-onevision-qwen2-7b-ov-hf, 36 entries; the image
+# processor's default too).
+ONEVISION_PINPOINTS = tuple((384 * rows, 384 * cols) for rows in range(1, 7) for cols in range(1, 7))
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # preprocessor_config.json image_mean / image_std (SigLIP)
+
+# The Vicuna chat template llava-hf ships with its Vicuna-based checkpoints, with a video entry for NeXT-Video.
+_VICUNA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{VIDEOS}{# Render all text next #}{% if message['role'] != "
+    "'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ "
+    "content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif "
+    "%}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+_VICUNA_VIDEOS = (
+    "{# Render all video then #}{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>\n' }}{% endfor %}"
+)
+
+# Checkpoints of the other three families. Same conventions as FAMILIES (real ids, layout, template; sizes shrunk),
+# kept apart because much of the suite runs over the four LLaVA-NeXT checkpoints above.
+OTHER_FAMILIES: dict[str, FamilySpec] = {
+    "llava-1.5-7b": FamilySpec(
+        hub_repo_id="llava-hf/llava-1.5-7b-hf",
+        architecture="llava",  # config.json model_type "llava", LlavaForConditionalGeneration
+        # config.json text_config: LlamaForCausalLM, _name_or_path lmsys/vicuna-7b-v1.5, vocab_size 32064 (32000 +
+        # <image> + <pad>, padded to 64 by convert_llava_weights_to_hf.py).
+        text_model_type="llama",
+        text_base_model="lmsys/vicuna-7b-v1.5",
+        vocab_size=32064,
+        tokenizer_length=32002,  # added_tokens.json {"<image>": 32000, "<pad>": 32001}
+        image_token_id=32000,  # config.json image_token_index
+        bos_token=("<s>", 1),
+        eos_token=("</s>", 2),
+        pad_token=("<pad>", 32001),  # config.json pad_token_id 32001; special_tokens_map.json pad "<pad>"
+        unk_token=("<unk>", 0),
+        chat_special_tokens={},
+        chat_tokens_are_special=True,
+        fixed_tokens=_sentencepiece_byte_tokens(),
+        add_bos_token=True,
+        padding_side="left",  # tokenizer_config.json "padding_side": "left" (llava-hf switched its 1.5 repos)
+        # chat_template.json of llava-hf/llava-1.5-7b-hf: the Vicuna template of llava-v1.6-vicuna-7b-hf.
+        chat_template=_VICUNA_TEMPLATE.replace("{VIDEOS}", ""),
+        expected_prompt=f"USER: <image>\n{QUESTION} ASSISTANT:",  # model card prompt format
+        # vicuna-7b-v1.5: 32 heads, 32 key/value heads, rope theta 10000, 4096 positions, rms_norm_eps 1e-05.
+        attention_heads_per_kv_head=1,
+        rope_theta=10_000.0,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        text_config_pad_token_id=None,
+        # UNCONFIRMED: generation_config.json read as bos 1, eos 2, pad 32001 (the config's pad_token_id).
+        generation_ids={"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 32001},
+        checkpoint_dtype="float16",  # config.json "torch_dtype": "float16"
+        image_grid_pinpoints=(),  # one 336 px view, no AnyRes
+    ),
+    "llava-onevision-qwen2-7b-ov": FamilySpec(
+        hub_repo_id="llava-hf/llava-onevision-qwen2-7b-ov-hf",
+        architecture="llava_onevision",
+        # config.json text_config: Qwen2ForCausalLM, _name_or_path Qwen/Qwen2-7B-Instruct; vocab_size 152128
+        # (convert_llava_onevision_weights_to_hf.py: Qwen2-7B's 152064 + <image> + <video>, padded to 64).
+        text_model_type="qwen2",
+        text_base_model="Qwen/Qwen2-7B-Instruct",
+        vocab_size=152128,
+        # Qwen2's 151643 entries + <|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645, then the
+        # conversion's <image> 151646 and <video> 151647 (config.json image_token_index / video_token_index).
+        tokenizer_length=151648,
+        image_token_id=151646,
+        video_token=("<video>", 151647),
+        bos_token=None,  # Qwen2 has no BOS token (tokenizer_config.json bos_token null)
+        eos_token=("<|im_end|>", 151645),
+        pad_token=("<|endoftext|>", 151643),
+        unk_token=None,
+        chat_special_tokens={"<|im_start|>": 151644},
+        chat_tokens_are_special=True,
+        fixed_tokens={},
+        add_bos_token=False,
+        # UNCONFIRMED: the repo's tokenizer_config.json could not be read here; llava-hf's processors pad left
+        # for batched generation, as the model docs advise.
+        padding_side="left",
+        # chat_template.json of the llava-hf OneVision repos (as transformers' processor tests copy it).
+        chat_template=(
+            "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}"
+            "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}"
+            "{% endfor %}{# Render all video then #}{% for content in message['content'] | selectattr('type', "
+            "'equalto', 'video') %}{{ '<video>' }}{% endfor %}{# Render all text next #}{% if message['role'] != "
+            "'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+            "{{ '\n' + content['text'] }}{% endfor %}{% else %}{% for content in message['content'] | "
+            "selectattr('type', 'equalto', 'text') %}{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}"
+            "{% endfor %}{% endif %}{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}"
+            "{{ '<|im_start|>assistant\n' }}{% endif %}"
+        ),
+        expected_prompt=f"<|im_start|>user <image>\n{QUESTION}<|im_end|><|im_start|>assistant\n",
+        # Qwen2-7B-Instruct config.json: 28 heads, 4 key/value heads, rope_theta 1e6, 32768 positions,
+        # rms_norm_eps 1e-06, sliding_window 131072 with use_sliding_window false.
+        attention_heads_per_kv_head=7,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        sliding_window=131072,
+        sliding_window_enabled=False,
+        text_config_pad_token_id=None,
+        # UNCONFIRMED: generation_config.json read as bos 151643, eos 151645, pad 151643.
+        generation_ids={"bos_token_id": 151643, "eos_token_id": 151645, "pad_token_id": 151643},
+        checkpoint_dtype="float16",  # config.json "torch_dtype": "float16"
+        image_grid_pinpoints=ONEVISION_PINPOINTS,
+        # SigLIP so400m-patch14-384 without its head: config.json vision_feature_layer -1, strategy "full" (SigLIP
+        # has no CLS token); 384 px crops of 27 x 27 patches.
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_model_type="siglip",
+        real_crop=384,
+        # 70 px = 5 x 5 patches: an odd side like the real 27, so the 2 x 2 video pooling rounds up (27 -> 14).
+        fixture_crop=70,
+        image_mean=SIGLIP_MEAN,
+        image_std=SIGLIP_STD,
+        num_additional_image_tokens=0,
+    ),
+    "llava-next-video-7b": FamilySpec(
+        hub_repo_id="llava-hf/LLaVA-NeXT-Video-7B-hf",
+        architecture="llava_next_video",
+        # config.json (as transformers 4.57 loads it): text_config LlamaForCausalLM, lmsys/vicuna-7b-v1.5,
+        # vocab_size 32064, pad_token_id 0, rope_scaling linear factor 2.5; image_token_index 32001,
+        # video_token_index 32000; spatial_pool_mode "average", spatial_pool_stride 2; dtype bfloat16.
+        text_model_type="llama",
+        text_base_model="lmsys/vicuna-7b-v1.5",
+        vocab_size=32064,
+        tokenizer_length=32002,  # <video> 32000, <image> 32001 on top of Vicuna's 32000
+        image_token_id=32001,
+        video_token=("<video>", 32000),
+        bos_token=("<s>", 1),
+        eos_token=("</s>", 2),
+        pad_token=("<unk>", 0),
+        unk_token=("<unk>", 0),
+        chat_special_tokens={},
+        chat_tokens_are_special=True,
+        fixed_tokens=_sentencepiece_byte_tokens(),
+        add_bos_token=True,
+        padding_side="left",  # UNCONFIRMED, as for vicuna-7b above
+        # chat_template.json: the Vicuna template with videos rendered after the images.
+        chat_template=_VICUNA_TEMPLATE.replace("{VIDEOS}", _VICUNA_VIDEOS),
+        expected_prompt=f"USER: <image>\n{QUESTION} ASSISTANT:",
+        attention_heads_per_kv_head=1,
+        rope_theta=10_000.0,
+        rope_scaling={"rope_type": "linear", "factor": 2.5},
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        text_config_pad_token_id=0,
+        generation_ids={"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
+        checkpoint_dtype="bfloat16",
+    ),
+}
+ALL_FAMILIES: dict[str, FamilySpec] = {**FAMILIES, **OTHER_FAMILIES}
+
 TEXT_HEAD_DIM = 8
 TEXT_LAYERS = 2
 VISION_HIDDEN = 32
@@ -387,19 +555,21 @@ def _rename_saved_keys_to_hub_layout(directory: Path) -> None:
 
 def _spec(family: str) -> FamilySpec:
     try:
-        return FAMILIES[family]
+        return ALL_FAMILIES[family]
     except KeyError:
-        raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILIES)}") from None
+        raise ValueError(f"unknown family {family!r}; expected one of {sorted(ALL_FAMILIES)}") from None
 
 
 def _vocabulary(spec: FamilySpec) -> dict:
     """token -> id for all `spec.tokenizer_length` ids: real special tokens, words, then placeholders in the gaps."""
     fixed = dict(spec.fixed_tokens)
-    for token, token_id in (spec.bos_token, spec.eos_token, spec.pad_token, spec.unk_token or ("", -1)):
+    for token, token_id in (spec.bos_token or ("", -1), spec.eos_token, spec.pad_token, spec.unk_token or ("", -1)):
         if token_id >= 0:
             fixed[token] = token_id
     fixed.update(spec.chat_special_tokens)
     fixed["<image>"] = spec.image_token_id
+    if spec.video_token is not None:
+        fixed[spec.video_token[0]] = spec.video_token[1]
     taken = set(fixed.values())
     if len(taken) != len(fixed):
         raise ValueError(f"{spec.hub_repo_id}: two fixed tokens share an id")
@@ -434,18 +604,19 @@ def build_stock_tokenizer(family: str):
         backend.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
         )
-    special = {
-        "bos_token": spec.bos_token[0],
-        "eos_token": spec.eos_token[0],
-        "pad_token": spec.pad_token[0],
-    }
+    special = {"eos_token": spec.eos_token[0], "pad_token": spec.pad_token[0]}
+    if spec.bos_token is not None:
+        special["bos_token"] = spec.bos_token[0]
     if spec.unk_token is not None:
         special["unk_token"] = spec.unk_token[0]
+    extra_special = {"image_token": "<image>"}
+    if spec.video_token is not None:
+        extra_special["video_token"] = spec.video_token[0]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         **special,
-        # `image_token` is how LlavaNextProcessor finds "<image>" and its id on the tokenizer.
-        extra_special_tokens={"image_token": "<image>"},
+        # `image_token` (`video_token`) is how the processors find "<image>" ("<video>") and its id on the tokenizer.
+        extra_special_tokens=extra_special,
         padding_side=spec.padding_side,
         clean_up_tokenization_spaces=False,
     )
@@ -461,23 +632,112 @@ def build_stock_tokenizer(family: str):
     return tokenizer
 
 
+def _expose_video_processor_base() -> type:
+    """transformers' video-processor base class, exposed where processors look it up.
+
+    Every stock video processor needs torchvision, which does not import beside torch 2.13 CPU here, and without it
+    transformers does not export `VideoProcessorMixin`, so no processor with a video processor (OneVision,
+    NeXT-Video) can even be constructed. The class itself needs no torchvision: exposing it lets the stock processor
+    run with `PilVideoProcessor` below. Only the tests do this; the product never constructs a video processor.
+    """
+    import transformers
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    if not hasattr(transformers, "VideoProcessorMixin"):
+        transformers.VideoProcessorMixin = VideoProcessorMixin
+    return VideoProcessorMixin
+
+
+def pil_video_processor(size: int, mean, std):
+    """A stand-in for the stock video processors (torchvision-only): every frame resized to `size` x `size` with
+    PIL (bicubic), rescaled to [0, 1] and normalised, as `LlavaOnevisionVideoProcessor` (resize to 384 x 384) and
+    `LlavaNextVideoVideoProcessor` (a square 336 px crop of square frames) do."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers.feature_extraction_utils import BatchFeature
+
+    base = _expose_video_processor_base()
+
+    class PilVideoProcessor(base):
+        model_input_names = ["pixel_values_videos"]
+
+        def preprocess(self, videos, return_tensors=None, **kwargs):
+            videos = [videos] if isinstance(videos, np.ndarray) and videos.ndim == 4 else list(videos)
+            out = []
+            for frames in videos:
+                pixels = []
+                for frame in frames:
+                    image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame))
+                    array = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
+                    pixels.append(((array / 255.0 - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1))
+                out.append(np.stack(pixels))
+            return BatchFeature({"pixel_values_videos": torch.tensor(np.stack(out))}, tensor_type=return_tensors)
+
+    return PilVideoProcessor()
+
+
 def build_stock_processor(family: str):
-    """The stock `LlavaNextProcessor` with a PIL image processor, configured as the family's Hub processor."""
-    from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
+    """The family's stock processor (`LlavaNextProcessor`, `LlavaProcessor`, `LlavaOnevisionProcessor`,
+    `LlavaNextVideoProcessor`) with a PIL image processor, configured as the family's Hub processor. Video families
+    get `pil_video_processor` as their video processor."""
+    import transformers
 
     spec = _spec(family)
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": FIXTURE_CROP},
-        crop_size={"height": FIXTURE_CROP, "width": FIXTURE_CROP},
+    crop = spec.fixture_crop
+    tokenizer = build_stock_tokenizer(family)
+    mean, std = list(spec.image_mean), list(spec.image_std)
+    if spec.architecture == "llava":
+        # preprocessor_config.json: CLIPImageProcessor, shortest edge 336, centre crop 336, bicubic, CLIP mean/std.
+        image_processor = transformers.CLIPImageProcessorPil(
+            size={"shortest_edge": crop},
+            crop_size={"height": crop, "width": crop},
+            do_center_crop=True,
+            image_mean=mean,
+            image_std=std,
+            resample=3,
+        )
+        return transformers.LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=PATCH_SIZE,
+            vision_feature_select_strategy=spec.vision_feature_select_strategy,
+            num_additional_image_tokens=spec.num_additional_image_tokens,
+            image_token="<image>",
+            chat_template=spec.chat_template,
+        )
+    if spec.architecture == "llava_onevision":
+        # preprocessor_config.json: 384 x 384 crops, bicubic, SigLIP mean/std, padding, the 36 pinpoints;
+        # processor_config.json: num_image_tokens 729, vision_aspect_ratio "anyres_max_9".
+        image_processor = transformers.LlavaOnevisionImageProcessorPil(
+            size={"height": crop, "width": crop},
+            image_grid_pinpoints=spec.fixture_pinpoints,
+            image_mean=mean,
+            image_std=std,
+            resample=3,
+            do_pad=True,
+        )
+        return transformers.LlavaOnevisionProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=pil_video_processor(crop, mean, std),
+            num_image_tokens=spec.fixture_image_seq_length,
+            vision_feature_select_strategy=spec.vision_feature_select_strategy,
+            vision_aspect_ratio="anyres_max_9",
+            chat_template=spec.chat_template,
+        )
+    image_processor = transformers.LlavaNextImageProcessorPil(
+        size={"shortest_edge": crop},
+        crop_size={"height": crop, "width": crop},
         image_grid_pinpoints=spec.fixture_pinpoints,
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
+        image_mean=mean,
+        image_std=std,
         resample=3,  # preprocessor_config.json "resample": 3 (bicubic)
         do_pad=True,
     )
-    return LlavaNextProcessor(
+    common = dict(
         image_processor=image_processor,
-        tokenizer=build_stock_tokenizer(family),
+        tokenizer=tokenizer,
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
         # processor_config.json: the CLS token CLIP adds, dropped again by the "default" strategy
@@ -485,71 +745,133 @@ def build_stock_processor(family: str):
         image_token="<image>",
         chat_template=spec.chat_template,
     )
+    if spec.architecture == "llava_next_video":
+        return transformers.LlavaNextVideoProcessor(
+            video_processor=pil_video_processor(crop, mean, std), video_token="<video>", **common
+        )
+    return transformers.LlavaNextProcessor(**common)
 
 
-def stock_config(family: str):
-    """A stock `LlavaNextConfig` with the family's real structure and shrunk sizes."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, MistralConfig
+def stock_config(family: str, text_hidden_size: int | None = None, vocab_size: int | None = None):
+    """The family's stock config (`LlavaNextConfig`, `LlavaConfig`, ...) with its real structure and shrunk sizes.
+
+    `text_hidden_size` replaces the shrunk text width (for codebooks, whose dimension is the real one) with one text
+    layer and `vocab_size` the embedding table's row count; both only where a test needs them.
+    """
+    import transformers
 
     spec = _spec(family)
     ratio = spec.attention_heads_per_kv_head
     # Keep the real GQA ratio (MHA stays MHA) with as few heads as that allows.
     heads, kv_heads = (4, 4) if ratio == 1 else (ratio, 1)
+    rope = {"rope_type": "default", "rope_theta": spec.rope_theta, **(spec.rope_scaling or {})}
     text_kwargs = {
-        "vocab_size": spec.vocab_size,
-        "hidden_size": heads * TEXT_HEAD_DIM,
+        "vocab_size": vocab_size or spec.vocab_size,
+        "hidden_size": text_hidden_size or heads * TEXT_HEAD_DIM,
         "intermediate_size": 2 * heads * TEXT_HEAD_DIM,
-        "num_hidden_layers": TEXT_LAYERS,
+        "num_hidden_layers": 1 if text_hidden_size else TEXT_LAYERS,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
         "max_position_embeddings": spec.max_position_embeddings,
         "rms_norm_eps": spec.rms_norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta},
-        "bos_token_id": spec.bos_token[1],
+        "rope_parameters": rope,
+        "bos_token_id": spec.bos_token[1] if spec.bos_token else None,
         "eos_token_id": spec.eos_token[1],
         "pad_token_id": spec.text_config_pad_token_id,
         "tie_word_embeddings": False,
     }
     if spec.text_model_type == "mistral":
-        text_config = MistralConfig(sliding_window=spec.sliding_window, **text_kwargs)
+        text_config = transformers.MistralConfig(sliding_window=spec.sliding_window, **text_kwargs)
+    elif spec.text_model_type == "qwen2":
+        text_config = transformers.Qwen2Config(
+            sliding_window=spec.sliding_window, use_sliding_window=spec.sliding_window_enabled, **text_kwargs
+        )
     else:
-        text_config = LlamaConfig(**text_kwargs)
-    vision_config = CLIPVisionConfig(
+        text_config = transformers.LlamaConfig(**text_kwargs)
+    vision_kwargs = dict(
         hidden_size=VISION_HIDDEN,
         intermediate_size=2 * VISION_HIDDEN,
         num_hidden_layers=VISION_LAYERS,
         num_attention_heads=2,
-        image_size=FIXTURE_CROP,
+        image_size=spec.fixture_crop,
         patch_size=PATCH_SIZE,
-        projection_dim=VISION_HIDDEN,
-        hidden_act="quick_gelu",  # CLIP ViT-L/14-336's activation
-        layer_norm_eps=1e-5,
     )
-    return LlavaNextConfig(
+    if spec.vision_model_type == "siglip":
+        # SigLIP so400m's activation and norm epsilon; no pooling head (config.json vision_use_head false).
+        vision_config = transformers.SiglipVisionConfig(
+            hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False, **vision_kwargs
+        )
+    else:
+        vision_config = transformers.CLIPVisionConfig(
+            projection_dim=VISION_HIDDEN, hidden_act="quick_gelu", layer_norm_eps=1e-5, **vision_kwargs
+        )
+    common = dict(
         text_config=text_config,
         vision_config=vision_config,
         image_token_index=spec.image_token_id,
-        image_grid_pinpoints=spec.fixture_pinpoints,
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
-        image_seq_length=spec.fixture_image_seq_length,
         projector_hidden_act="gelu",  # config.json projector_hidden_act
         multimodal_projector_bias=True,
         tie_word_embeddings=spec.tie_word_embeddings,
     )
+    if spec.architecture == "llava":
+        # config.json pad_token_id 32001 (top level) and image_seq_length 576.
+        return transformers.LlavaConfig(
+            image_seq_length=spec.fixture_image_seq_length, pad_token_id=spec.pad_token[1], **common
+        )
+    if spec.architecture == "llava_onevision":
+        return transformers.LlavaOnevisionConfig(
+            video_token_index=spec.video_token[1],
+            image_grid_pinpoints=spec.fixture_pinpoints,
+            vision_aspect_ratio="anyres_max_9",
+            **common,
+        )
+    if spec.architecture == "llava_next_video":
+        return transformers.LlavaNextVideoConfig(
+            video_token_index=spec.video_token[1],
+            image_grid_pinpoints=spec.fixture_pinpoints,
+            image_seq_length=spec.fixture_image_seq_length,
+            spatial_pool_mode="average",
+            spatial_pool_stride=2,
+            **common,
+        )
+    return transformers.LlavaNextConfig(
+        image_grid_pinpoints=spec.fixture_pinpoints, image_seq_length=spec.fixture_image_seq_length, **common
+    )
 
 
-def build_stock_model(family: str, seed: int = 0, dtype: str | None = None):
-    """The stock `LlavaNextForConditionalGeneration` with seeded random weights, in eval mode.
+STOCK_CLASSES = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "llava_next_video": "LlavaNextVideoForConditionalGeneration",
+}
+
+
+def stock_class(family: str) -> type:
+    """The stock transformers generation class of `family`'s checkpoints."""
+    import transformers
+
+    return getattr(transformers, STOCK_CLASSES[_spec(family).architecture])
+
+
+def build_stock_model(
+    family: str,
+    seed: int = 0,
+    dtype: str | None = None,
+    text_hidden_size: int | None = None,
+    vocab_size: int | None = None,
+):
+    """The stock generation class of the family with seeded random weights, in eval mode.
 
     `dtype` defaults to the dtype of the real checkpoint's tensors (`FamilySpec.checkpoint_dtype`).
     """
     import torch
-    from transformers import LlavaNextForConditionalGeneration
 
     spec = _spec(family)
     torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(stock_config(family)).eval()
+    model = stock_class(family)(stock_config(family, text_hidden_size, vocab_size)).eval()
     model = model.to(getattr(torch, dtype or spec.checkpoint_dtype))
     for name, value in spec.generation_ids.items():
         setattr(model.generation_config, name, value)
@@ -563,6 +885,8 @@ def build_stock_checkpoint(
     dtype: str | None = None,
     max_shard_size: int | str | None = None,
     key_layout: str = "hub",
+    text_hidden_size: int | None = None,
+    vocab_size: int | None = None,
 ) -> Path:
     """Write the family's checkpoint (stock model + stock processor, `save_pretrained` both) to `directory`.
 
@@ -576,14 +900,50 @@ def build_stock_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
-    build_stock_model(family, seed, dtype).save_pretrained(directory, **save_kwargs)
+    build_stock_model(family, seed, dtype, text_hidden_size, vocab_size).save_pretrained(directory, **save_kwargs)
     if key_layout == "hub":
         _rename_saved_keys_to_hub_layout(directory)
     build_stock_processor(family).save_pretrained(directory)
+    spec = _spec(family)
+    if spec.video_token is not None:
+        _write_hub_video_processor_config(directory / "processor_config.json", spec)
     return directory
 
 
-def build_stock_checkpoints(root, seed: int = 0) -> dict[str, Path]:
-    """All four families under `root/<family>`; returns family -> directory."""
+def _write_hub_video_processor_config(path: Path, spec: FamilySpec) -> None:
+    """Replace the stand-in's entry in `processor_config.json` by what the Hub repo's video processor config says:
+    the stock (torchvision) video processor and its settings."""
+    import json
+
+    crop = spec.fixture_crop
+    if spec.architecture == "llava_onevision":
+        # video_preprocessor_config.json: resize to 384 x 384, bicubic, SigLIP mean/std.
+        values = {"video_processor_type": "LlavaOnevisionVideoProcessor", "size": {"height": crop, "width": crop}}
+    else:
+        # video_preprocessor_config.json: shortest edge 336, centre crop 336 x 336, bicubic, CLIP mean/std.
+        values = {
+            "video_processor_type": "LlavaNextVideoVideoProcessor",
+            "size": {"shortest_edge": crop},
+            "crop_size": {"height": crop, "width": crop},
+            "do_center_crop": True,
+        }
+    values.update(
+        do_resize=True,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        do_convert_rgb=True,
+        image_mean=list(spec.image_mean),
+        image_std=list(spec.image_std),
+        resample=3,
+    )
+    processor_config = json.loads(path.read_text())
+    processor_config["video_processor"] = values
+    path.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
+
+
+def build_stock_checkpoints(root, seed: int = 0, families=None) -> dict[str, Path]:
+    """The checkpoints of `families` (default: the four LLaVA-NeXT ones, `FAMILIES`) under `root/<family>`;
+    returns family -> directory."""
     root = Path(root)
-    return {family: build_stock_checkpoint(family, root / family, seed) for family in FAMILIES}
+    return {family: build_stock_checkpoint(family, root / family, seed) for family in (families or FAMILIES)}

@@ -67,11 +67,23 @@ def test_the_saved_tiny_default_is_self_contained_and_has_a_chat_template(tmp_pa
     assert tokenizer(text)["input_ids"] == tokenizer("<image> what is this ?")["input_ids"]
 
 
-def test_the_readme_import_seed_command_runs_as_written(tmp_path):
+def test_the_readme_import_seed_command_runs_as_written(tmp_path, monkeypatch):
+    import json
+
+    from huggingface_hub import constants
+
+    from codebooks_helpers import seed_hub_cache
+
     lines = [line for line in README.splitlines() if "llava-codebook import-seed FILE.pt" in line]
     assert lines, "README shows no import-seed command"
     command = shlex.split(re.search(r"`(llava-codebook import-seed [^`]*)`", lines[0]).group(1))
-    torch.save(torch.randn(3, 8), tmp_path / "release.pt")
+    base_model = command[command.index("--base-model") + 1]
+    # The base model's config as the Hub serves it (llava-1.5-7b-hf: Llama's default hidden size, 4096, left out).
+    config = {"model_type": "llava", "vision_feature_layer": -2, "text_config": {"model_type": "llama"}}
+    seed_hub_cache(tmp_path / "hub", base_model, {"config.json": json.dumps(config).encode()})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    torch.save(torch.randn(3, 4096), tmp_path / "release.pt")
     args = [{"FILE.pt": str(tmp_path / "release.pt"), "DIR": str(tmp_path / "cb")}.get(a, a) for a in command[1:]]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -1,15 +1,18 @@
+import json
+
 import pytest
 import torch
+from huggingface_hub import constants
 from typer.testing import CliRunner
 
-from codebooks_helpers import SEED_CODEBOOKS
+from codebooks_helpers import SEED_CODEBOOKS, seed_hub_cache
 from llava_codebook.cli import app
 from llava_codebook.codebook import CodebookError, RedundancyCodebook
 from llava_codebook.codebooks.release import import_release_codebook
 
 RELEASED = [
-    ("llava15_coco_train_500samples_numPrototypes-454.pt", "liuhaotian/llava-v1.5-7b", (454, 4096)),
-    ("llavaov_coco_train_1200samples_numPrototypes-45.pt", "lmms-lab/llava-onevision-qwen2-7b-ov", (45, 3584)),
+    ("llava15_coco_train_500samples_numPrototypes-454.pt", "llava-hf/llava-1.5-7b-hf", (454, 4096)),
+    ("llavaov_coco_train_1200samples_numPrototypes-45.pt", "llava-hf/llava-onevision-qwen2-7b-ov-hf", (45, 3584)),
 ]
 
 
@@ -19,7 +22,8 @@ def test_released_codebook_imports_with_identical_shape_dtype_and_values(name, b
     if not source.is_file():
         pytest.skip(f"{source} is not present")
     original = torch.load(source, map_location="cpu", weights_only=True)
-    import_release_codebook(source, base_model, out=tmp_path)
+    # The base model's config is not at hand here (test_released_codebooks.py checks it against Hub replicas).
+    import_release_codebook(source, base_model, out=tmp_path, verify_base_model=False)
     loaded = RedundancyCodebook.from_pretrained(tmp_path)
     assert tuple(loaded.prototypes.shape) == shape == tuple(original.shape)
     assert loaded.prototypes.dtype == original.dtype == torch.float16
@@ -34,7 +38,7 @@ def test_llava15_release_has_its_25_duplicate_rows_recorded(tmp_path):
     source = SEED_CODEBOOKS / RELEASED[0][0]
     if not source.is_file():
         pytest.skip(f"{source} is not present")
-    codebook = import_release_codebook(source, "liuhaotian/llava-v1.5-7b")
+    codebook = import_release_codebook(source, "llava-hf/llava-1.5-7b-hf", verify_base_model=False)
     assert codebook.build_parameters["num_duplicate_rows"] == 25
 
 
@@ -42,7 +46,16 @@ def test_import_seed_command_writes_a_safetensors_codebook(tmp_path):
     source = tmp_path / "x_numPrototypes-3.pt"
     torch.save(torch.randn(3, 8, dtype=torch.float16), source)
     result = CliRunner().invoke(
-        app, ["import-seed", str(source), "--base-model", "org/base", "--out", str(tmp_path / "cb")]
+        app,
+        [
+            "import-seed",
+            str(source),
+            "--base-model",
+            "org/base",
+            "--no-verify-base-model",
+            "--out",
+            str(tmp_path / "cb"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "3 x 8" in result.output
@@ -59,16 +72,18 @@ def test_files_that_need_arbitrary_unpickling_or_hold_no_matrix_are_refused(tmp_
     pickled = tmp_path / "evil.pt"
     torch.save({"payload": NotATensor()}, pickled)
     with pytest.raises(CodebookError, match="tensor-only"):
-        import_release_codebook(pickled, "org/base")
+        import_release_codebook(pickled, "org/base", verify_base_model=False)
     vector = tmp_path / "vector.pt"
     torch.save(torch.zeros(8), vector)
     with pytest.raises(CodebookError, match=r"float \[K, D\]"):
-        import_release_codebook(vector, "org/base")
+        import_release_codebook(vector, "org/base", verify_base_model=False)
     wrong_count = tmp_path / "cb_numPrototypes-5.pt"
     torch.save(torch.zeros(4, 8), wrong_count)
     with pytest.raises(CodebookError, match="says 5 prototypes but holds 4"):
-        import_release_codebook(wrong_count, "org/base")
-    result = CliRunner().invoke(app, ["import-seed", str(vector), "--base-model", "o/b", "--out", str(tmp_path / "o")])
+        import_release_codebook(wrong_count, "org/base", verify_base_model=False)
+    result = CliRunner().invoke(
+        app, ["import-seed", str(vector), "--base-model", "o/b", "--no-verify-base-model", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 1 and "float [K, D]" in result.output
 
 
@@ -89,12 +104,16 @@ def test_import_seed_refuses_a_non_empty_out_and_overwrite_replaces_the_card_too
     second = _seed_file(tmp_path, torch.randn(5, 8), "second.pt")
     out = tmp_path / "cb"
     assert (
-        CliRunner().invoke(app, ["import-seed", str(first), "--base-model", "org/first", "--out", str(out)]).exit_code
+        CliRunner()
+        .invoke(
+            app, ["import-seed", str(first), "--base-model", "org/first", "--no-verify-base-model", "--out", str(out)]
+        )
+        .exit_code
         == 0
     )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    args = ["import-seed", str(second), "--base-model", "org/second", "--out", str(out)]
+    args = ["import-seed", str(second), "--base-model", "org/second", "--no-verify-base-model", "--out", str(out)]
     line = error_line(CliRunner().invoke(app, args))
     assert "is not empty" in line and "--overwrite" in line
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -109,7 +128,16 @@ def test_import_seed_refuses_a_non_empty_out_and_overwrite_replaces_the_card_too
 
 def test_import_seed_never_replaces_the_directory_holding_its_source(tmp_path):
     source = _seed_file(tmp_path, torch.randn(3, 8))
-    args = ["import-seed", str(source), "--base-model", "org/base", "--out", str(tmp_path), "--overwrite"]
+    args = [
+        "import-seed",
+        str(source),
+        "--base-model",
+        "org/base",
+        "--no-verify-base-model",
+        "--out",
+        str(tmp_path),
+        "--overwrite",
+    ]
     line = error_line(CliRunner().invoke(app, args))
     assert "contains the release file" in line and source.is_file()
 
@@ -117,7 +145,7 @@ def test_import_seed_never_replaces_the_directory_holding_its_source(tmp_path):
 def test_a_dict_of_several_entries_is_refused_with_its_keys_and_key_picks_one(tmp_path):
     prototypes = torch.randn(4, 8, dtype=torch.float16)
     source = _seed_file(tmp_path, {"prototypes": prototypes, "centroids": torch.randn(2, 8), "step": torch.tensor(3)})
-    base = ["import-seed", str(source), "--base-model", "org/base", "--out"]
+    base = ["import-seed", str(source), "--base-model", "org/base", "--no-verify-base-model", "--out"]
     line = error_line(CliRunner().invoke(app, [*base, str(tmp_path / "a")]))
     assert "'prototypes' (float16 [4, 8])" in line and "'centroids' (float32 [2, 8])" in line and "'step'" in line
     assert "--key" in line and not (tmp_path / "a").exists()
@@ -135,7 +163,9 @@ def test_a_dict_of_several_entries_is_refused_with_its_keys_and_key_picks_one(tm
 def test_a_single_entry_dict_is_used_and_says_which_entry(tmp_path):
     prototypes = torch.randn(3, 8)
     source = _seed_file(tmp_path, {"codebook": prototypes})
-    result = CliRunner().invoke(app, ["import-seed", str(source), "--base-model", "o/b", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["import-seed", str(source), "--base-model", "o/b", "--no-verify-base-model", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 0 and "(the dict entry 'codebook')" in result.output
     assert RedundancyCodebook.from_pretrained(tmp_path / "o").build_parameters["source_key"] == "codebook"
 
@@ -144,3 +174,71 @@ def test_import_seed_without_base_model_names_the_option(tmp_path):
     source = _seed_file(tmp_path, torch.randn(3, 8))
     line = error_line(CliRunner().invoke(app, ["import-seed", str(source), "--out", str(tmp_path / "o")]), code=2)
     assert "Missing option '--base-model'" in line
+
+
+# ------------------------------------------------------------------ --base-model is checked against its config
+@pytest.fixture
+def base_models(tmp_path, monkeypatch):
+    """An offline Hub cache with the config.json of a few base models (hidden size 8 unless said otherwise)."""
+    cache = tmp_path / "hub"
+    configs = {
+        # llava-1.5-7b-hf's config.json leaves Llama's default hidden size (4096) out of text_config.
+        "llava-hf/llava-1.5-7b-hf": {
+            "model_type": "llava",
+            "vision_feature_layer": -2,
+            "text_config": {"model_type": "llama"},
+        },
+        "org/onevision-8": {
+            "model_type": "llava_onevision",
+            "vision_feature_layer": -1,
+            "text_config": {"model_type": "qwen2", "hidden_size": 8},
+        },
+        "org/qwen2-vl": {"model_type": "qwen2_vl", "text_config": {"hidden_size": 8}},
+    }
+    for repo, config in configs.items():
+        seed_hub_cache(cache, repo, {"config.json": json.dumps(config).encode()})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_import_seed_records_the_base_models_own_feature_layer_after_checking_family_and_size(tmp_path, base_models):
+    source = _seed_file(tmp_path, torch.randn(3, 8))
+    result = CliRunner().invoke(
+        app, ["import-seed", str(source), "--base-model", "org/onevision-8", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    codebook = RedundancyCodebook.from_pretrained(tmp_path / "o")
+    assert (codebook.base_model, codebook.vision_feature_layer) == ("org/onevision-8", -1)
+
+
+def test_import_seed_reads_the_hidden_size_a_llava_hf_config_leaves_to_its_default(tmp_path, base_models):
+    wrong = _seed_file(tmp_path, torch.randn(3, 8), "wrong.pt")
+    line = error_line(
+        CliRunner().invoke(
+            app, ["import-seed", str(wrong), "--base-model", "llava-hf/llava-1.5-7b-hf", "--out", str(tmp_path / "w")]
+        )
+    )
+    assert "dimension 8" in line and "hidden size 4096" in line and not (tmp_path / "w").exists()
+    right = _seed_file(tmp_path, torch.randn(3, 4096, dtype=torch.float16), "right.pt")
+    result = CliRunner().invoke(
+        app, ["import-seed", str(right), "--base-model", "llava-hf/llava-1.5-7b-hf", "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_import_seed_refuses_a_base_model_of_an_unsupported_family_or_one_it_cannot_read(tmp_path, base_models):
+    source = _seed_file(tmp_path, torch.randn(3, 8))
+    line = error_line(
+        CliRunner().invoke(
+            app, ["import-seed", str(source), "--base-model", "org/qwen2-vl", "--out", str(tmp_path / "q")]
+        )
+    )
+    assert "model_type 'qwen2_vl'" in line and "llava_onevision" in line
+    line = error_line(
+        CliRunner().invoke(
+            app, ["import-seed", str(source), "--base-model", "org/missing", "--out", str(tmp_path / "m")]
+        )
+    )
+    assert "org/missing" in line and "--no-verify-base-model" in line
+    assert not (tmp_path / "q").exists() and not (tmp_path / "m").exists()

@@ -216,19 +216,36 @@ def import_seed(
     path: Annotated[
         Path, typer.Argument(help="A released .pt codebook: one [K, D] tensor (or a dict of tensors, with --key).")
     ],
-    base_model: Annotated[str, typer.Option(help="The model it was built for, e.g. liuhaotian/llava-v1.5-7b.")],
+    base_model: Annotated[
+        str, typer.Option(help="The llava-hf model it was built for, e.g. llava-hf/llava-1.5-7b-hf (Hub id or dir).")
+    ],
     out: Annotated[Path, typer.Option(help="New or empty directory to write the safetensors codebook to.")],
     key: Annotated[
         Optional[str], typer.Option(help="For a .pt holding a dict of several entries: the key of the codebook.")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the contents of a non-empty --out.")] = False,
-    vision_feature_layer: Annotated[int, typer.Option(help="Vision feature layer the codebook was built at.")] = -2,
+    vision_feature_layer: Annotated[
+        Optional[int], typer.Option(help="Vision feature layer it was built at (default: the base model's own).")
+    ] = None,
+    verify_base_model: Annotated[
+        bool, typer.Option(help="Check the base model is a supported family whose hidden size is the codebook's.")
+    ] = True,
 ) -> None:
-    """Convert a released pickled codebook to safetensors (read tensor-only, weights_only=True)."""
+    """Convert a released pickled codebook to safetensors (read tensor-only, weights_only=True).
+
+    The base model's config is read (Hub, its cache, or a local directory): it must be a supported LLaVA family
+    whose language model's hidden size is the codebook's dimension (--no-verify-base-model skips the check).
+    """
     from .release import import_release_codebook
 
     codebook = import_release_codebook(
-        path, base_model, out=out, key=key, overwrite=overwrite, vision_feature_layer=vision_feature_layer
+        path,
+        base_model,
+        out=out,
+        key=key,
+        overwrite=overwrite,
+        vision_feature_layer=vision_feature_layer,
+        verify_base_model=verify_base_model,
     )
     picked = codebook.build_parameters.get("source_key")
     typer.echo(

@@ -50,10 +50,22 @@ def base_model_config(base_model: str, *, token: str | bool | None = None) -> di
     return json.loads(Path(config_path).read_text())
 
 
+def config_hidden_size(config: dict, base_model: str) -> int | None:
+    """The text hidden size a raw `config.json` says: `text_config.hidden_size`, `hidden_size` for original LLaVA
+    repos, or, where a llava-hf config leaves the text model's default out (llava-1.5-7b-hf's Llama 4096), the default
+    of its family's text config."""
+    hidden = (config.get("text_config") or {}).get("hidden_size") or config.get("hidden_size")
+    if hidden is None and isinstance(config.get("text_config"), dict):
+        from ..families import text_hidden_size
+
+        hidden = text_hidden_size(config, base_model)
+    return None if hidden is None else int(hidden)
+
+
 def base_model_hidden_size(base_model: str, *, token: str | bool | None = None) -> int:
     """The text hidden size of `base_model` (`text_config.hidden_size`, or `hidden_size` for original LLaVA repos)."""
     config = base_model_config(base_model, token=token)
-    hidden = (config.get("text_config") or {}).get("hidden_size") or config.get("hidden_size")
+    hidden = config_hidden_size(config, base_model)
     if hidden is None:
         raise BaseModelUnreachableError(
             f"The config of {base_model!r} has neither text_config.hidden_size nor hidden_size; is it a "
@@ -67,7 +79,7 @@ def verify_against_base_model(codebook: RedundancyCodebook, *, token: str | bool
     model's text hidden size, from the vision feature layer the base model projects. Returns the hidden size."""
     if codebook.feature_space != FEATURE_SPACE:
         raise CodebookError(
-            f"The codebook lives in feature space {codebook.feature_space!r}; LLaVA-NeXT models score "
+            f"The codebook lives in feature space {codebook.feature_space!r}; the LLaVA models score "
             f"{FEATURE_SPACE!r} features, so it would never match. Rebuild it with `llava-codebook build`."
         )
     if not codebook.base_model:
@@ -76,7 +88,7 @@ def verify_against_base_model(codebook: RedundancyCodebook, *, token: str | bool
             "(e.g. rebuild, or import with --base-model)."
         )
     config = base_model_config(codebook.base_model, token=token)
-    hidden = (config.get("text_config") or {}).get("hidden_size") or config.get("hidden_size")
+    hidden = config_hidden_size(config, codebook.base_model)
     if hidden is None:
         raise BaseModelUnreachableError(
             f"The config of {codebook.base_model!r} has neither text_config.hidden_size nor hidden_size; is it a "

@@ -78,21 +78,40 @@ def import_release_codebook(
     base_model: str,
     *,
     out: str | os.PathLike | None = None,
-    vision_feature_layer: int | list[int] | None = -2,
+    vision_feature_layer: int | list[int] | None = None,
     base_model_revision: str | None = None,
     key: str | None = None,
     overwrite: bool = False,
+    verify_base_model: bool = True,
+    token: str | bool | None = None,
 ) -> RedundancyCodebook:
     """Turn a released `.pt` codebook into a `RedundancyCodebook` declared for `base_model` (saved to `out` if given).
 
     A file name with `numPrototypes-K` (the release's naming) must hold K rows; a mismatch means a wrong or
     truncated file and is an error. `key` names the entry of a file holding a dict. `out` must be new or empty
     unless `overwrite` (then its contents are replaced whole, so no card of another codebook survives).
+
+    With `verify_base_model` (the default) the base model's `config.json` is read (a local directory, or a Hub id
+    through the Hub and its cache) and the import is refused unless the model is of a family llava-codebook loads
+    (`llava`, `llava_next`, `llava_onevision`, `llava_next_video`) and its text hidden size is the codebook's
+    dimension. `vision_feature_layer` defaults to the base model's own (-2 when it is not verified).
     """
     path = Path(path)
     sources = {"release file": path}
     if out is not None:
         check_output_dir(out, overwrite=overwrite, sources=sources)
+    reference = f"{base_model}@{base_model_revision}" if base_model_revision else base_model
+    if verify_base_model:
+        from ..families import family_for_config
+        from .hub import base_model_config
+
+        config = base_model_config(reference, token=token)
+        family = family_for_config(config, base_model)
+        if vision_feature_layer is None:
+            default = family.config_class.__dataclass_fields__["vision_feature_layer"].default
+            vision_feature_layer = config.get("vision_feature_layer", default)
+    elif vision_feature_layer is None:
+        vision_feature_layer = -2
     prototypes, picked = load_release_tensor(path, key=key)
     named = re.search(r"numPrototypes-(\d+)", path.name)
     if named and int(named.group(1)) != prototypes.shape[0]:
@@ -103,7 +122,7 @@ def import_release_codebook(
     unique_rows = torch.unique(prototypes, dim=0).shape[0]
     codebook = RedundancyCodebook(
         prototypes=prototypes.contiguous(),
-        base_model=f"{base_model}@{base_model_revision}" if base_model_revision else base_model,
+        base_model=reference,
         vision_feature_layer=vision_feature_layer,
         build_parameters={
             "method": "imported from a released codebook (arXiv 2503.20540)",
@@ -114,6 +133,10 @@ def import_release_codebook(
             "num_duplicate_rows": prototypes.shape[0] - unique_rows,
         },
     )
+    if verify_base_model:
+        from .hub import verify_against_base_model
+
+        verify_against_base_model(codebook, token=token)
     if out is not None:
         with write_output_dir(out, overwrite=overwrite, sources=sources) as staging:
             codebook.save_pretrained(staging)
