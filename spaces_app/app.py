@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -519,8 +519,10 @@ def score(backend: Backend, encoded: EncodedImage, overrides: dict):
 
 
 def token_counts(geometry, keep_mask) -> dict:
-    """Kept / total tokens for the base view, the tiles, the row newlines and overall, with kept percentages."""
+    """Kept / total tokens for the base view, the tiles, the two together (`scored`: what the pruning rule scores and
+    the budget counts), the row newlines (not scored, always kept) and overall, with kept percentages."""
     counts = view_counts(geometry, keep_mask)
+    counts["scored"] = {key: counts["base"][key] + counts["tile"][key] for key in ("kept", "total")}
     for entry in counts.values():
         entry["percent_kept"] = 100.0 * entry["kept"] / entry["total"] if entry["total"] else 0.0
     return counts
@@ -533,33 +535,117 @@ def flops_estimate(text_config, text_tokens: int, visual_tokens: int, kept_visua
     return {"full": full, "pruned": pruned, "percent_saved": 100.0 * (1.0 - pruned / full)}
 
 
-def _flops_text(value: float) -> str:
-    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6)):
-        if value >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{value:.0f} FLOPs"
+FLOPS_UNITS = (("PFLOPs", 1e15), ("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3))
+
+
+def flops_unit(value: float) -> tuple[str, float]:
+    """The unit `value` reads best in (its value there is at least 1, below 1000), and that unit's scale."""
+    for unit, scale in FLOPS_UNITS:
+        if round(value / scale, 2) >= 1:
+            return unit, scale
+    return "FLOPs", 1.0
+
+
+def format_flops(full: float, pruned: float) -> str:
+    """`full -> pruned` in one unit, the one that suits `full`: "6.16 MFLOPs → 0.91 MFLOPs (85.2 % saved)"."""
+    unit, scale = flops_unit(full)
+    saved = 100.0 * (1.0 - pruned / full) if full else 0.0
+    return f"{full / scale:.2f} {unit} → {pruned / scale:.2f} {unit} ({saved:.1f} % saved)"
+
+
+def _percent(entry: dict) -> str:
+    return f"{entry['percent_kept']:.1f} %" if entry["total"] else "–"
+
+
+def empty_tile_grid_note(geometry) -> str:
+    """Why the tile grid of this image has no tokens (an empty string when it has some)."""
+    layout = geometry.layout
+    rows, cols = layout.kept_token_grid
+    if rows and cols:
+        return ""
+    height, width = layout.image_size
+    fitted_h, fitted_w = layout.resized_size
+    grid_h, grid_w = layout.canvas_size
+    side = "tall" if rows == 0 else "wide"
+    return (
+        f"**No tile tokens.** Fitted into its {layout.tile_grid[0]}×{layout.tile_grid[1]} crop grid "
+        f"({grid_w}×{grid_h} px), this {width}×{height} image is {fitted_w}×{fitted_h} px: less than one "
+        f"{layout.patch_size} px token {side}, and the stock unpadding keeps whole tokens only. The model sees this "
+        "image through the base view alone."
+    )
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def format_counts(counts: dict, flops: dict, geometry) -> str:
+    """The counts table and summary shown under the overlays. Every number says what it counts: the pruning rule
+    scores the base-view and tile tokens (`scored`: the threshold and the budget apply to these), the row newlines
+    are not scored and always kept, and the prompt carries both."""
     layout = geometry.layout
     side = layout.tokens_per_side
     rows, cols = layout.kept_token_grid
-    lines = [
-        "| view | kept | total | kept % |",
+    base, tile, scored, newline, every = (counts[k] for k in ("base", "tile", "scored", "newline", "all"))
+    height, width = layout.image_size
+    lines = []
+    stretch = overlay_stretch((width, height))
+    if stretch > 1:
+        arrow, direction = ("↕", "vertically") if width > height else ("↔", "horizontally")
+        aspect = max(width, height) / min(width, height)
+        lines += [
+            f"{arrow} The overlays are stretched {_ratio(stretch)}× {direction}: this image is {_ratio(aspect)}:1, "
+            f"shown at {MAX_SHOWN_ASPECT:g}:1 so that its tokens stay visible.",
+            "",
+        ]
+    tiles = f"{layout.tile_grid[0]}×{layout.tile_grid[1]} crops, {rows}×{cols} unpadded"
+    lines += [
+        "| tokens | kept | total | kept % |",
         "|---|---:|---:|---:|",
-        f"| base view (whole image, {side}×{side} tokens) | {counts['base']['kept']} | {counts['base']['total']} "
-        f"| {counts['base']['percent_kept']:.1f} % |",
-        f"| high-res tiles ({layout.tile_grid[0]}×{layout.tile_grid[1]} crops, {rows}×{cols} tokens unpadded) "
-        f"| {counts['tile']['kept']} | {counts['tile']['total']} | {counts['tile']['percent_kept']:.1f} % |",
-        f"| row newlines (always kept) | {counts['newline']['kept']} | {counts['newline']['total']} | |",
-        f"| **all visual tokens** | **{counts['all']['kept']}** | **{counts['all']['total']}** "
-        f"| **{counts['all']['percent_kept']:.1f} %** |",
+        f"| base view ({side}×{side}) | {base['kept']} | {base['total']} | {_percent(base)} |",
+        f"| high-res tiles ({tiles}) | {tile['kept']} | {tile['total']} | {_percent(tile)} |",
+        f"| **scored** (base + tiles) | **{scored['kept']}** | **{scored['total']}** | **{_percent(scored)}** |",
+        f"| row newlines (not scored) | {newline['kept']} | {newline['total']} | |",
+        f"| in the prompt (scored + newlines) | {every['kept']} | {every['total']} | {_percent(every)} |",
         "",
-        f"**Kept {counts['all']['kept']} / {counts['all']['total']} visual tokens "
-        f"({counts['all']['percent_kept']:.1f} %).** Predicted LLM prefill: {_flops_text(flops['full'])} → "
-        f"{_flops_text(flops['pruned'])}, **{flops['percent_saved']:.1f} % saved**.",
+        "The threshold and the budget apply to the *scored* tokens (a budget's share is a share of those); row "
+        "newlines are always kept.",
+        "",
     ]
+    note = empty_tile_grid_note(geometry)
+    if note:
+        lines += [note, ""]
+    lines.append(
+        f"**Kept {every['kept']} / {every['total']} visual tokens ({_percent(every)})** in the prompt: "
+        f"{scored['kept']} / {scored['total']} scored ({_percent(scored)}) and {newline['kept']} row newlines. "
+        f"Predicted LLM prefill: {format_flops(flops['full'], flops['pruned'])}."
+    )
     return "\n".join(lines)
+
+
+# Overlays are OVERLAY_SIDE px on their longer side. An image longer than MAX_SHOWN_ASPECT:1 is drawn stretched to that
+# ratio: at its own, a 10000x300 picture would be a 512x15 sliver in which no token can be seen.
+OVERLAY_SIDE = 512
+MAX_SHOWN_ASPECT = 4.0
+
+
+def overlay_stretch(size: tuple[int, int]) -> float:
+    """How much an overlay of an image of `size` (width, height) is stretched across its short side (1: not at all)."""
+    width, height = size
+    return max(1.0, max(width, height) / min(width, height) / MAX_SHOWN_ASPECT)
+
+
+def render_overlay(image: Image.Image, geometry, keep, view: str) -> Image.Image:
+    """`render_keep_overlay` at `OVERLAY_SIDE`, stretched across to `MAX_SHOWN_ASPECT`:1 when the image is longer."""
+    if overlay_stretch(image.size) == 1.0:
+        return render_keep_overlay(image, geometry, keep, view, max_side=OVERLAY_SIDE)
+    # Draw the stretched picture with the token boxes scaled to it: each token is then as clear as in any overlay.
+    short = round(OVERLAY_SIDE / MAX_SHOWN_ASPECT)
+    shown = (OVERLAY_SIDE, short) if image.width > image.height else (short, OVERLAY_SIDE)
+    sx, sy = shown[0] / image.width, shown[1] / image.height
+    layout = replace(geometry.layout, image_size=(shown[1], shown[0]))
+    scaled = replace(geometry, layout=layout, boxes=geometry.boxes * np.array([sx, sy, sx, sy]))
+    return render_keep_overlay(image.resize(shown, Image.BICUBIC), scaled, keep, view, max_side=OVERLAY_SIDE)
 
 
 @dataclass
@@ -601,8 +687,8 @@ def show_selection(backend: Backend, inputs: Inputs) -> Preview:
         counts["all"]["kept"],
     )
     return Preview(
-        base_overlay=render_keep_overlay(image, encoded.geometry, keep, "base", max_side=512),
-        tile_overlay=render_keep_overlay(image, encoded.geometry, keep, "tile", max_side=512),
+        base_overlay=render_overlay(image, encoded.geometry, keep, "base"),
+        tile_overlay=render_overlay(image, encoded.geometry, keep, "tile"),
         counts=counts,
         flops=flops,
         markdown=format_counts(counts, flops, encoded.geometry),

@@ -1,6 +1,7 @@
 """The Space's pure functions: inputs checked with clear messages, overlays, counts, FLOPs, cached re-scoring."""
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -76,10 +77,12 @@ def test_preview_overlays_cover_the_image_and_counts_match_the_selection(backend
     tile_state = token_state_map(geometry, keep, "tile", image.size[::-1])
     if geometry.view_mask("tile").any():
         assert (tile_state == UNSEEN).mean() < 0.35
-    # The overlays are pictures of the image's shape, larger side 512 px.
+    # The overlays are pictures of the image's shape, larger side 512 px; a shape longer than 4:1 is shown at 4:1.
+    aspect = image.width / image.height
+    shown_aspect = min(max(aspect, 1 / app.MAX_SHOWN_ASPECT), app.MAX_SHOWN_ASPECT)
     for overlay in (shown.base_overlay, shown.tile_overlay):
         assert max(overlay.size) == 512
-        assert abs(overlay.size[0] / overlay.size[1] - image.width / image.height) < 0.05 * image.width / image.height
+        assert abs(overlay.size[0] / overlay.size[1] - shown_aspect) < 0.05 * shown_aspect
 
 
 def test_overlay_pixels_show_the_kept_and_dropped_tokens(backend):
@@ -171,9 +174,13 @@ def test_counts_add_up_and_percentages_are_of_the_view():
     assert counts["tile"]["kept"] == 0 and counts["tile"]["total"] == 32
     assert counts["all"]["kept"] == 4 + counts["newline"]["total"]
     assert counts["all"]["total"] == 16 + 32 + counts["newline"]["total"] == len(geometry)
+    assert counts["scored"] == {"kept": 4, "total": 48, "percent_kept": pytest.approx(100 * 4 / 48)}
     text = app.format_counts(counts, app.flops_estimate(_llama(), 10, 52, 8), geometry)
-    assert "| base view (whole image, 4×4 tokens) | 4 | 16 | 25.0 % |" in text
-    assert "Kept 8 / 52 visual tokens (15.4 %)" in text
+    assert "| base view (4×4) | 4 | 16 | 25.0 % |" in text
+    assert "| **scored** (base + tiles) | **4** | **48** | **8.3 %** |" in text
+    assert "| row newlines (not scored) | 4 | 4 | |" in text
+    assert "| in the prompt (scored + newlines) | 8 | 52 | 15.4 % |" in text
+    assert "Kept 8 / 52 visual tokens (15.4 %)** in the prompt: 4 / 48 scored (8.3 %) and 4 row newlines." in text
 
 
 def _llama(**kwargs):
@@ -198,6 +205,65 @@ def test_flops_estimate_matches_the_shared_cost_model():
     assert 70 < estimate["percent_saved"] < 80  # a quarter of the tokens: a bit over 3/4 of the cost saved
     assert app.flops_estimate(config, 40, 2928, 2928)["percent_saved"] == pytest.approx(0.0)
     assert estimate["full"] > estimate["pruned"] > 0
+
+
+@pytest.mark.parametrize(
+    "full, pruned, line",
+    [
+        (6.16e6, 911_104, "6.16 MFLOPs → 0.91 MFLOPs (85.2 % saved)"),  # the issue's mixed "MFLOPs -> FLOPs" line
+        (4.2e13, 1.05e13, "42.00 TFLOPs → 10.50 TFLOPs (75.0 % saved)"),
+        (999.999e9, 2e8, "1.00 TFLOPs → 0.00 TFLOPs (100.0 % saved)"),  # rounds up into the next unit
+        (2.5e3, 2.5e3, "2.50 kFLOPs → 2.50 kFLOPs (0.0 % saved)"),
+        (640.0, 64.0, "640.00 FLOPs → 64.00 FLOPs (90.0 % saved)"),
+    ],
+)
+def test_the_flops_line_uses_one_unit_chosen_by_the_larger_number(full, pruned, line):
+    assert app.format_flops(full, pruned) == line
+
+
+def test_the_counts_show_the_flops_in_one_unit(backend):
+    shown = app.preview(backend, half_flat(150, 90, seed=1), "threshold", 0.9, 0.25, "what is it ?")
+    summary = shown.markdown.split("Predicted LLM prefill: ")[1]
+    units = re.findall(r"[\d.]+ (\w*FLOPs)", summary)
+    assert len(units) == 2 and units[0] == units[1], summary
+    assert summary.startswith(app.format_flops(shown.flops["full"], shown.flops["pruned"]))
+
+
+@pytest.mark.parametrize(
+    "size, shown_size, direction",
+    [((10000, 300), (512, 128), "vertically"), ((300, 10000), (128, 512), "horizontally")],
+)
+def test_an_extreme_aspect_ratio_is_shown_stretched_and_an_empty_tile_grid_explained(
+    backend, size, shown_size, direction
+):
+    image = half_flat(10000, 300, seed=5)  # noise on the left, flat on the right; turned for the tall case
+    image = image if size[0] > size[1] else image.transpose(Image.TRANSPOSE)
+    assert image.size == size
+    shown = app.preview(backend, image, "threshold", 0.9, 0.25)
+    assert shown.base_overlay.size == shown.tile_overlay.size == shown_size
+    assert app.overlay_stretch(size) == pytest.approx(10000 / 300 / 4)
+    assert f"stretched 8.3× {direction}: this image is 33.3:1, shown at 4:1" in shown.markdown
+    # The stock packer leaves no tile token for so thin an image: the table says so instead of "0/0, 0.0 %".
+    assert shown.counts["tile"]["total"] == 0
+    assert "| 0 | 0 | – |" in shown.markdown and "0.0 %" not in shown.markdown.split("high-res tiles")[1][:60]
+    assert "**No tile tokens.**" in shown.markdown and "base view alone" in shown.markdown
+    # Every token of the base view is a visible band of the stretched overlay: the noisy half kept, the flat half
+    # dropped (darkened), each token box tens of pixels thick.
+    geometry = backend.cache.get(app.image_key(image)).geometry
+    keep = shown.selection.keep_masks()[0].numpy()
+    base = geometry.view_mask("base")
+    assert keep[base].any() and not keep[base].all()
+    gray = np.asarray(shown.base_overlay.convert("L"), dtype=float)
+    noisy, flat = (gray[:, :200], gray[:, 312:]) if size[0] > size[1] else (gray[:200], gray[312:])
+    assert noisy.std() > 20 and np.median(flat) < 130
+    assert min(shown_size) / geometry.layout.tokens_per_side >= 30
+
+
+def test_overlays_of_ordinary_shapes_are_not_stretched(backend):
+    for size in ((400, 100), (100, 400), (150, 90)):
+        assert app.overlay_stretch(size) == 1.0
+        assert "stretched" not in app.preview(backend, half_flat(*size), "threshold", 0.9, 0.25).markdown
+    assert "No tile tokens" not in app.preview(backend, half_flat(150, 90), "threshold", 0.9, 0.25).markdown
 
 
 def test_answer_with_and_without_pruning_uses_the_previewed_selection(backend):
