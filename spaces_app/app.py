@@ -816,23 +816,32 @@ def guard_gradio_preprocessing(demo: gr.Blocks, dependency_ids, allowed_dirs) ->
         try:
             check_payload_form(names, inputs, allowed_dirs)
         except InputError as exc:
-            raise gr.Error(str(exc)) from None
+            raise _user_error(exc) from None
         try:
             return await stock_preprocess_data(block_fn, inputs, state, explicit_call)
         except gr.Error:
             raise
         except Exception as exc:
             logger.info("Gradio refused an image payload (%s)", type(exc).__name__)
-            raise gr.Error(UNREADABLE_IMAGE) from None
+            raise gr.Error(UNREADABLE_IMAGE, print_exception=False) from None
 
     demo.preprocess_data = preprocess_data
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
 def _user_error(exc: Exception) -> gr.Error:
+    """The `gr.Error` to show for `exc`. A user error (`InputError`) is logged as one INFO line and never with a
+    traceback; anything else is unexpected and logged with its traceback, once (Gradio does not print it again)."""
     if isinstance(exc, InputError):
-        return gr.Error(str(exc))
+        logger.info("Refused a request: %s", _one_line(exc))
+        return gr.Error(str(exc), print_exception=False)
     logger.exception("Unexpected error in the Space")
-    return gr.Error(f"Something went wrong ({type(exc).__name__}). Try another image or other settings.")
+    return gr.Error(
+        f"Something went wrong ({type(exc).__name__}). Try another image or other settings.", print_exception=False
+    )
 
 
 class OverlayFiles:

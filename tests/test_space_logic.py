@@ -1,5 +1,6 @@
 """The Space's pure functions: inputs checked with clear messages, overlays, counts, FLOPs, cached re-scoring."""
 
+import logging
 import os
 import re
 import sys
@@ -416,6 +417,28 @@ def test_every_input_is_checked_by_one_function_with_a_message_naming_it(changes
     with pytest.raises(app.InputError) as refusal:
         app.validate_inputs(**inputs, question_required=True)
     assert message in str(refusal.value)
+
+
+def test_a_user_error_is_logged_in_one_line_without_a_traceback(caplog):
+    caplog.set_level(logging.INFO, logger="llava_codebook.space")
+    error = app._user_error(app.InputError("Unknown pruning mode 'x\ny'; choose 'threshold' or 'budget'."))
+    assert error.print_exception is False  # Gradio prints no traceback for it either
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert record.getMessage() == "Refused a request: Unknown pruning mode 'x y'; choose 'threshold' or 'budget'."
+    assert "\n" not in record.getMessage()
+
+
+def test_an_unexpected_error_keeps_its_traceback_once(caplog):
+    caplog.set_level(logging.INFO, logger="llava_codebook.space")
+    try:
+        raise RuntimeError("disk on fire")
+    except RuntimeError as exc:
+        error = app._user_error(exc)
+    assert "Something went wrong (RuntimeError)" in error.message
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info and record.exc_info[0] is RuntimeError
+    assert error.print_exception is False  # logged above with the traceback: not printed a second time
 
 
 def test_validated_inputs_come_back_typed():
