@@ -252,6 +252,9 @@ IMAGE_FORM = (
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
+MISSING_IMAGE = "Upload an image (or pick an example) first."
+
+
 class MissingImage(InputError):
     """No image was given: the preview shows a prompt for one rather than an error."""
 
@@ -283,7 +286,7 @@ def locate_image(image, allowed_dirs=None):
             raise InputError(IMAGE_FORM.format(got=f"a dict whose path is {_type_name(path)}"))
         image = path
     if image is None:
-        raise MissingImage("Upload an image (or pick an example) first.")
+        raise MissingImage(MISSING_IMAGE)
     if isinstance(image, np.ndarray):
         try:
             return Image.fromarray(image)
@@ -779,14 +782,16 @@ def answer(
 UPLOAD_PROMPT = "Upload an image (or pick an example) to see which tokens are kept."
 
 
-def check_payload_form(names: list[str], inputs: list, allowed_dirs) -> None:
+def check_payload_form(names: list, inputs: list, allowed_dirs) -> None:
     """What must hold before Gradio processes an endpoint's inputs: their number, the image payload's form and path,
-    and no other input being a JSON object or array (Gradio would treat one shaped like a file as a file)."""
+    and no other input being a JSON object or array (Gradio would treat one shaped like a file as a file). A name of
+    `None` stands for a session-state input, which Gradio fills in itself: whatever was sent there is not read."""
     if len(inputs) != len(names):
-        raise InputError(
-            f"This endpoint takes {len(names)} inputs, in this order: {', '.join(names)}; got {len(inputs)}."
-        )
+        listed = ", ".join(name for name in names if name)
+        raise InputError(f"This endpoint takes {len(names)} inputs, in this order: {listed}; got {len(inputs)}.")
     for name, value in zip(names, inputs):
+        if name is None:
+            continue
         if name == "image":
             if value is not None:
                 locate_image(value, allowed_dirs)
@@ -805,9 +810,12 @@ def guard_gradio_preprocessing(demo: gr.Blocks, dependency_ids, allowed_dirs) ->
     refused path.
     """
     stock_preprocess_data = demo.preprocess_data
-    guarded = {
-        fn_id: list(inspect.signature(demo.fns[fn_id].fn).parameters) for fn_id in dependency_ids if fn_id in demo.fns
-    }
+    guarded = {}
+    for fn_id in dependency_ids:
+        if fn_id in demo.fns:
+            block_fn = demo.fns[fn_id]
+            names = list(inspect.signature(block_fn.fn).parameters)
+            guarded[fn_id] = [None if block.stateful else name for name, block in zip(names, block_fn.inputs)]
 
     async def preprocess_data(block_fn, inputs, state, explicit_call=False):
         names = guarded.get(block_fn._id)
@@ -842,6 +850,75 @@ def _user_error(exc: Exception) -> gr.Error:
     return gr.Error(
         f"Something went wrong ({type(exc).__name__}). Try another image or other settings.", print_exception=False
     )
+
+
+# ---------------------------------------------------------------------------------------------------- freshness
+# The answers on screen stay until the next Ask; every control they depend on is compared with the ones they were
+# made with, and when any differs they are greyed out, relabelled, and a line says what changed.
+SETTING_NAMES = {
+    "image": "the image",
+    "question": "the question",
+    "mode": "the pruning rule",
+    "threshold": "the threshold",
+    "keep_ratio": "the token budget",
+    "max_new_tokens": "max new tokens",
+}
+STALE_CLASS = "stale"
+
+
+def answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens) -> dict:
+    """What an answer depends on, comparable between events: the image (its path in the upload cache: a new upload
+    is a new image), the question as it is asked, the pruning rule with its one active setting, and max new tokens."""
+    if isinstance(image, dict):
+        image = image.get("path")
+    signature = {
+        "image": None if image is None else str(image),
+        "question": question.strip() if isinstance(question, str) else question,
+        "mode": mode,
+        "max_new_tokens": max_new_tokens,
+    }
+    if mode == "budget":
+        signature["keep_ratio"] = keep_ratio
+    else:
+        signature["threshold"] = threshold
+    return signature
+
+
+def changed_settings(answered: dict, current: dict) -> list[str]:
+    """The names (`SETTING_NAMES`) of what differs between two `answer_signature`s; a change of pruning rule is named
+    once, not also as the setting the other rule uses."""
+    names = [name for name in SETTING_NAMES if name != "mode" and answered.get(name) != current.get(name)]
+    if answered.get("mode") != current.get("mode"):
+        names = [name for name in names if name not in ("threshold", "keep_ratio")] + ["mode"]
+    return [name for name in SETTING_NAMES if name in names]
+
+
+def stale_notice(changed: list[str]) -> str:
+    """The line above out-of-date answers: what changed since they were made, and what to do."""
+    what = [SETTING_NAMES[name] for name in changed]
+    listed = what[0] if len(what) == 1 else ", ".join(what[:-1]) + " and " + what[-1]
+    verb = "has" if len(what) == 1 else "have"
+    return (
+        f"⚠️ **Out of date:** {listed} {verb} changed since these answers. Press **Ask** to answer with the current "
+        "settings."
+    )
+
+
+def freshness_updates(answered: dict | None, current: dict) -> list:
+    """Updates for [notice, pruned answer, full answer, pruned time, full time]: the answers marked out of date (greyed,
+    relabelled, the notice shown) when `current` differs from what they were made with, unmarked when it matches."""
+    if answered is None:  # nothing answered yet: nothing to mark
+        return [gr.skip()] * 5
+    changed = changed_settings(answered, current)
+    classes = [STALE_CLASS] if changed else []
+    suffix = " (out of date)" if changed else ""
+    return [
+        gr.Markdown(value=stale_notice(changed) if changed else "", visible=bool(changed)),
+        gr.Textbox(label=f"Answer with pruning{suffix}", elem_classes=classes),
+        gr.Textbox(label=f"Answer without pruning{suffix}", elem_classes=classes),
+        gr.Markdown(elem_classes=classes),
+        gr.Markdown(elem_classes=classes),
+    ]
 
 
 class OverlayFiles:
@@ -1004,11 +1081,26 @@ def launch_options() -> dict:
         "max_file_size": upload_bytes,
         "app_kwargs": {"middleware": [limits], "lifespan": sweep_empty_cache_folders},
         "ssr_mode": False,
+        "css": SPACE_CSS,
     }
 
 
 def _seconds(value: float) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+# Pictures keep a fixed height (a 33:1 upload must not collapse its box); on a phone the input takes the full width and
+# the two overlays sit side by side right under it. Out-of-date answers are greyed out.
+SPACE_CSS = """
+.picture { height: 300px; }
+@media (max-width: 640px) { .picture { height: 200px; } }
+.stale { opacity: 0.45; }
+#counts td:not(:first-child), #counts th:not(:first-child) { white-space: nowrap; }
+"""
+THRESHOLD_LABEL = "Threshold t"
+THRESHOLD_INFO = "A scored token (base view or tile) is kept iff its score < t."
+BUDGET_LABEL = "Token budget: share of the scored tokens kept"
+BUDGET_INFO = "Scored = base view + tiles, as in the table; row newlines are not counted and always kept."
 
 
 def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.Blocks:
@@ -1034,6 +1126,30 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             {"counts": shown.counts, "flops": shown.flops},
         )
 
+    def on_ask(image, question, mode, threshold, keep_ratio, max_new_tokens):
+        """The page's first step of Ask: check the inputs. A user error is a message (a warning toast), not a failed
+        event: it leaves every output as it was, where a failed answer would mark each one with an error badge. The
+        hidden error stops the chain. Returns what the answer will be made with, for `on_answered`."""
+        try:
+            validate_inputs(
+                image,
+                question,
+                mode,
+                threshold,
+                keep_ratio,
+                max_new_tokens,
+                question_required=True,
+                image_token=_image_token(backend),
+                allowed_dirs=allowed_dirs,
+            )
+        except InputError as exc:
+            message = _user_error(exc).message
+            gr.Warning(html.escape(message, quote=False))  # the toast renders HTML
+            raise gr.Error(message, visible=False, print_exception=False) from None
+        except Exception as exc:
+            raise _user_error(exc) from None
+        return answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens)
+
     def on_answer(image, question, mode, threshold, keep_ratio, max_new_tokens):
         try:
             result = answer(backend, image, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs)
@@ -1051,70 +1167,123 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             f"**Without pruning:** {_seconds(made.full_seconds)} · prompt of {made.full_prompt_tokens} tokens",
         )
 
+    def on_answered(image, question, mode, threshold, keep_ratio, max_new_tokens, asked):
+        """After an answer arrived: remember what it was made with, and if the controls moved meanwhile, mark it out
+        of date and bring the overlays and counts (which the answer reset to its own settings) back to the controls."""
+        current = answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens)
+        refreshed = (
+            [gr.skip()] * 4 if current == asked else list(on_preview(image, mode, threshold, keep_ratio, question))
+        )
+        return [asked, *freshness_updates(asked, current), *refreshed]
+
+    def on_controls_changed(image, question, mode, threshold, keep_ratio, max_new_tokens, answered):
+        return freshness_updates(
+            answered, answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens)
+        )
+
+    def on_mode(mode):
+        """Only the active rule's control is shown (the other keeps its value for when the rule is switched back)."""
+        return gr.Slider(visible=mode != "budget"), gr.Slider(visible=mode == "budget")
+
     with gr.Blocks(title="Redundancy-codebook token pruning", delete_cache=cache_cleanup()) as demo:
         gr.Markdown(
             "# Which visual tokens does a redundancy codebook drop?\n"
-            "A visual token is dropped when its best cosine similarity to a codebook prototype reaches the threshold "
-            "(or, with a budget, only the least redundant share is kept). Move the controls: the overlay is "
-            "re-scored from cached features, without re-running the vision tower.\n\n"
+            "Each visual token of the image (base view and high-res tiles) is scored by its best cosine similarity "
+            "to a codebook prototype, and dropped when the score reaches the threshold (or, with a budget, only the "
+            "least redundant share is kept). Row newlines are not scored and always kept. Move the controls: the "
+            "overlays are re-scored from cached features, without re-running the vision tower.\n\n"
             "**Legend:** clear = kept · dark = dropped · yellow = crop borders · magenta = a strip no tile token sees "
             "(the stock unpadding works in whole tokens)."
         )
         gr.Markdown(backend.notice, elem_id="model-notice")
-        with gr.Row():
-            with gr.Column(scale=1):
+        # The pictures first, side by side: the overlays stay next to the input at any width.
+        with gr.Row(equal_height=True):
+            with gr.Column(scale=1, min_width=240):
                 # The events below take the image payload unprocessed (`preprocess=False`): `check_image` reads it,
                 # and Gradio's image preprocessing, which opens any path it is sent, never runs.
-                image = gr.Image(type="filepath", image_mode=None, label="Image", elem_id="input-image")
+                image = gr.Image(
+                    type="filepath", image_mode=None, label="Image", elem_id="input-image", elem_classes=["picture"]
+                )
                 allowed_dirs += [Path(image.GRADIO_CACHE).resolve(), examples_dir.resolve()]
+            with gr.Column(scale=2, min_width=240):
+                with gr.Row(equal_height=True):
+                    base_view = gr.Image(
+                        label="Base view (whole image)",
+                        type="filepath",
+                        interactive=False,
+                        elem_id="base-overlay",
+                        elem_classes=["picture"],
+                        buttons=["fullscreen", "download"],
+                        min_width=120,
+                    )
+                    tile_view = gr.Image(
+                        label="High-res tiles",
+                        type="filepath",
+                        interactive=False,
+                        elem_id="tile-overlay",
+                        elem_classes=["picture"],
+                        buttons=["fullscreen", "download"],
+                        min_width=120,
+                    )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=240):
                 question = gr.Textbox(
                     label="Question",
                     placeholder="What is in the picture?",
                     max_length=MAX_QUESTION_CHARS,
                     elem_id="question",
                 )
-                mode = gr.Radio(["threshold", "budget"], value="threshold", label="Pruning rule")
+                mode = gr.Radio(["threshold", "budget"], value="threshold", label="Pruning rule", elem_id="mode")
                 threshold = gr.Slider(
                     -1.0,
                     1.0,
                     value=backend.default_threshold,
                     step=0.01,
-                    label="Threshold (keep iff score < t)",
+                    label=THRESHOLD_LABEL,
+                    info=THRESHOLD_INFO,
                     elem_id="threshold",
                 )
-                keep_ratio = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Token budget (share kept)")
-                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=24, step=1, label="Max new tokens")
+                keep_ratio = gr.Slider(
+                    0.05,
+                    1.0,
+                    value=0.25,
+                    step=0.05,
+                    label=BUDGET_LABEL,
+                    info=BUDGET_INFO,
+                    elem_id="keep-ratio",
+                    visible=False,
+                )
+                max_new_tokens = gr.Slider(
+                    1, MAX_NEW_TOKENS, value=24, step=1, label="Max new tokens", elem_id="max-new-tokens"
+                )
                 ask = gr.Button("Ask", variant="primary", elem_id="ask")
-                gr.Examples(example_rows, inputs=[image, question], label="Examples (drawn in code)")
-            with gr.Column(scale=2):
-                with gr.Row():
-                    base_view = gr.Image(
-                        label="Base view (whole image, one crop)",
-                        type="filepath",
-                        interactive=False,
-                        elem_id="base-overlay",
-                    )
-                    tile_view = gr.Image(
-                        label="High-resolution tile grid", type="filepath", interactive=False, elem_id="tile-overlay"
-                    )
+            with gr.Column(scale=2, min_width=240):
                 counts = gr.Markdown(UPLOAD_PROMPT, elem_id="counts")
                 with gr.Accordion("Raw counts", open=False):
                     details = gr.JSON(label="counts and FLOPs")
+                answer_notice = gr.Markdown(visible=False, elem_id="answer-notice")
                 with gr.Row():
-                    with gr.Column():
+                    with gr.Column(min_width=160):
                         pruned_time = gr.Markdown("**With pruning**", elem_id="pruned-time")
                         pruned_answer = gr.Textbox(
                             label="Answer with pruning", interactive=False, elem_id="pruned-answer"
                         )
-                    with gr.Column():
+                    with gr.Column(min_width=160):
                         full_time = gr.Markdown("**Without pruning**", elem_id="full-time")
                         full_answer = gr.Textbox(
                             label="Answer without pruning", interactive=False, elem_id="full-answer"
                         )
+        gr.Examples(example_rows, inputs=[image, question], label="Examples (drawn in code)")
+        asked = gr.State(None)  # what the answer being made is made with
+        answered = gr.State(None)  # what the answers on screen were made with
 
         preview_inputs = [image, mode, threshold, keep_ratio, question]
         preview_outputs = [base_view, tile_view, counts, details]
-        events = []
+        answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens]
+        answer_outputs = preview_outputs + [pruned_answer, pruned_time, full_answer, full_time]
+        freshness_outputs = [answer_notice, pruned_answer, full_answer, pruned_time, full_time]
+        private = {"api_visibility": "private", "preprocess": False, "show_progress": "hidden"}
+        events = []  # every event that takes the image: its payload is checked before Gradio processes it
         for control in (image, mode, threshold, keep_ratio):
             events.append(
                 control.change(
@@ -1129,20 +1298,39 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                     preprocess=False,
                 )
             )
-        answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens]
-        answer_outputs = preview_outputs + [pruned_answer, pruned_time, full_answer, full_time]
-        for trigger, api_name in ((ask.click, "answer"), (question.submit, False)):
+        mode.change(on_mode, mode, [threshold, keep_ratio], queue=False, **private)
+        for control in (image, question, mode, threshold, keep_ratio, max_new_tokens):
             events.append(
-                trigger(
-                    on_answer,
-                    answer_inputs,
-                    answer_outputs,
-                    api_name=api_name,
-                    concurrency_limit=1,
-                    concurrency_id="answer",
-                    preprocess=False,
+                control.change(
+                    on_controls_changed,
+                    answer_inputs + [answered],
+                    freshness_outputs,
+                    queue=False,
+                    trigger_mode="always_last",
+                    **private,
                 )
             )
+        for trigger, api_name in ((ask.click, "answer"), (question.submit, None)):
+            checked = trigger(on_ask, answer_inputs, asked, concurrency_limit=2, concurrency_id="preview", **private)
+            answered_now = checked.success(
+                on_answer,
+                answer_inputs,
+                answer_outputs,
+                api_name=api_name or False,
+                api_visibility="public" if api_name else "private",
+                concurrency_limit=1,
+                concurrency_id="answer",
+                preprocess=False,
+            )
+            settled = answered_now.success(
+                on_answered,
+                answer_inputs + [asked],
+                [answered, *freshness_outputs, *preview_outputs],
+                concurrency_limit=2,
+                concurrency_id="preview",
+                **private,
+            )
+            events += [checked, answered_now, settled]
     guard_gradio_preprocessing(demo, [event["id"] for event in events], allowed_dirs)
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo

@@ -230,6 +230,20 @@ def test_the_counts_show_the_flops_in_one_unit(backend):
     assert summary.startswith(app.format_flops(shown.flops["full"], shown.flops["pruned"]))
 
 
+def test_the_budget_and_the_table_count_the_same_tokens(backend):
+    """The slider's share is a share of the scored tokens (base + tiles), which the table has a row for; the newlines
+    it does not count are a row of their own, and the overall share says that it includes them."""
+    image = half_flat(150, 90, seed=2)
+    for ratio in (0.25, 0.5, 1.0):
+        shown = app.preview(backend, image, "budget", 0.9, ratio)
+        scored = shown.counts["scored"]
+        assert scored["kept"] == round(ratio * scored["total"])
+        assert f"| **scored** (base + tiles) | **{scored['kept']}** | **{scored['total']}** " in shown.markdown
+        assert shown.counts["all"]["kept"] == scored["kept"] + shown.counts["newline"]["total"]
+    assert "share of the scored tokens" in app.BUDGET_LABEL and "newlines are not counted" in app.BUDGET_INFO
+    assert "scored" in app.THRESHOLD_INFO
+
+
 @pytest.mark.parametrize(
     "size, shown_size, direction",
     [((10000, 300), (512, 128), "vertically"), ((300, 10000), (128, 512), "horizontally")],
@@ -417,6 +431,60 @@ def test_every_input_is_checked_by_one_function_with_a_message_naming_it(changes
     with pytest.raises(app.InputError) as refusal:
         app.validate_inputs(**inputs, question_required=True)
     assert message in str(refusal.value)
+
+
+SIGNATURE = {
+    "image": {"path": "/cache/a/photo.png", "meta": {"_type": "gradio.FileData"}},
+    "question": "what is it ?",
+    "mode": "threshold",
+    "threshold": 0.9,
+    "keep_ratio": 0.25,
+    "max_new_tokens": 24,
+}
+
+
+@pytest.mark.parametrize(
+    "changes, changed",
+    [
+        ({}, []),
+        ({"question": "  what is it ?  "}, []),  # asked the same: the answer still matches
+        ({"keep_ratio": 0.5}, []),  # the budget is not what the threshold rule uses
+        ({"threshold": 0.5}, ["threshold"]),
+        ({"image": {"path": "/cache/b/photo.png"}}, ["image"]),
+        ({"image": None}, ["image"]),
+        ({"question": "and now ?", "max_new_tokens": 5}, ["question", "max_new_tokens"]),
+        ({"mode": "budget", "threshold": 0.5}, ["mode"]),  # named once, as the rule
+    ],
+)
+def test_answers_are_compared_with_the_controls_they_were_made_with(changes, changed):
+    answered = app.answer_signature(**SIGNATURE)
+    current = app.answer_signature(**{**SIGNATURE, **changes})
+    assert app.changed_settings(answered, current) == changed
+    updates = app.freshness_updates(answered, current)
+    notice, pruned, full, pruned_time, full_time = updates
+    assert notice.visible is bool(changed)
+    assert (STALE := app.STALE_CLASS) in pruned.elem_classes if changed else not pruned.elem_classes
+    for update in (full, pruned_time, full_time):
+        assert update.elem_classes == pruned.elem_classes
+    assert pruned.label == ("Answer with pruning (out of date)" if changed else "Answer with pruning")
+    if changed:
+        assert notice.value.startswith("⚠️ **Out of date:**") and "Press **Ask**" in notice.value
+        for name in changed:
+            assert app.SETTING_NAMES[name] in notice.value
+        assert STALE == "stale"
+
+
+def test_with_no_answer_yet_nothing_is_marked():
+    import gradio as gr
+
+    updates = app.freshness_updates(None, app.answer_signature(**SIGNATURE))
+    assert all(isinstance(update, type(gr.skip())) for update in updates) and len(updates) == 5
+
+
+def test_the_out_of_date_notice_names_what_changed():
+    assert app.stale_notice(["image"]).startswith("⚠️ **Out of date:** the image has changed since these answers.")
+    assert "the question and max new tokens have changed" in app.stale_notice(["question", "max_new_tokens"])
+    assert "the image, the question and the threshold have" in app.stale_notice(["image", "question", "threshold"])
 
 
 def test_a_user_error_is_logged_in_one_line_without_a_traceback(caplog):

@@ -126,6 +126,13 @@ def test_bad_inputs_come_back_as_messages(client, tmp_path):
     assert result[0] is None and "9000x6000 pixels" in result[2]
 
 
+def test_only_the_two_endpoints_are_public(client):
+    """The page's own steps (the check before Ask, the out-of-date marks, the rule's slider) are not API endpoints."""
+    api = client.view_api(return_format="dict", print_info=False)
+    assert sorted(api["named_endpoints"]) == ["/answer", "/preview"]
+    assert not api["unnamed_endpoints"]
+
+
 def test_user_errors_are_logged_in_one_line_and_unexpected_ones_with_their_traceback(
     served, client, tmp_path, caplog, capfd, monkeypatch
 ):
