@@ -481,6 +481,43 @@ def test_with_no_answer_yet_nothing_is_marked():
     assert all(isinstance(update, type(gr.skip())) for update in updates) and len(updates) == 5
 
 
+def page_step(demo, name: str):
+    """One of the page's event handlers (closures inside `build_demo`), by name."""
+    return next(fn.fn for fn in demo.fns.values() if fn.name == name)
+
+
+def test_an_answer_made_while_the_controls_moved_arrives_marked_and_the_overlays_follow_the_controls(backend, tmp_path):
+    import gradio as gr
+
+    demo = app.build_demo(backend, examples_dir=tmp_path / "examples")
+    on_answered = page_step(demo, "on_answered")
+    image = str(sorted((tmp_path / "examples").glob("*.png"))[0])
+    controls = [image, "what is it ?", "threshold", 0.9, 0.25, 8]
+    asked = app.answer_signature(*controls)
+    # Unchanged while the answer was made: remembered, unmarked, the answer's own overlays left in place.
+    remembered, notice, *_, base, tile, counts, details = on_answered(*controls, asked)
+    assert remembered == asked and notice.visible is False
+    assert all(isinstance(update, type(gr.skip())) for update in (base, tile, counts, details))
+    # The threshold moved meanwhile: marked, and the preview redone for the controls as they are now.
+    moved = [image, "what is it ?", "threshold", 0.5, 0.25, 8]
+    remembered, notice, pruned, *_, base, tile, counts, details = on_answered(*moved, asked)
+    assert remembered == asked and notice.visible is True and "the threshold" in notice.value
+    assert app.STALE_CLASS in pruned.elem_classes
+    assert details["counts"] == app.preview(backend, image, "threshold", 0.5, 0.25, "what is it ?").counts
+
+
+def test_asking_with_a_missing_input_warns_and_stops_without_marking_outputs(backend, tmp_path):
+    import gradio as gr
+
+    on_ask = page_step(app.build_demo(backend, examples_dir=tmp_path / "examples"), "on_ask")
+    with pytest.warns(UserWarning, match="pick an example"), pytest.raises(gr.Error) as stop:
+        on_ask(None, "what is it ?", "threshold", 0.9, 0.25, 8)
+    # The error only stops the chain before /answer: invisible, and no traceback printed for it.
+    assert stop.value.visible is False and stop.value.print_exception is False
+    with pytest.warns(UserWarning, match="image placeholder \\(&lt;image&gt;\\)"), pytest.raises(gr.Error):
+        on_ask(half_flat(40, 40), "what <image> is", "threshold", 0.9, 0.25, 8)  # escaped: the toast is HTML
+
+
 def test_the_out_of_date_notice_names_what_changed():
     assert app.stale_notice(["image"]).startswith("⚠️ **Out of date:** the image has changed since these answers.")
     assert "the question and max new tokens have changed" in app.stale_notice(["question", "max_new_tokens"])
