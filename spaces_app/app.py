@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -252,6 +252,9 @@ IMAGE_FORM = (
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
+MISSING_IMAGE = "Upload an image (or pick an example) first."
+
+
 class MissingImage(InputError):
     """No image was given: the preview shows a prompt for one rather than an error."""
 
@@ -283,7 +286,7 @@ def locate_image(image, allowed_dirs=None):
             raise InputError(IMAGE_FORM.format(got=f"a dict whose path is {_type_name(path)}"))
         image = path
     if image is None:
-        raise MissingImage("Upload an image (or pick an example) first.")
+        raise MissingImage(MISSING_IMAGE)
     if isinstance(image, np.ndarray):
         try:
             return Image.fromarray(image)
@@ -519,8 +522,10 @@ def score(backend: Backend, encoded: EncodedImage, overrides: dict):
 
 
 def token_counts(geometry, keep_mask) -> dict:
-    """Kept / total tokens for the base view, the tiles, the row newlines and overall, with kept percentages."""
+    """Kept / total tokens for the base view, the tiles, the two together (`scored`: what the pruning rule scores and
+    the budget counts), the row newlines (not scored, always kept) and overall, with kept percentages."""
     counts = view_counts(geometry, keep_mask)
+    counts["scored"] = {key: counts["base"][key] + counts["tile"][key] for key in ("kept", "total")}
     for entry in counts.values():
         entry["percent_kept"] = 100.0 * entry["kept"] / entry["total"] if entry["total"] else 0.0
     return counts
@@ -533,33 +538,117 @@ def flops_estimate(text_config, text_tokens: int, visual_tokens: int, kept_visua
     return {"full": full, "pruned": pruned, "percent_saved": 100.0 * (1.0 - pruned / full)}
 
 
-def _flops_text(value: float) -> str:
-    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6)):
-        if value >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{value:.0f} FLOPs"
+FLOPS_UNITS = (("PFLOPs", 1e15), ("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3))
+
+
+def flops_unit(value: float) -> tuple[str, float]:
+    """The unit `value` reads best in (its value there is at least 1, below 1000), and that unit's scale."""
+    for unit, scale in FLOPS_UNITS:
+        if round(value / scale, 2) >= 1:
+            return unit, scale
+    return "FLOPs", 1.0
+
+
+def format_flops(full: float, pruned: float) -> str:
+    """`full -> pruned` in one unit, the one that suits `full`: "6.16 MFLOPs → 0.91 MFLOPs (85.2 % saved)"."""
+    unit, scale = flops_unit(full)
+    saved = 100.0 * (1.0 - pruned / full) if full else 0.0
+    return f"{full / scale:.2f} {unit} → {pruned / scale:.2f} {unit} ({saved:.1f} % saved)"
+
+
+def _percent(entry: dict) -> str:
+    return f"{entry['percent_kept']:.1f} %" if entry["total"] else "–"
+
+
+def empty_tile_grid_note(geometry) -> str:
+    """Why the tile grid of this image has no tokens (an empty string when it has some)."""
+    layout = geometry.layout
+    rows, cols = layout.kept_token_grid
+    if rows and cols:
+        return ""
+    height, width = layout.image_size
+    fitted_h, fitted_w = layout.resized_size
+    grid_h, grid_w = layout.canvas_size
+    side = "tall" if rows == 0 else "wide"
+    return (
+        f"**No tile tokens.** Fitted into its {layout.tile_grid[0]}×{layout.tile_grid[1]} crop grid "
+        f"({grid_w}×{grid_h} px), this {width}×{height} image is {fitted_w}×{fitted_h} px: less than one "
+        f"{layout.patch_size} px token {side}, and the stock unpadding keeps whole tokens only. The model sees this "
+        "image through the base view alone."
+    )
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def format_counts(counts: dict, flops: dict, geometry) -> str:
+    """The counts table and summary shown under the overlays. Every number says what it counts: the pruning rule
+    scores the base-view and tile tokens (`scored`: the threshold and the budget apply to these), the row newlines
+    are not scored and always kept, and the prompt carries both."""
     layout = geometry.layout
     side = layout.tokens_per_side
     rows, cols = layout.kept_token_grid
-    lines = [
-        "| view | kept | total | kept % |",
+    base, tile, scored, newline, every = (counts[k] for k in ("base", "tile", "scored", "newline", "all"))
+    height, width = layout.image_size
+    lines = []
+    stretch = overlay_stretch((width, height))
+    if stretch > 1:
+        arrow, direction = ("↕", "vertically") if width > height else ("↔", "horizontally")
+        aspect = max(width, height) / min(width, height)
+        lines += [
+            f"{arrow} The overlays are stretched {_ratio(stretch)}× {direction}: this image is {_ratio(aspect)}:1, "
+            f"shown at {MAX_SHOWN_ASPECT:g}:1 so that its tokens stay visible.",
+            "",
+        ]
+    tiles = f"{layout.tile_grid[0]}×{layout.tile_grid[1]} crops, {rows}×{cols} unpadded"
+    lines += [
+        "| tokens | kept | total | kept % |",
         "|---|---:|---:|---:|",
-        f"| base view (whole image, {side}×{side} tokens) | {counts['base']['kept']} | {counts['base']['total']} "
-        f"| {counts['base']['percent_kept']:.1f} % |",
-        f"| high-res tiles ({layout.tile_grid[0]}×{layout.tile_grid[1]} crops, {rows}×{cols} tokens unpadded) "
-        f"| {counts['tile']['kept']} | {counts['tile']['total']} | {counts['tile']['percent_kept']:.1f} % |",
-        f"| row newlines (always kept) | {counts['newline']['kept']} | {counts['newline']['total']} | |",
-        f"| **all visual tokens** | **{counts['all']['kept']}** | **{counts['all']['total']}** "
-        f"| **{counts['all']['percent_kept']:.1f} %** |",
+        f"| base view ({side}×{side}) | {base['kept']} | {base['total']} | {_percent(base)} |",
+        f"| high-res tiles ({tiles}) | {tile['kept']} | {tile['total']} | {_percent(tile)} |",
+        f"| **scored** (base + tiles) | **{scored['kept']}** | **{scored['total']}** | **{_percent(scored)}** |",
+        f"| row newlines (not scored) | {newline['kept']} | {newline['total']} | |",
+        f"| in the prompt (scored + newlines) | {every['kept']} | {every['total']} | {_percent(every)} |",
         "",
-        f"**Kept {counts['all']['kept']} / {counts['all']['total']} visual tokens "
-        f"({counts['all']['percent_kept']:.1f} %).** Predicted LLM prefill: {_flops_text(flops['full'])} → "
-        f"{_flops_text(flops['pruned'])}, **{flops['percent_saved']:.1f} % saved**.",
+        "The threshold and the budget apply to the *scored* tokens (a budget's share is a share of those); row "
+        "newlines are always kept.",
+        "",
     ]
+    note = empty_tile_grid_note(geometry)
+    if note:
+        lines += [note, ""]
+    lines.append(
+        f"**Kept {every['kept']} / {every['total']} visual tokens ({_percent(every)})** in the prompt: "
+        f"{scored['kept']} / {scored['total']} scored ({_percent(scored)}) and {newline['kept']} row newlines. "
+        f"Predicted LLM prefill: {format_flops(flops['full'], flops['pruned'])}."
+    )
     return "\n".join(lines)
+
+
+# Overlays are OVERLAY_SIDE px on their longer side. An image longer than MAX_SHOWN_ASPECT:1 is drawn stretched to that
+# ratio: at its own, a 10000x300 picture would be a 512x15 sliver in which no token can be seen.
+OVERLAY_SIDE = 512
+MAX_SHOWN_ASPECT = 4.0
+
+
+def overlay_stretch(size: tuple[int, int]) -> float:
+    """How much an overlay of an image of `size` (width, height) is stretched across its short side (1: not at all)."""
+    width, height = size
+    return max(1.0, max(width, height) / min(width, height) / MAX_SHOWN_ASPECT)
+
+
+def render_overlay(image: Image.Image, geometry, keep, view: str) -> Image.Image:
+    """`render_keep_overlay` at `OVERLAY_SIDE`, stretched across to `MAX_SHOWN_ASPECT`:1 when the image is longer."""
+    if overlay_stretch(image.size) == 1.0:
+        return render_keep_overlay(image, geometry, keep, view, max_side=OVERLAY_SIDE)
+    # Draw the stretched picture with the token boxes scaled to it: each token is then as clear as in any overlay.
+    short = round(OVERLAY_SIDE / MAX_SHOWN_ASPECT)
+    shown = (OVERLAY_SIDE, short) if image.width > image.height else (short, OVERLAY_SIDE)
+    sx, sy = shown[0] / image.width, shown[1] / image.height
+    layout = replace(geometry.layout, image_size=(shown[1], shown[0]))
+    scaled = replace(geometry, layout=layout, boxes=geometry.boxes * np.array([sx, sy, sx, sy]))
+    return render_keep_overlay(image.resize(shown, Image.BICUBIC), scaled, keep, view, max_side=OVERLAY_SIDE)
 
 
 @dataclass
@@ -601,8 +690,8 @@ def show_selection(backend: Backend, inputs: Inputs) -> Preview:
         counts["all"]["kept"],
     )
     return Preview(
-        base_overlay=render_keep_overlay(image, encoded.geometry, keep, "base", max_side=512),
-        tile_overlay=render_keep_overlay(image, encoded.geometry, keep, "tile", max_side=512),
+        base_overlay=render_overlay(image, encoded.geometry, keep, "base"),
+        tile_overlay=render_overlay(image, encoded.geometry, keep, "tile"),
         counts=counts,
         flops=flops,
         markdown=format_counts(counts, flops, encoded.geometry),
@@ -693,14 +782,16 @@ def answer(
 UPLOAD_PROMPT = "Upload an image (or pick an example) to see which tokens are kept."
 
 
-def check_payload_form(names: list[str], inputs: list, allowed_dirs) -> None:
+def check_payload_form(names: list, inputs: list, allowed_dirs) -> None:
     """What must hold before Gradio processes an endpoint's inputs: their number, the image payload's form and path,
-    and no other input being a JSON object or array (Gradio would treat one shaped like a file as a file)."""
+    and no other input being a JSON object or array (Gradio would treat one shaped like a file as a file). A name of
+    `None` stands for a session-state input, which Gradio fills in itself: whatever was sent there is not read."""
     if len(inputs) != len(names):
-        raise InputError(
-            f"This endpoint takes {len(names)} inputs, in this order: {', '.join(names)}; got {len(inputs)}."
-        )
+        listed = ", ".join(name for name in names if name)
+        raise InputError(f"This endpoint takes {len(names)} inputs, in this order: {listed}; got {len(inputs)}.")
     for name, value in zip(names, inputs):
+        if name is None:
+            continue
         if name == "image":
             if value is not None:
                 locate_image(value, allowed_dirs)
@@ -719,9 +810,12 @@ def guard_gradio_preprocessing(demo: gr.Blocks, dependency_ids, allowed_dirs) ->
     refused path.
     """
     stock_preprocess_data = demo.preprocess_data
-    guarded = {
-        fn_id: list(inspect.signature(demo.fns[fn_id].fn).parameters) for fn_id in dependency_ids if fn_id in demo.fns
-    }
+    guarded = {}
+    for fn_id in dependency_ids:
+        if fn_id in demo.fns:
+            block_fn = demo.fns[fn_id]
+            names = list(inspect.signature(block_fn.fn).parameters)
+            guarded[fn_id] = [None if block.stateful else name for name, block in zip(names, block_fn.inputs)]
 
     async def preprocess_data(block_fn, inputs, state, explicit_call=False):
         names = guarded.get(block_fn._id)
@@ -730,23 +824,101 @@ def guard_gradio_preprocessing(demo: gr.Blocks, dependency_ids, allowed_dirs) ->
         try:
             check_payload_form(names, inputs, allowed_dirs)
         except InputError as exc:
-            raise gr.Error(str(exc)) from None
+            raise _user_error(exc) from None
         try:
             return await stock_preprocess_data(block_fn, inputs, state, explicit_call)
         except gr.Error:
             raise
         except Exception as exc:
             logger.info("Gradio refused an image payload (%s)", type(exc).__name__)
-            raise gr.Error(UNREADABLE_IMAGE) from None
+            raise gr.Error(UNREADABLE_IMAGE, print_exception=False) from None
 
     demo.preprocess_data = preprocess_data
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
 def _user_error(exc: Exception) -> gr.Error:
+    """The `gr.Error` to show for `exc`. A user error (`InputError`) is logged as one INFO line and never with a
+    traceback; anything else is unexpected and logged with its traceback, once (Gradio does not print it again)."""
     if isinstance(exc, InputError):
-        return gr.Error(str(exc))
+        logger.info("Refused a request: %s", _one_line(exc))
+        return gr.Error(str(exc), print_exception=False)
     logger.exception("Unexpected error in the Space")
-    return gr.Error(f"Something went wrong ({type(exc).__name__}). Try another image or other settings.")
+    return gr.Error(
+        f"Something went wrong ({type(exc).__name__}). Try another image or other settings.", print_exception=False
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- freshness
+# The answers on screen stay until the next Ask; every control they depend on is compared with the ones they were
+# made with, and when any differs they are greyed out, relabelled, and a line says what changed.
+SETTING_NAMES = {
+    "image": "the image",
+    "question": "the question",
+    "mode": "the pruning rule",
+    "threshold": "the threshold",
+    "keep_ratio": "the token budget",
+    "max_new_tokens": "max new tokens",
+}
+STALE_CLASS = "stale"
+
+
+def answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens) -> dict:
+    """What an answer depends on, comparable between events: the image (its path in the upload cache: a new upload
+    is a new image), the question as it is asked, the pruning rule with its one active setting, and max new tokens."""
+    if isinstance(image, dict):
+        image = image.get("path")
+    signature = {
+        "image": None if image is None else str(image),
+        "question": question.strip() if isinstance(question, str) else question,
+        "mode": mode,
+        "max_new_tokens": max_new_tokens,
+    }
+    if mode == "budget":
+        signature["keep_ratio"] = keep_ratio
+    else:
+        signature["threshold"] = threshold
+    return signature
+
+
+def changed_settings(answered: dict, current: dict) -> list[str]:
+    """The names (`SETTING_NAMES`) of what differs between two `answer_signature`s; a change of pruning rule is named
+    once, not also as the setting the other rule uses."""
+    names = [name for name in SETTING_NAMES if name != "mode" and answered.get(name) != current.get(name)]
+    if answered.get("mode") != current.get("mode"):
+        names = [name for name in names if name not in ("threshold", "keep_ratio")] + ["mode"]
+    return [name for name in SETTING_NAMES if name in names]
+
+
+def stale_notice(changed: list[str]) -> str:
+    """The line above out-of-date answers: what changed since they were made, and what to do."""
+    what = [SETTING_NAMES[name] for name in changed]
+    listed = what[0] if len(what) == 1 else ", ".join(what[:-1]) + " and " + what[-1]
+    verb = "has" if len(what) == 1 else "have"
+    return (
+        f"⚠️ **Out of date:** {listed} {verb} changed since these answers. Press **Ask** to answer with the current "
+        "settings."
+    )
+
+
+def freshness_updates(answered: dict | None, current: dict) -> list:
+    """Updates for [notice, pruned answer, full answer, pruned time, full time]: the answers marked out of date (greyed,
+    relabelled, the notice shown) when `current` differs from what they were made with, unmarked when it matches."""
+    if answered is None:  # nothing answered yet: nothing to mark
+        return [gr.skip()] * 5
+    changed = changed_settings(answered, current)
+    classes = [STALE_CLASS] if changed else []
+    suffix = " (out of date)" if changed else ""
+    return [
+        gr.Markdown(value=stale_notice(changed) if changed else "", visible=bool(changed)),
+        gr.Textbox(label=f"Answer with pruning{suffix}", elem_classes=classes),
+        gr.Textbox(label=f"Answer without pruning{suffix}", elem_classes=classes),
+        gr.Markdown(elem_classes=classes),
+        gr.Markdown(elem_classes=classes),
+    ]
 
 
 class OverlayFiles:
@@ -909,11 +1081,26 @@ def launch_options() -> dict:
         "max_file_size": upload_bytes,
         "app_kwargs": {"middleware": [limits], "lifespan": sweep_empty_cache_folders},
         "ssr_mode": False,
+        "css": SPACE_CSS,
     }
 
 
 def _seconds(value: float) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+# Pictures keep a fixed height (a 33:1 upload must not collapse its box); on a phone the input takes the full width and
+# the two overlays sit side by side right under it. Out-of-date answers are greyed out.
+SPACE_CSS = """
+.picture { height: 300px; }
+@media (max-width: 640px) { .picture { height: 200px; } }
+.stale { opacity: 0.45; }
+#counts td:not(:first-child), #counts th:not(:first-child) { white-space: nowrap; }
+"""
+THRESHOLD_LABEL = "Threshold t"
+THRESHOLD_INFO = "A scored token (base view or tile) is kept iff its score < t."
+BUDGET_LABEL = "Token budget: share of the scored tokens kept"
+BUDGET_INFO = "Scored = base view + tiles, as in the table; row newlines are not counted and always kept."
 
 
 def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.Blocks:
@@ -939,6 +1126,30 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             {"counts": shown.counts, "flops": shown.flops},
         )
 
+    def on_ask(image, question, mode, threshold, keep_ratio, max_new_tokens):
+        """The page's first step of Ask: check the inputs. A user error is a message (a warning toast), not a failed
+        event: it leaves every output as it was, where a failed answer would mark each one with an error badge. The
+        hidden error stops the chain. Returns what the answer will be made with, for `on_answered`."""
+        try:
+            validate_inputs(
+                image,
+                question,
+                mode,
+                threshold,
+                keep_ratio,
+                max_new_tokens,
+                question_required=True,
+                image_token=_image_token(backend),
+                allowed_dirs=allowed_dirs,
+            )
+        except InputError as exc:
+            message = _user_error(exc).message
+            gr.Warning(html.escape(message, quote=False))  # the toast renders HTML
+            raise gr.Error(message, visible=False, print_exception=False) from None
+        except Exception as exc:
+            raise _user_error(exc) from None
+        return answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens)
+
     def on_answer(image, question, mode, threshold, keep_ratio, max_new_tokens):
         try:
             result = answer(backend, image, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs)
@@ -956,70 +1167,123 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             f"**Without pruning:** {_seconds(made.full_seconds)} · prompt of {made.full_prompt_tokens} tokens",
         )
 
+    def on_answered(image, question, mode, threshold, keep_ratio, max_new_tokens, asked):
+        """After an answer arrived: remember what it was made with, and if the controls moved meanwhile, mark it out
+        of date and bring the overlays and counts (which the answer reset to its own settings) back to the controls."""
+        current = answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens)
+        refreshed = (
+            [gr.skip()] * 4 if current == asked else list(on_preview(image, mode, threshold, keep_ratio, question))
+        )
+        return [asked, *freshness_updates(asked, current), *refreshed]
+
+    def on_controls_changed(image, question, mode, threshold, keep_ratio, max_new_tokens, answered):
+        return freshness_updates(
+            answered, answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens)
+        )
+
+    def on_mode(mode):
+        """Only the active rule's control is shown (the other keeps its value for when the rule is switched back)."""
+        return gr.Slider(visible=mode != "budget"), gr.Slider(visible=mode == "budget")
+
     with gr.Blocks(title="Redundancy-codebook token pruning", delete_cache=cache_cleanup()) as demo:
         gr.Markdown(
             "# Which visual tokens does a redundancy codebook drop?\n"
-            "A visual token is dropped when its best cosine similarity to a codebook prototype reaches the threshold "
-            "(or, with a budget, only the least redundant share is kept). Move the controls: the overlay is "
-            "re-scored from cached features, without re-running the vision tower.\n\n"
+            "Each visual token of the image (base view and high-res tiles) is scored by its best cosine similarity "
+            "to a codebook prototype, and dropped when the score reaches the threshold (or, with a budget, only the "
+            "least redundant share is kept). Row newlines are not scored and always kept. Move the controls: the "
+            "overlays are re-scored from cached features, without re-running the vision tower.\n\n"
             "**Legend:** clear = kept · dark = dropped · yellow = crop borders · magenta = a strip no tile token sees "
             "(the stock unpadding works in whole tokens)."
         )
         gr.Markdown(backend.notice, elem_id="model-notice")
-        with gr.Row():
-            with gr.Column(scale=1):
+        # The pictures first, side by side: the overlays stay next to the input at any width.
+        with gr.Row(equal_height=True):
+            with gr.Column(scale=1, min_width=240):
                 # The events below take the image payload unprocessed (`preprocess=False`): `check_image` reads it,
                 # and Gradio's image preprocessing, which opens any path it is sent, never runs.
-                image = gr.Image(type="filepath", image_mode=None, label="Image", elem_id="input-image")
+                image = gr.Image(
+                    type="filepath", image_mode=None, label="Image", elem_id="input-image", elem_classes=["picture"]
+                )
                 allowed_dirs += [Path(image.GRADIO_CACHE).resolve(), examples_dir.resolve()]
+            with gr.Column(scale=2, min_width=240):
+                with gr.Row(equal_height=True):
+                    base_view = gr.Image(
+                        label="Base view (whole image)",
+                        type="filepath",
+                        interactive=False,
+                        elem_id="base-overlay",
+                        elem_classes=["picture"],
+                        buttons=["fullscreen", "download"],
+                        min_width=120,
+                    )
+                    tile_view = gr.Image(
+                        label="High-res tiles",
+                        type="filepath",
+                        interactive=False,
+                        elem_id="tile-overlay",
+                        elem_classes=["picture"],
+                        buttons=["fullscreen", "download"],
+                        min_width=120,
+                    )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=240):
                 question = gr.Textbox(
                     label="Question",
                     placeholder="What is in the picture?",
                     max_length=MAX_QUESTION_CHARS,
                     elem_id="question",
                 )
-                mode = gr.Radio(["threshold", "budget"], value="threshold", label="Pruning rule")
+                mode = gr.Radio(["threshold", "budget"], value="threshold", label="Pruning rule", elem_id="mode")
                 threshold = gr.Slider(
                     -1.0,
                     1.0,
                     value=backend.default_threshold,
                     step=0.01,
-                    label="Threshold (keep iff score < t)",
+                    label=THRESHOLD_LABEL,
+                    info=THRESHOLD_INFO,
                     elem_id="threshold",
                 )
-                keep_ratio = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Token budget (share kept)")
-                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=24, step=1, label="Max new tokens")
+                keep_ratio = gr.Slider(
+                    0.05,
+                    1.0,
+                    value=0.25,
+                    step=0.05,
+                    label=BUDGET_LABEL,
+                    info=BUDGET_INFO,
+                    elem_id="keep-ratio",
+                    visible=False,
+                )
+                max_new_tokens = gr.Slider(
+                    1, MAX_NEW_TOKENS, value=24, step=1, label="Max new tokens", elem_id="max-new-tokens"
+                )
                 ask = gr.Button("Ask", variant="primary", elem_id="ask")
-                gr.Examples(example_rows, inputs=[image, question], label="Examples (drawn in code)")
-            with gr.Column(scale=2):
-                with gr.Row():
-                    base_view = gr.Image(
-                        label="Base view (whole image, one crop)",
-                        type="filepath",
-                        interactive=False,
-                        elem_id="base-overlay",
-                    )
-                    tile_view = gr.Image(
-                        label="High-resolution tile grid", type="filepath", interactive=False, elem_id="tile-overlay"
-                    )
+            with gr.Column(scale=2, min_width=240):
                 counts = gr.Markdown(UPLOAD_PROMPT, elem_id="counts")
                 with gr.Accordion("Raw counts", open=False):
                     details = gr.JSON(label="counts and FLOPs")
+                answer_notice = gr.Markdown(visible=False, elem_id="answer-notice")
                 with gr.Row():
-                    with gr.Column():
+                    with gr.Column(min_width=160):
                         pruned_time = gr.Markdown("**With pruning**", elem_id="pruned-time")
                         pruned_answer = gr.Textbox(
                             label="Answer with pruning", interactive=False, elem_id="pruned-answer"
                         )
-                    with gr.Column():
+                    with gr.Column(min_width=160):
                         full_time = gr.Markdown("**Without pruning**", elem_id="full-time")
                         full_answer = gr.Textbox(
                             label="Answer without pruning", interactive=False, elem_id="full-answer"
                         )
+        gr.Examples(example_rows, inputs=[image, question], label="Examples (drawn in code)")
+        asked = gr.State(None)  # what the answer being made is made with
+        answered = gr.State(None)  # what the answers on screen were made with
 
         preview_inputs = [image, mode, threshold, keep_ratio, question]
         preview_outputs = [base_view, tile_view, counts, details]
-        events = []
+        answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens]
+        answer_outputs = preview_outputs + [pruned_answer, pruned_time, full_answer, full_time]
+        freshness_outputs = [answer_notice, pruned_answer, full_answer, pruned_time, full_time]
+        private = {"api_visibility": "private", "preprocess": False, "show_progress": "hidden"}
+        events = []  # every event that takes the image: its payload is checked before Gradio processes it
         for control in (image, mode, threshold, keep_ratio):
             events.append(
                 control.change(
@@ -1034,20 +1298,39 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                     preprocess=False,
                 )
             )
-        answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens]
-        answer_outputs = preview_outputs + [pruned_answer, pruned_time, full_answer, full_time]
-        for trigger, api_name in ((ask.click, "answer"), (question.submit, False)):
+        mode.change(on_mode, mode, [threshold, keep_ratio], queue=False, **private)
+        for control in (image, question, mode, threshold, keep_ratio, max_new_tokens):
             events.append(
-                trigger(
-                    on_answer,
-                    answer_inputs,
-                    answer_outputs,
-                    api_name=api_name,
-                    concurrency_limit=1,
-                    concurrency_id="answer",
-                    preprocess=False,
+                control.change(
+                    on_controls_changed,
+                    answer_inputs + [answered],
+                    freshness_outputs,
+                    queue=False,
+                    trigger_mode="always_last",
+                    **private,
                 )
             )
+        for trigger, api_name in ((ask.click, "answer"), (question.submit, None)):
+            checked = trigger(on_ask, answer_inputs, asked, concurrency_limit=2, concurrency_id="preview", **private)
+            answered_now = checked.success(
+                on_answer,
+                answer_inputs,
+                answer_outputs,
+                api_name=api_name or False,
+                api_visibility="public" if api_name else "private",
+                concurrency_limit=1,
+                concurrency_id="answer",
+                preprocess=False,
+            )
+            settled = answered_now.success(
+                on_answered,
+                answer_inputs + [asked],
+                [answered, *freshness_outputs, *preview_outputs],
+                concurrency_limit=2,
+                concurrency_id="preview",
+                **private,
+            )
+            events += [checked, answered_now, settled]
     guard_gradio_preprocessing(demo, [event["id"] for event in events], allowed_dirs)
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo

@@ -1,11 +1,13 @@
-"""A real browser (headless Chromium through Selenium) uses the Space: upload, ask, see overlays, counts and answers.
+"""A real browser (headless Chromium through Selenium) uses the Space: upload, ask, see overlays, counts and answers;
+on a desktop-wide window and on a 420 px wide phone screen.
 
 Needs the Debian packages `chromium` and `chromium-driver` and the pip package `selenium`; skipped, saying so, when
-the browser is absent. The screenshot goes to `$SPACE_SCREENSHOT_DIR` when set (CI artifacts), else to pytest's
-temporary directory.
+the browser is absent. Screenshots of every scene go to `$SPACE_SCREENSHOT_DIR` when set (CI artifacts), else to
+`results-local/space-screenshots/` in the checkout (ignored by git), where they are kept after the run.
 """
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -72,16 +74,46 @@ def browser():
         driver.quit()
 
 
-def screenshot_dir(tmp_path: Path) -> Path:
-    directory = Path(os.environ.get("SPACE_SCREENSHOT_DIR") or tmp_path)
+def screenshot_dir(tmp_path: Path | None = None) -> Path:
+    """Where the screenshots go: kept after the run (artefacts), not in pytest's temporary directory."""
+    directory = Path(os.environ.get("SPACE_SCREENSHOT_DIR") or REPO_ROOT / "results-local" / "space-screenshots")
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
 
+def save_page(browser, name: str) -> Path:
+    """A screenshot of the whole page (not only the window), at the window's width."""
+    width = browser.execute_script("return window.innerWidth")
+    height = browser.execute_script("return window.innerHeight")
+    full = browser.execute_script("return document.documentElement.scrollHeight")
+    emulate(browser, width, full)
+    path = screenshot_dir() / name
+    try:
+        assert browser.save_screenshot(str(path))
+    finally:
+        emulate(browser, width, height)
+    print(f"screenshot: {path}")
+    return path
+
+
+def emulate(browser, width: int, height: int) -> None:
+    """Make the page see a screen of `width` x `height` CSS pixels (below Chromium's 500 px least window width too)."""
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
+
+
 def wait_for(condition, what: str, timeout: float = WAIT):
+    """`condition()` once it is truthy. An element that the page re-rendered while it was read counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         time.sleep(0.25)
@@ -206,3 +238,243 @@ def test_picking_an_example_then_moving_the_threshold_updates_the_tokens_shown(s
         return kept if kept is not None and kept != kept_before else None
 
     assert wait_for(kept_now, "the counts after moving the threshold") < kept_before
+
+
+# ------------------------------------------------------------------------------------------------ issue 8, the Space
+def half_noise(path: Path, width: int, height: int, block: int = 10) -> Path:
+    """Blocky noise on the left half, flat white on the right (blocks keep a 10000 px wide file small)."""
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (max(1, height // block), max(1, width // (2 * block)), 3), dtype=np.uint8)
+    pixels = np.full((height, width, 3), 255, dtype=np.uint8)
+    pixels[:, : width // 2] = np.asarray(Image.fromarray(small).resize((width // 2, height), Image.NEAREST))
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def open_space(browser, url: str):
+    from selenium.webdriver.common.by import By
+
+    browser.get(url)
+    return wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#input-image input[type=file]"), "upload")[0]
+
+
+def counts_of(browser) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.CSS_SELECTOR, "#counts").text
+
+
+def upload_and_wait_for_counts(browser, url: str, path: Path, question: str = "") -> str:
+    from selenium.webdriver.common.by import By
+
+    open_space(browser, url).send_keys(str(path))
+    if question:
+        browser.find_element(By.CSS_SELECTOR, "#question textarea").send_keys(question)
+    return wait_for(lambda: (t := counts_of(browser)) and "Kept" in t and t, "the counts after upload")
+
+
+def set_slider(browser, elem_id: str, value: float) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value), Keys.ENTER)
+
+
+def shown(browser, elem_id: str) -> bool:
+    from selenium.webdriver.common.by import By
+
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(5):
+        try:
+            elements = browser.find_elements(By.CSS_SELECTOR, f"#{elem_id}")
+            return bool(elements) and elements[0].is_displayed()
+        except StaleElementReferenceException:  # re-rendered between finding and reading it: look again
+            time.sleep(0.1)
+    raise AssertionError(f"#{elem_id} kept being re-rendered")
+
+
+def rect(browser, selector: str) -> dict:
+    return browser.execute_script(
+        "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+        "return {top: r.top + window.scrollY, bottom: r.bottom + window.scrollY, left: r.left, right: r.right,"
+        " width: r.width, height: r.height};",
+        selector,
+    )
+
+
+def shown_size(browser, image) -> tuple[float, float]:
+    """The size at which an <img> shows its picture: fitted into its box, aspect kept (`object-fit: contain`)."""
+    return browser.execute_script(
+        "const i = arguments[0], r = i.getBoundingClientRect();"
+        "const s = Math.min(r.width / i.naturalWidth, r.height / i.naturalHeight);"
+        "return [i.naturalWidth * s, i.naturalHeight * s];",
+        image,
+    )
+
+
+def error_badges(browser) -> list:
+    """Gradio's red "Error" marks (on outputs of a failed event, and the error toast's title)."""
+    from selenium.webdriver.common.by import By
+
+    return [e for e in browser.find_elements(By.XPATH, "//*[normalize-space(text())='Error']") if e.is_displayed()]
+
+
+def ask_and_wait_for_answers(browser):
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.CSS_SELECTOR, "#ask").click()
+
+    def answers():
+        pruned = browser.find_element(By.CSS_SELECTOR, "#pruned-answer textarea").get_attribute("value")
+        timing = browser.find_element(By.CSS_SELECTOR, "#pruned-time").text
+        return (pruned, timing) if pruned and "prompt of" in timing else None
+
+    return wait_for(answers, "the answers")
+
+
+def test_asking_without_an_image_warns_and_marks_no_output_as_failed(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    open_space(browser, served)
+    browser.find_element(By.CSS_SELECTOR, "#question textarea").send_keys("what is in it ?")
+    browser.find_element(By.CSS_SELECTOR, "#ask").click()
+    body = wait_for(
+        lambda: (t := browser.find_element(By.TAG_NAME, "body").text) and "pick an example) first." in t and t,
+        "the missing-image message",
+    )
+    time.sleep(1)  # any badge of a failed event would be painted by now
+    assert "Warning" in body  # a message, not a failure
+    assert not error_badges(browser), "a user error painted Error badges"
+    # The outputs are left as they were: no overlays, the upload prompt, no answers.
+    assert not browser.find_elements(By.CSS_SELECTOR, "#base-overlay img")
+    assert counts_of(browser).startswith("Upload an image")
+    assert browser.find_element(By.CSS_SELECTOR, "#pruned-answer textarea").get_attribute("value") == ""
+    save_page(browser, "space_ask_without_image.png")
+
+
+def test_answers_from_an_earlier_setting_or_image_are_marked_out_of_date(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    first = half_noise(tmp_path / "first.png", 200, 120)
+    upload_and_wait_for_counts(browser, served, first, "what is in this picture ?")
+    answer_text, _ = ask_and_wait_for_answers(browser)
+    time.sleep(1)
+    assert not shown(browser, "answer-notice")
+
+    def marked(what: str):
+        def check():
+            if not shown(browser, "answer-notice"):
+                return None
+            notice = browser.find_element(By.CSS_SELECTOR, "#answer-notice").text
+            return notice if "Out of date" in notice and what in notice else None
+
+        return wait_for(check, f"the out-of-date notice naming {what}")
+
+    def stale(elem_id: str) -> bool:
+        return "stale" in browser.find_element(By.CSS_SELECTOR, f"#{elem_id}").get_attribute("class").split()
+
+    set_slider(browser, "threshold", 0.5)
+    notice = marked("the threshold")
+    assert "Press Ask" in notice
+    for elem_id in ("pruned-answer", "full-answer", "pruned-time", "full-time"):
+        assert stale(elem_id), f"{elem_id} is not greyed out"
+    assert "out of date" in browser.find_element(By.CSS_SELECTOR, "#pruned-answer").text
+    # The old answer stays readable, marked; the counts above follow the new threshold.
+    assert browser.find_element(By.CSS_SELECTOR, "#pruned-answer textarea").get_attribute("value") == answer_text
+    save_page(browser, "space_answers_out_of_date.png")
+
+    set_slider(browser, "threshold", 0.9)  # back to what they were made with: current again
+    wait_for(lambda: not shown(browser, "answer-notice") and not stale("pruned-answer"), "the answers unmarked")
+
+    second = half_noise(tmp_path / "second.png", 120, 200)
+    browser.find_element(By.CSS_SELECTOR, "#input-image input[type=file]").send_keys(str(second))
+    marked("the image")
+    assert stale("full-time")
+
+    # A new answer for the current controls is current.
+    ask_and_wait_for_answers(browser)
+    wait_for(lambda: not shown(browser, "answer-notice") and not stale("pruned-answer"), "the new answers unmarked")
+
+
+def test_a_33_to_1_image_is_shown_legibly_and_its_empty_tile_grid_explained(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    wide = half_noise(tmp_path / "wide.png", 10000, 300)
+    text = upload_and_wait_for_counts(browser, served, wide)
+    assert "stretched 8.3× vertically: this image is 33.3:1" in text
+    assert "No tile tokens." in text and "base view alone" in text
+    assert "0/0" not in text and re.search(r"high-res tiles \(1×3 crops, 0×12 unpadded\) 0 0 –", text), text
+    for elem_id in ("base-overlay", "tile-overlay"):
+        image = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f"#{elem_id} img"), f"the {elem_id} image")[0]
+        wait_for(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image), "")
+        width, height = shown_size(browser, image)
+        assert height >= 60 and abs(width / height - 4) < 0.1, (width, height)
+    assert rect(browser, "#input-image")["height"] >= 150, "the input box collapsed"
+    # Each base token is a visible band: the noisy half kept, the flat half dropped.
+    overlay = browser.find_element(By.CSS_SELECTOR, "#base-overlay img")
+    overlay_png = tmp_path / "wide_overlay.png"
+    overlay_png.write_bytes(overlay.screenshot_as_png)
+    gray = np.asarray(Image.open(overlay_png).convert("L"), dtype=float)
+    picture_height = shown_size(browser, overlay)[1]  # the box letterboxes the picture: keep its middle band
+    middle = gray.shape[0] // 2
+    gray = gray[middle - int(picture_height * 0.4) : middle + int(picture_height * 0.4)]
+    width = gray.shape[1]
+    assert gray[:, : width * 2 // 5].std() > 20 and np.median(gray[:, width * 3 // 5 :]) < 130
+    save_page(browser, "space_33_to_1_desktop.png")
+    emulate(browser, 420, 900)
+    time.sleep(1)
+    assert shown_size(browser, browser.find_element(By.CSS_SELECTOR, "#base-overlay img"))[1] >= 30
+    save_page(browser, "space_33_to_1_420px.png")
+
+
+def test_on_a_420_px_screen_the_overlays_sit_next_to_the_input(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    emulate(browser, 420, 900)
+    upload_and_wait_for_counts(browser, served, half_noise(tmp_path / "phone.png", 200, 120))
+    for elem_id in ("base-overlay", "tile-overlay"):
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f"#{elem_id} img"), f"the {elem_id} image")
+    assert browser.execute_script("return window.innerWidth") == 420
+    picture, base, tile = (rect(browser, f"#{name}") for name in ("input-image", "base-overlay", "tile-overlay"))
+    examples = rect(browser, "[data-testid='dataset-cell-0-0']")
+    controls = rect(browser, "#question")
+    # Right under the input, side by side, on screen, before the controls and the examples.
+    assert 0 <= base["top"] - picture["bottom"] < 40, (picture, base)
+    assert abs(base["top"] - tile["top"]) < 2 and base["right"] <= tile["left"] + 1
+    assert base["left"] >= 0 and tile["right"] <= 420
+    assert tile["bottom"] < controls["top"] < examples["top"]
+    assert base["bottom"] - picture["top"] < 900, "the input and the overlays do not fit on one screen"
+    for name in ("base-overlay", "tile-overlay"):
+        assert browser.find_element(By.CSS_SELECTOR, f"#{name} img").size["width"] > 100
+    save_page(browser, "space_420px.png")
+
+
+def test_budget_mode_shows_only_its_slider_and_says_what_the_share_counts(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    upload_and_wait_for_counts(browser, served, half_noise(tmp_path / "budget.png", 200, 120))
+    assert shown(browser, "threshold") and not shown(browser, "keep-ratio")
+    budget = [e for e in browser.find_elements(By.CSS_SELECTOR, "#mode label") if e.text.strip() == "budget"]
+    budget[0].click()
+    wait_for(lambda: shown(browser, "keep-ratio") and not shown(browser, "threshold"), "only the budget slider")
+    label = browser.find_element(By.CSS_SELECTOR, "#keep-ratio").text
+    assert "share of the scored tokens kept" in label and "row newlines are not counted" in label
+    value = float(browser.find_element(By.CSS_SELECTOR, "#keep-ratio input[type=number]").get_attribute("value"))
+
+    def scored_row():
+        match = re.search(r"scored \(base \+ tiles\) (\d+) (\d+) ([\d.]+) %", counts_of(browser))
+        return match and int(match[1]) == round(value * int(match[2])) and match
+
+    match = wait_for(scored_row, "the table's scored row at the budget's share")
+    assert float(match[3]) == pytest.approx(100 * value, abs=100 / int(match[2]))
+    text = counts_of(browser)
+    assert "row newlines (not scored)" in text and "in the prompt (scored + newlines)" in text
+    flops = re.search(r"Predicted LLM prefill: [\d.]+ (\w*FLOPs) → [\d.]+ (\w*FLOPs) \([\d.]+ % saved\)", text)
+    assert flops and flops[1] == flops[2], text  # one unit for the line
+    save_page(browser, "space_budget_mode.png")
+    threshold = [e for e in browser.find_elements(By.CSS_SELECTOR, "#mode label") if e.text.strip() == "threshold"]
+    threshold[0].click()
+    wait_for(lambda: shown(browser, "threshold") and not shown(browser, "keep-ratio"), "only the threshold slider")

@@ -1,6 +1,8 @@
 """The Space's pure functions: inputs checked with clear messages, overlays, counts, FLOPs, cached re-scoring."""
 
+import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -76,10 +78,12 @@ def test_preview_overlays_cover_the_image_and_counts_match_the_selection(backend
     tile_state = token_state_map(geometry, keep, "tile", image.size[::-1])
     if geometry.view_mask("tile").any():
         assert (tile_state == UNSEEN).mean() < 0.35
-    # The overlays are pictures of the image's shape, larger side 512 px.
+    # The overlays are pictures of the image's shape, larger side 512 px; a shape longer than 4:1 is shown at 4:1.
+    aspect = image.width / image.height
+    shown_aspect = min(max(aspect, 1 / app.MAX_SHOWN_ASPECT), app.MAX_SHOWN_ASPECT)
     for overlay in (shown.base_overlay, shown.tile_overlay):
         assert max(overlay.size) == 512
-        assert abs(overlay.size[0] / overlay.size[1] - image.width / image.height) < 0.05 * image.width / image.height
+        assert abs(overlay.size[0] / overlay.size[1] - shown_aspect) < 0.05 * shown_aspect
 
 
 def test_overlay_pixels_show_the_kept_and_dropped_tokens(backend):
@@ -171,9 +175,13 @@ def test_counts_add_up_and_percentages_are_of_the_view():
     assert counts["tile"]["kept"] == 0 and counts["tile"]["total"] == 32
     assert counts["all"]["kept"] == 4 + counts["newline"]["total"]
     assert counts["all"]["total"] == 16 + 32 + counts["newline"]["total"] == len(geometry)
+    assert counts["scored"] == {"kept": 4, "total": 48, "percent_kept": pytest.approx(100 * 4 / 48)}
     text = app.format_counts(counts, app.flops_estimate(_llama(), 10, 52, 8), geometry)
-    assert "| base view (whole image, 4×4 tokens) | 4 | 16 | 25.0 % |" in text
-    assert "Kept 8 / 52 visual tokens (15.4 %)" in text
+    assert "| base view (4×4) | 4 | 16 | 25.0 % |" in text
+    assert "| **scored** (base + tiles) | **4** | **48** | **8.3 %** |" in text
+    assert "| row newlines (not scored) | 4 | 4 | |" in text
+    assert "| in the prompt (scored + newlines) | 8 | 52 | 15.4 % |" in text
+    assert "Kept 8 / 52 visual tokens (15.4 %)** in the prompt: 4 / 48 scored (8.3 %) and 4 row newlines." in text
 
 
 def _llama(**kwargs):
@@ -198,6 +206,79 @@ def test_flops_estimate_matches_the_shared_cost_model():
     assert 70 < estimate["percent_saved"] < 80  # a quarter of the tokens: a bit over 3/4 of the cost saved
     assert app.flops_estimate(config, 40, 2928, 2928)["percent_saved"] == pytest.approx(0.0)
     assert estimate["full"] > estimate["pruned"] > 0
+
+
+@pytest.mark.parametrize(
+    "full, pruned, line",
+    [
+        (6.16e6, 911_104, "6.16 MFLOPs → 0.91 MFLOPs (85.2 % saved)"),  # the issue's mixed "MFLOPs -> FLOPs" line
+        (4.2e13, 1.05e13, "42.00 TFLOPs → 10.50 TFLOPs (75.0 % saved)"),
+        (999.999e9, 2e8, "1.00 TFLOPs → 0.00 TFLOPs (100.0 % saved)"),  # rounds up into the next unit
+        (2.5e3, 2.5e3, "2.50 kFLOPs → 2.50 kFLOPs (0.0 % saved)"),
+        (640.0, 64.0, "640.00 FLOPs → 64.00 FLOPs (90.0 % saved)"),
+    ],
+)
+def test_the_flops_line_uses_one_unit_chosen_by_the_larger_number(full, pruned, line):
+    assert app.format_flops(full, pruned) == line
+
+
+def test_the_counts_show_the_flops_in_one_unit(backend):
+    shown = app.preview(backend, half_flat(150, 90, seed=1), "threshold", 0.9, 0.25, "what is it ?")
+    summary = shown.markdown.split("Predicted LLM prefill: ")[1]
+    units = re.findall(r"[\d.]+ (\w*FLOPs)", summary)
+    assert len(units) == 2 and units[0] == units[1], summary
+    assert summary.startswith(app.format_flops(shown.flops["full"], shown.flops["pruned"]))
+
+
+def test_the_budget_and_the_table_count_the_same_tokens(backend):
+    """The slider's share is a share of the scored tokens (base + tiles), which the table has a row for; the newlines
+    it does not count are a row of their own, and the overall share says that it includes them."""
+    image = half_flat(150, 90, seed=2)
+    for ratio in (0.25, 0.5, 1.0):
+        shown = app.preview(backend, image, "budget", 0.9, ratio)
+        scored = shown.counts["scored"]
+        assert scored["kept"] == round(ratio * scored["total"])
+        assert f"| **scored** (base + tiles) | **{scored['kept']}** | **{scored['total']}** " in shown.markdown
+        assert shown.counts["all"]["kept"] == scored["kept"] + shown.counts["newline"]["total"]
+    assert "share of the scored tokens" in app.BUDGET_LABEL and "newlines are not counted" in app.BUDGET_INFO
+    assert "scored" in app.THRESHOLD_INFO
+
+
+@pytest.mark.parametrize(
+    "size, shown_size, direction",
+    [((10000, 300), (512, 128), "vertically"), ((300, 10000), (128, 512), "horizontally")],
+)
+def test_an_extreme_aspect_ratio_is_shown_stretched_and_an_empty_tile_grid_explained(
+    backend, size, shown_size, direction
+):
+    image = half_flat(10000, 300, seed=5)  # noise on the left, flat on the right; turned for the tall case
+    image = image if size[0] > size[1] else image.transpose(Image.TRANSPOSE)
+    assert image.size == size
+    shown = app.preview(backend, image, "threshold", 0.9, 0.25)
+    assert shown.base_overlay.size == shown.tile_overlay.size == shown_size
+    assert app.overlay_stretch(size) == pytest.approx(10000 / 300 / 4)
+    assert f"stretched 8.3× {direction}: this image is 33.3:1, shown at 4:1" in shown.markdown
+    # The stock packer leaves no tile token for so thin an image: the table says so instead of "0/0, 0.0 %".
+    assert shown.counts["tile"]["total"] == 0
+    assert "| 0 | 0 | – |" in shown.markdown and "0.0 %" not in shown.markdown.split("high-res tiles")[1][:60]
+    assert "**No tile tokens.**" in shown.markdown and "base view alone" in shown.markdown
+    # Every token of the base view is a visible band of the stretched overlay: the noisy half kept, the flat half
+    # dropped (darkened), each token box tens of pixels thick.
+    geometry = backend.cache.get(app.image_key(image)).geometry
+    keep = shown.selection.keep_masks()[0].numpy()
+    base = geometry.view_mask("base")
+    assert keep[base].any() and not keep[base].all()
+    gray = np.asarray(shown.base_overlay.convert("L"), dtype=float)
+    noisy, flat = (gray[:, :200], gray[:, 312:]) if size[0] > size[1] else (gray[:200], gray[312:])
+    assert noisy.std() > 20 and np.median(flat) < 130
+    assert min(shown_size) / geometry.layout.tokens_per_side >= 30
+
+
+def test_overlays_of_ordinary_shapes_are_not_stretched(backend):
+    for size in ((400, 100), (100, 400), (150, 90)):
+        assert app.overlay_stretch(size) == 1.0
+        assert "stretched" not in app.preview(backend, half_flat(*size), "threshold", 0.9, 0.25).markdown
+    assert "No tile tokens" not in app.preview(backend, half_flat(150, 90), "threshold", 0.9, 0.25).markdown
 
 
 def test_answer_with_and_without_pruning_uses_the_previewed_selection(backend):
@@ -350,6 +431,119 @@ def test_every_input_is_checked_by_one_function_with_a_message_naming_it(changes
     with pytest.raises(app.InputError) as refusal:
         app.validate_inputs(**inputs, question_required=True)
     assert message in str(refusal.value)
+
+
+SIGNATURE = {
+    "image": {"path": "/cache/a/photo.png", "meta": {"_type": "gradio.FileData"}},
+    "question": "what is it ?",
+    "mode": "threshold",
+    "threshold": 0.9,
+    "keep_ratio": 0.25,
+    "max_new_tokens": 24,
+}
+
+
+@pytest.mark.parametrize(
+    "changes, changed",
+    [
+        ({}, []),
+        ({"question": "  what is it ?  "}, []),  # asked the same: the answer still matches
+        ({"keep_ratio": 0.5}, []),  # the budget is not what the threshold rule uses
+        ({"threshold": 0.5}, ["threshold"]),
+        ({"image": {"path": "/cache/b/photo.png"}}, ["image"]),
+        ({"image": None}, ["image"]),
+        ({"question": "and now ?", "max_new_tokens": 5}, ["question", "max_new_tokens"]),
+        ({"mode": "budget", "threshold": 0.5}, ["mode"]),  # named once, as the rule
+    ],
+)
+def test_answers_are_compared_with_the_controls_they_were_made_with(changes, changed):
+    answered = app.answer_signature(**SIGNATURE)
+    current = app.answer_signature(**{**SIGNATURE, **changes})
+    assert app.changed_settings(answered, current) == changed
+    updates = app.freshness_updates(answered, current)
+    notice, pruned, full, pruned_time, full_time = updates
+    assert notice.visible is bool(changed)
+    assert (STALE := app.STALE_CLASS) in pruned.elem_classes if changed else not pruned.elem_classes
+    for update in (full, pruned_time, full_time):
+        assert update.elem_classes == pruned.elem_classes
+    assert pruned.label == ("Answer with pruning (out of date)" if changed else "Answer with pruning")
+    if changed:
+        assert notice.value.startswith("⚠️ **Out of date:**") and "Press **Ask**" in notice.value
+        for name in changed:
+            assert app.SETTING_NAMES[name] in notice.value
+        assert STALE == "stale"
+
+
+def test_with_no_answer_yet_nothing_is_marked():
+    import gradio as gr
+
+    updates = app.freshness_updates(None, app.answer_signature(**SIGNATURE))
+    assert all(isinstance(update, type(gr.skip())) for update in updates) and len(updates) == 5
+
+
+def page_step(demo, name: str):
+    """One of the page's event handlers (closures inside `build_demo`), by name."""
+    return next(fn.fn for fn in demo.fns.values() if fn.name == name)
+
+
+def test_an_answer_made_while_the_controls_moved_arrives_marked_and_the_overlays_follow_the_controls(backend, tmp_path):
+    import gradio as gr
+
+    demo = app.build_demo(backend, examples_dir=tmp_path / "examples")
+    on_answered = page_step(demo, "on_answered")
+    image = str(sorted((tmp_path / "examples").glob("*.png"))[0])
+    controls = [image, "what is it ?", "threshold", 0.9, 0.25, 8]
+    asked = app.answer_signature(*controls)
+    # Unchanged while the answer was made: remembered, unmarked, the answer's own overlays left in place.
+    remembered, notice, *_, base, tile, counts, details = on_answered(*controls, asked)
+    assert remembered == asked and notice.visible is False
+    assert all(isinstance(update, type(gr.skip())) for update in (base, tile, counts, details))
+    # The threshold moved meanwhile: marked, and the preview redone for the controls as they are now.
+    moved = [image, "what is it ?", "threshold", 0.5, 0.25, 8]
+    remembered, notice, pruned, *_, base, tile, counts, details = on_answered(*moved, asked)
+    assert remembered == asked and notice.visible is True and "the threshold" in notice.value
+    assert app.STALE_CLASS in pruned.elem_classes
+    assert details["counts"] == app.preview(backend, image, "threshold", 0.5, 0.25, "what is it ?").counts
+
+
+def test_asking_with_a_missing_input_warns_and_stops_without_marking_outputs(backend, tmp_path):
+    import gradio as gr
+
+    on_ask = page_step(app.build_demo(backend, examples_dir=tmp_path / "examples"), "on_ask")
+    with pytest.warns(UserWarning, match="pick an example"), pytest.raises(gr.Error) as stop:
+        on_ask(None, "what is it ?", "threshold", 0.9, 0.25, 8)
+    # The error only stops the chain before /answer: invisible, and no traceback printed for it.
+    assert stop.value.visible is False and stop.value.print_exception is False
+    with pytest.warns(UserWarning, match="image placeholder \\(&lt;image&gt;\\)"), pytest.raises(gr.Error):
+        on_ask(half_flat(40, 40), "what <image> is", "threshold", 0.9, 0.25, 8)  # escaped: the toast is HTML
+
+
+def test_the_out_of_date_notice_names_what_changed():
+    assert app.stale_notice(["image"]).startswith("⚠️ **Out of date:** the image has changed since these answers.")
+    assert "the question and max new tokens have changed" in app.stale_notice(["question", "max_new_tokens"])
+    assert "the image, the question and the threshold have" in app.stale_notice(["image", "question", "threshold"])
+
+
+def test_a_user_error_is_logged_in_one_line_without_a_traceback(caplog):
+    caplog.set_level(logging.INFO, logger="llava_codebook.space")
+    error = app._user_error(app.InputError("Unknown pruning mode 'x\ny'; choose 'threshold' or 'budget'."))
+    assert error.print_exception is False  # Gradio prints no traceback for it either
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert record.getMessage() == "Refused a request: Unknown pruning mode 'x y'; choose 'threshold' or 'budget'."
+    assert "\n" not in record.getMessage()
+
+
+def test_an_unexpected_error_keeps_its_traceback_once(caplog):
+    caplog.set_level(logging.INFO, logger="llava_codebook.space")
+    try:
+        raise RuntimeError("disk on fire")
+    except RuntimeError as exc:
+        error = app._user_error(exc)
+    assert "Something went wrong (RuntimeError)" in error.message
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info and record.exc_info[0] is RuntimeError
+    assert error.print_exception is False  # logged above with the traceback: not printed a second time
 
 
 def test_validated_inputs_come_back_typed():

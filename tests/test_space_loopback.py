@@ -2,6 +2,7 @@
 payloads the client would never build (every request loop here is bounded in count and time)."""
 
 import io
+import logging
 import os
 import sys
 import threading
@@ -123,6 +124,41 @@ def test_bad_inputs_come_back_as_messages(client, tmp_path):
     # The preview reports in place instead of raising (it runs on every slider move).
     result = client.predict(handle_file(str(huge)), "threshold", 0.9, 0.25, "", api_name="/preview")
     assert result[0] is None and "9000x6000 pixels" in result[2]
+
+
+def test_only_the_two_endpoints_are_public(client):
+    """The page's own steps (the check before Ask, the out-of-date marks, the rule's slider) are not API endpoints."""
+    api = client.view_api(return_format="dict", print_info=False)
+    assert sorted(api["named_endpoints"]) == ["/answer", "/preview"]
+    assert not api["unnamed_endpoints"]
+
+
+def test_user_errors_are_logged_in_one_line_and_unexpected_ones_with_their_traceback(
+    served, client, tmp_path, caplog, capfd, monkeypatch
+):
+    caplog.set_level(logging.INFO, logger="llava_codebook.space")
+    good = picture(tmp_path / "logged.png", 100, 100, seed=4)
+    capfd.readouterr()
+    with pytest.raises(AppError, match="Type a question"):
+        client.predict(handle_file(good), "   ", "threshold", 0.9, 0.25, 4, api_name="/answer")
+    refused = [record for record in caplog.records if "Type a question" in record.getMessage()]
+    assert len(refused) == 1, [record.getMessage() for record in caplog.records]
+    assert refused[0].levelno == logging.INFO and refused[0].exc_info is None
+    assert "\n" not in refused[0].getMessage()
+    assert "Traceback" not in capfd.readouterr().err  # and Gradio printed none either
+
+    caplog.clear()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the accelerator fell over")
+
+    monkeypatch.setattr(app, "generate_both", broken)
+    with pytest.raises(AppError, match=r"Something went wrong \(RuntimeError\)"):
+        client.predict(handle_file(good), "what ?", "threshold", 0.9, 0.25, 4, api_name="/answer")
+    unexpected = [record for record in caplog.records if record.exc_info]
+    assert len(unexpected) == 1 and unexpected[0].exc_info[0] is RuntimeError
+    assert unexpected[0].levelno == logging.ERROR
+    assert capfd.readouterr().err.count("Traceback") <= 1  # logged once (where a handler prints it), not twice
 
 
 def test_two_concurrent_clients_get_their_own_results(served, tmp_path):
