@@ -195,3 +195,22 @@ def test_build_never_writes_into_the_model_or_the_image_folder(tiny_checkpoint, 
     assert (tiny_checkpoint / "config.json").read_bytes() == config
     assert sorted(p.name for p in folder.iterdir()) == ["img-000.png", "img-001.png"]
 
+
+def test_build_options_override_the_preset_recipe_and_are_recorded(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "images"
+    save_images(folder, synthetic_images(4))
+    recipe = [
+        "--conversation", "checkpoint", "--skip-first-token", "none", "--rank-precision", "float16",
+        "--rank-ties", "group", "--cluster-dtype", "float16", "--index-rank-start", "0",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb", *recipe))
+    assert result.exit_code == 0, result.output
+    params = RedundancyCodebook.from_pretrained(tmp_path / "cb").build_parameters
+    assert params["conversation"] == "checkpoint" and params["template_text"] == (
+        "<image>\nWhat does this image show? You must provide a single word that best describes the image."
+    )
+    assert (params["rank_dtype"], params["rank_ties"], params["cluster_dtype"]) == ("float16", "group", "float16")
+    assert params["skip_first_token"] == "" and params["pad_token_id"] == 0
+
+    line = error_line(CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "x", "--rank-ties", "x")))
+    assert "rank_ties='x' is unknown" in line and "'group'" in line
