@@ -24,7 +24,7 @@ def test_build_command_on_a_folder_writes_a_codebook_and_reports_unreadable_imag
         "build", "--model", str(tiny_checkpoint), "--images", str(folder), "--out", str(tmp_path / "cb"),
         "--trust-remote-code", "--preset", "llava-ov", "--top1-prob-thres", "0.5", "--jsd-thres", "0.01",
         "--prototype-cluster-nums", "6", "--min-unique-images", "1", "--cluster-size-thres", "8",
-        "--image-batch-size", "3", "--no-progress",
+        "--image-batch-size", "3", "--no-progress", "--pad-token-id", "0",
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -86,6 +86,7 @@ def test_build_command_uses_a_given_pad_embedding_file(tiny_checkpoint, tmp_path
 LOOSE = [
     "--trust-remote-code", "--preset", "llava-ov", "--top1-prob-thres", "0.5", "--jsd-thres", "0.01",
     "--prototype-cluster-nums", "6", "--min-unique-images", "1", "--cluster-size-thres", "8", "--no-progress",
+    "--pad-token-id", "0",  # the llava-ov preset's pad row (151643) is beyond the tiny model's vocabulary
 ]  # fmt: skip
 
 
@@ -165,7 +166,7 @@ def test_a_work_dir_of_the_old_name_keyed_format_is_refused(tiny_checkpoint, tmp
     (tmp_path / "cb" / "probes").mkdir(parents=True)
     (tmp_path / "cb" / "probes" / "run.json").write_text(json.dumps({"base_model": str(tiny_checkpoint)}))
     line = error_line(CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb")))
-    assert "keyed by file name only" in line
+    assert "another version of llava-codebook (store format 1, this version reads format 3" in line
 
 
 def test_a_rebuild_into_the_same_out_writes_its_own_card(tiny_checkpoint, tmp_path):
@@ -193,3 +194,23 @@ def test_build_never_writes_into_the_model_or_the_image_folder(tiny_checkpoint, 
         assert "sources are never written to" in line
     assert (tiny_checkpoint / "config.json").read_bytes() == config
     assert sorted(p.name for p in folder.iterdir()) == ["img-000.png", "img-001.png"]
+
+
+def test_build_options_override_the_preset_recipe_and_are_recorded(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "images"
+    save_images(folder, synthetic_images(4))
+    recipe = [
+        "--conversation", "checkpoint", "--skip-first-token", "none", "--rank-precision", "float16",
+        "--rank-ties", "group", "--cluster-dtype", "float16", "--index-rank-start", "0",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb", *recipe))
+    assert result.exit_code == 0, result.output
+    params = RedundancyCodebook.from_pretrained(tmp_path / "cb").build_parameters
+    assert params["conversation"] == "checkpoint" and params["template_text"] == (
+        "<image>\nWhat does this image show? You must provide a single word that best describes the image."
+    )
+    assert (params["rank_dtype"], params["rank_ties"], params["cluster_dtype"]) == ("float16", "group", "float16")
+    assert params["skip_first_token"] == "" and params["pad_token_id"] == 0
+
+    line = error_line(CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "x", "--rank-ties", "x")))
+    assert "rank_ties='x' is unknown" in line and "'group'" in line

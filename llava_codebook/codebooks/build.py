@@ -1,4 +1,4 @@
-"""Build a redundancy codebook for a LLaVA-NeXT model from a set of images (stages 1-5 end to end).
+"""Build a redundancy codebook for a LLaVA model from a set of images (stages 1-5 end to end).
 
 Stages 1-2 (probes, the expensive part) run per batch of images and write one result file per image to the work
 directory as each batch finishes; a rerun skips finished images. Stages 3-5 (redundancy test, clustering,
@@ -7,9 +7,10 @@ again. Under `accelerate launch`, image batches are dealt round-robin to the pro
 `k % num_processes`); the work directory must then be on a filesystem all processes share.
 
 Resuming: a stored result is reused only for an image with the same id and the same content hash, in a work
-directory whose probe settings (model, revision, dtype, layer, prompt, ranks, pad embedding, ...) are those of this
-run; other settings stop the build with the differing values named (see `store.py`). Ctrl-C raises
-`BuildInterrupted`, whose message says how many images are finished and how to resume.
+directory whose probe settings (model, revision, dtype, layer, prompt and conversation, ranks and ranking recipe,
+pad embedding, "A" step, ...) are those of this run; other settings stop the build with the differing values
+named (see `store.py`). Thresholds and the clustering precision are not probe settings: changing them reuses the
+probes. Ctrl-C raises `BuildInterrupted`, whose message says how many images are finished and how to resume.
 
 Determinism: a batch is always the same images (batch `k` holds source positions `[k*B, (k+1)*B)`), and every
 later step is deterministic, so an interrupted build resumed with the same `image_batch_size` (and `batch_size`)
@@ -249,12 +250,13 @@ def assemble_codebook(
         used_ids.append(result.image_id)
         div_ctx, div_global = result.divergences(preset.divergence)
         redundant = redundant_mask(result.p_max, div_ctx, div_global, preset)
-        chosen = select_in_image(result.tokens, redundant, preset)
+        # The per-image clustering sees every token row; a tied group's rows share their probe's verdict.
+        chosen = select_in_image(result.tokens, redundant[result.token_probes], preset)
         summary.num_probes += result.p_max.numel()
         summary.num_redundant += int(redundant.sum())
         kept_tokens.append(result.tokens[chosen])
         kept_image += [len(used_ids) - 1] * chosen.numel()
-        kept_patch += result.patch_indices[chosen].tolist()
+        kept_patch += result.token_patch_indices[chosen].tolist()
     summary.num_images = len(items)
     if not kept_tokens:
         raise CodebookBuildError("No image could be probed (all were unreadable or the source is empty).")
@@ -307,7 +309,7 @@ def build_codebook(
     """Build (and with `out`, save) a codebook for `model` from `images`.
 
     Args:
-        model / processor: a LLaVA-NeXT `...ForConditionalGeneration` (eval mode, any device and dtype) and its
+        model / processor: a LLaVA `...ForConditionalGeneration` (eval mode, any device and dtype) and its
             processor.
         images: an iterable of `ImageItem` (see `llava_codebook.codebooks.data`), a folder, a `datasets` id, or a
             list of PIL images.
@@ -319,7 +321,9 @@ def build_codebook(
         num_images: use the first N images of the source (unreadable ones among them are skipped and counted).
         batch_size: language-model sequences per forward pass; `image_batch_size`: images encoded and probed
             together. Memory grows with these, not with the number of images.
-        probe_ranks / prompt / pad_embedding / pad_token_id / rank_by: probe settings (see `ProbeRunner`).
+        probe_ranks / prompt / pad_embedding / rank_by: probe settings (see `ProbeRunner`). The rest of the probe
+            recipe (conversation, "A" step, pad row, ranking precision and ties, index-rank start) comes from the
+            preset, the release's for its family (see `BuildPreset`); `pad_token_id` overrides the preset's pad row.
         base_model / base_model_revision: what the codebook declares it was built for (default: the model's
             `name_or_path`).
 
@@ -335,14 +339,20 @@ def build_codebook(
         model,
         processor,
         prompt=prompt,
+        conversation=preset_obj.conversation,
         probe_ranks=probe_ranks,
         batch_size=batch_size,
         pad_embedding=pad_embedding,
-        pad_token_id=pad_token_id,
+        pad_token_id=pad_token_id if pad_token_id is not None else preset_obj.pad_token_id,
         rank_by=rank_by,
         top_logits=preset_obj.top_logits,
         pmax_top_logits=preset_obj.pmax_top_logits,
+        skip_first_token=preset_obj.skip_first_token,
+        rank_dtype=preset_obj.rank_dtype,
+        rank_ties=preset_obj.rank_ties,
+        index_rank_start=preset_obj.index_rank_start,
     )
+    recipe = probe_recipe(runner)
     base_model = base_model or getattr(model, "name_or_path", None) or model.config._name_or_path or None
     fingerprint = {
         "base_model": base_model,
@@ -353,8 +363,7 @@ def build_codebook(
         "prompt_token_ids": runner.prompt_token_ids,
         "probe_ranks": runner.probe_ranks,
         "rank_by": rank_by,
-        "pad_token_id": runner.pad_token_id,
-        "pad_embedding_sha256": tensor_digest(runner.pad_embedding),
+        **recipe,
         # The weights that make the tokens: a work dir of another checkpoint with the same name is caught here.
         "projector_sha256": tensor_digest(
             torch.cat([p.flatten() for p in runner.base.multi_modal_projector.parameters()])
@@ -408,8 +417,7 @@ def build_codebook(
             "prompt": prompt,
             "probe_ranks": runner.probe_ranks,
             "rank_by": rank_by,
-            "pad_token_id": runner.pad_token_id,
-            "pad_embedding_sha256": fingerprint["pad_embedding_sha256"],
+            **recipe,
             "num_images": summary.num_images,
             "num_images_used": len(used_ids),
             "image_ids": used_ids,
@@ -429,6 +437,25 @@ def build_codebook(
         with replace_files(out) as staging:
             codebook.save_pretrained(staging)
     return BuildResult(codebook=codebook, summary=summary, output_dir=Path(out) if out is not None else None)
+
+
+def probe_recipe(runner: ProbeRunner) -> dict[str, Any]:
+    """The probe recipe as run (after defaults are resolved): part of the work directory's fingerprint, so that a
+    changed recipe is refused on resume, and of the codebook's provenance."""
+    prompt = runner.probe_prompt
+    return {
+        "conversation": runner.conversation,
+        "template_text": prompt.text,
+        "bos_token_ids": prompt.bos_token_ids,
+        "skip_first_token": runner.skip_first_token,
+        "skip_first_token_id": runner.skip_token_id,
+        "pad_token_id": runner.pad_token_id,
+        "pad_embedding_sha256": tensor_digest(runner.pad_embedding),
+        "ranked_by": "index" if runner.ranks_by_index else "cls",
+        "rank_dtype": runner.rank_dtype,
+        "rank_ties": runner.rank_ties,
+        "index_rank_start": runner.index_rank_start if runner.ranks_by_index else None,
+    }
 
 
 def _settled(store: ResultStore, item: ImageItem) -> bool:

@@ -39,7 +39,7 @@ def _parse_ids(ids: Optional[str]):
 
 
 def build(
-    model: Annotated[str, typer.Option(help="Hub id or local directory of a LLaVA-NeXT checkpoint.")],
+    model: Annotated[str, typer.Option(help="Hub id or local directory of a LLaVA (1.5, NeXT, OneVision) checkpoint.")],
     images: Annotated[str, typer.Option(help="A folder of images, or a `datasets` id / path.")],
     out: Annotated[Path, typer.Option(help="Directory to write the codebook to.")],
     num_images: Annotated[
@@ -55,7 +55,7 @@ def build(
     ] = None,
     streaming: Annotated[bool, typer.Option(help="Stream the dataset instead of downloading it whole.")] = True,
     preset: Annotated[
-        str, typer.Option(help="Thresholds: llava-1.5, llava-next-llama3 or llava-ov.")
+        str, typer.Option(help="The release's thresholds and probe recipe: llava-1.5, llava-next-llama3 or llava-ov.")
     ] = "llava-next-llama3",
     top1_prob_thres: Annotated[Optional[float], typer.Option(help="Override the preset's p_max threshold.")] = None,
     jsd_thres: Annotated[Optional[float], typer.Option(help="Override the preset's divergence threshold.")] = None,
@@ -70,6 +70,39 @@ def build(
     ] = None,
     divergence: Annotated[
         Optional[str], typer.Option(help="'release' (default, the thresholds' scale) or 'jsd'.")
+    ] = None,
+    conversation: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Prompt conversation: 'release' (default: the preset's, from the release's scripts), 'checkpoint' "
+            "(the checkpoint's chat template), or llava_v1 / llava_llama_3 / qwen_1_5."
+        ),
+    ] = None,
+    skip_first_token: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Read the second step's logits when the greedy first token is this one (llava-1.5 preset: '▁A', "
+            "the release's 'A' step); 'none' turns it off."
+        ),
+    ] = None,
+    pad_token_id: Annotated[
+        Optional[int], typer.Option(help="Pad-embedding row for leave-one-out (default: the preset's, the release's).")
+    ] = None,
+    rank_precision: Annotated[
+        Optional[str],
+        typer.Option(help="[CLS]-similarity ranking in 'float32' (default) or 'float16' (the release's)."),
+    ] = None,
+    rank_ties: Annotated[
+        Optional[str],
+        typer.Option(help="'split' (default: one patch per rank) or 'group' (the release's: tied patches together)."),
+    ] = None,
+    index_rank_start: Annotated[
+        Optional[int],
+        typer.Option(help="Towers without [CLS]: raster index of rank 1 (the llava-ov preset's 1 is the release's)."),
+    ] = None,
+    cluster_dtype: Annotated[
+        Optional[str],
+        typer.Option(help="DPC-KNN precision: 'float64' (default), 'float32' or 'float16' (what the release passed)."),
     ] = None,
     batch_size: Annotated[
         int, typer.Option(callback=_at_least_one, help="Language-model sequences per forward pass.")
@@ -94,10 +127,12 @@ def build(
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Build a redundancy codebook for a LLaVA-NeXT model from a folder of images or a `datasets` dataset.
+    """Build a redundancy codebook for a LLaVA model from a folder of images or a `datasets` dataset.
 
     Probes use the base crop only (the first crop of pixel_values, the whole image at the tower's resolution), as
-    the release does. Rerunning the same command resumes; a different preset reuses the stored probes. For several
+    the release does. The preset carries the release's recipe for its family (conversation, "A" step, pad row,
+    index ranking); the options above override it. Rerunning the same command resumes; other thresholds or another
+    cluster dtype reuse the stored probes, another probe recipe is refused with what differs named. For several
     GPUs run it under `accelerate launch` (or torchrun): images are split across processes and merged at the end.
     Ctrl-C stops it with the number of finished images; rerunning the same command resumes from there.
     """
@@ -117,6 +152,13 @@ def build(
         "prototype_cluster_nums": prototype_cluster_nums,
         "min_unique_images": min_unique_images,
         "divergence": divergence,
+        "conversation": None if conversation == "release" else conversation,
+        "skip_first_token": "" if skip_first_token == "none" else skip_first_token,
+        "pad_token_id": pad_token_id,
+        "rank_dtype": rank_precision,
+        "rank_ties": rank_ties,
+        "index_rank_start": index_rank_start,
+        "cluster_dtype": cluster_dtype,
     }
     # Bad input fails before the model is loaded.
     get_preset(preset, **overrides)

@@ -19,15 +19,16 @@ def redundant_mask(
 
 
 def select_in_image(tokens: torch.Tensor, redundant: torch.Tensor, preset: BuildPreset) -> torch.Tensor:
-    """Stage 4a: cluster one image's probed tokens (`per_image_clusters` DPC-KNN clusters over *all* probed tokens)
-    and keep the redundant ones lying in clusters of at most `cluster_size_thres` tokens.
+    """Stage 4a: cluster one image's probed tokens (`per_image_clusters` DPC-KNN clusters over *all* probed token
+    rows, in `preset.cluster_dtype`) and keep the redundant ones lying in clusters of at most `cluster_size_thres`
+    tokens. `redundant` is per row (a tied group's rows share their probe's verdict).
 
     Returns ascending indices into `tokens`. Small clusters are what makes a redundant token a prototype: a token
     that dominates the image (a large cluster) is part of the content, not background.
     """
     if tokens.shape[0] == 0:
         return torch.empty(0, dtype=torch.long)
-    labels, _ = dpc_knn(tokens, preset.per_image_clusters, k=preset.knn_k)
+    labels, _ = dpc_knn(tokens, preset.per_image_clusters, k=preset.knn_k, dtype=preset.cluster_dtype)
     sizes = torch.bincount(labels)
     small = sizes[labels] <= preset.cluster_size_thres
     return (small & redundant.cpu()).nonzero().squeeze(-1)
@@ -43,7 +44,7 @@ def select_prototype_clusters(tokens: torch.Tensor, image_of: torch.Tensor, pres
     if tokens.shape[0] == 0:
         empty = torch.empty(0, dtype=torch.long)
         return {"members": empty, "labels": empty, "kept_clusters": empty, "unique_images": empty}
-    labels, _ = dpc_knn(tokens, preset.prototype_cluster_nums, k=preset.knn_k)
+    labels, _ = dpc_knn(tokens, preset.prototype_cluster_nums, k=preset.knn_k, dtype=preset.cluster_dtype)
     n_clusters = int(labels.max()) + 1
     unique_images = torch.tensor([int(image_of[labels == c].unique().numel()) for c in range(n_clusters)])
     kept = (unique_images > preset.min_unique_images).nonzero().squeeze(-1)

@@ -29,7 +29,8 @@ class WorkDirMismatchError(ValueError):
 
 # Bumped when what a stored result means changes; a work directory of another format is refused, not misread.
 # 2: results carry the content hash of their image.
-STORE_FORMAT = 2
+# 3: token rows are stored apart from probes (`token_probes`, `token_patch_indices`: a probe may feed tied patches).
+STORE_FORMAT = 3
 
 
 class ResultStore:
@@ -46,9 +47,9 @@ class ResultStore:
             previous = json.loads(run.read_text())
             if previous.get("store_format") != STORE_FORMAT:
                 raise WorkDirMismatchError(
-                    f"The work directory {str(self.root)!r} was made by another version of llava-codebook (its results "
-                    "are keyed by file name only, not by image content). Use another --work-dir, or delete this one "
-                    "to start over."
+                    f"The work directory {str(self.root)!r} was made by another version of llava-codebook (store "
+                    f"format {previous.get('store_format', 1)}, this version reads format {STORE_FORMAT}: its results "
+                    "mean something else). Use another --work-dir, or delete this one to start over."
                 )
             if previous != fingerprint:
                 differ = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
