@@ -34,6 +34,10 @@ class CodebookNotFoundError(CodebookError, FileNotFoundError):
     """The codebook reference does not resolve to a file (locally, in the Hub cache, or on the Hub)."""
 
 
+def _table_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def _package_version() -> str:
     try:
         return importlib_metadata.version("llava-codebook")
@@ -150,7 +154,11 @@ class RedundancyCodebook:
             base_model=self.base_model.split("@")[0] if self.base_model else None,
         )
         reference = repo_id or "<this repo id>"
-        params = "\n".join(f"| `{k}` | `{json.dumps(v)[:200]}` |" for k, v in sorted(self.build_parameters.items()))
+        # A `|` inside a value (chat-template text such as `<|im_start|>`) would end the table cell: escape it.
+        params = "\n".join(
+            f"| `{_table_cell(k)}` | `{_table_cell(json.dumps(v)[:200])}` |"
+            for k, v in sorted(self.build_parameters.items())
+        )
         body = f"""
 # Redundancy codebook{f" for {self.base_model}" if self.base_model else ""}
 

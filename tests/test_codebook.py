@@ -178,3 +178,11 @@ def test_a_model_refuses_a_corrupt_codebook_when_it_is_attached(tiny_model, tmp_
     with pytest.raises(CodebookError, match="NaN or infinite"):
         tiny_model.load_codebook(str(tmp_path))
     assert tiny_model.codebook is before
+
+
+def test_the_card_table_keeps_values_holding_a_pipe_in_one_cell():
+    codebook = RedundancyCodebook(torch.randn(3, 8), build_parameters={"template_text": "<|im_start|>user"})
+    rows = [line for line in str(codebook.model_card()).splitlines() if "template_text" in line]
+    assert len(rows) == 1
+    # Unescaped pipes delimit cells: a row of two cells has exactly three.
+    assert rows[0].replace("\\|", "").count("|") == 3
