@@ -117,6 +117,7 @@ def test_budget_arguments_select_budget_mode_and_unknown_arguments_are_named(tin
         "pruning_strategy": "codebook",
         "pruning_mode": "budget",
     }
+    assert pruning_overrides({"keep_ratio": 0.5}) == {"keep_ratio": 0.5, "keep_tokens": None, "pruning_mode": "budget"}
     assert pruning_overrides({"keep_ratio": 0.5, "pruning_mode": "threshold"})["pruning_mode"] == "threshold"
     assert pruning_overrides({"codebook_threshold": 0.3}) == {"codebook_threshold": 0.3}
     with pytest.raises(TypeError, match="keep_tokenz"):

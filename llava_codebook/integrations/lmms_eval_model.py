@@ -111,11 +111,14 @@ def parse_model_args(kwargs: dict) -> dict:
 
 
 def pruning_overrides(kwargs: dict) -> dict:
-    """Pop the pruning settings out of `kwargs`; `keep_tokens` / `keep_ratio` without `pruning_mode` mean budget."""
+    """Pop the pruning settings out of `kwargs`; `keep_tokens` / `keep_ratio` without `pruning_mode` mean budget, and
+    `keep_ratio` without `keep_tokens` clears the checkpoint's `keep_tokens`."""
     overrides = {name: kwargs.pop(name) for name in PRUNING_ARGS if name in kwargs}
     budget = overrides.get("keep_tokens") is not None or overrides.get("keep_ratio") is not None
     if budget and "pruning_mode" not in overrides:
         overrides["pruning_mode"] = "budget"
+    if overrides.get("keep_ratio") is not None and "keep_tokens" not in overrides:
+        overrides["keep_tokens"] = None  # else a checkpoint whose config sets keep_tokens would win over the share
     return overrides
 
 
