@@ -155,6 +155,9 @@ def profile(
     attn_implementation: Annotated[
         Optional[str], typer.Option(help="Attention backend: sdpa, eager, flash_attention_2, ...")
     ] = None,
+    threads: Annotated[
+        Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's; fewer on a shared CPU).")
+    ] = None,
     note: Annotated[Optional[str], typer.Option(help="Free text added to the hardware line of the report.")] = None,
     out: Annotated[str, typer.Option(help="Report path without suffix: writes OUT.md and OUT.json.")] = "profile",
 ) -> None:
@@ -177,6 +180,7 @@ def profile(
         "--device": device,
         "--dtype": dtype,
         "--attn-implementation": attn_implementation,
+        "--threads": threads,
     }
     command = "llava-codebook profile " + " ".join(
         f"{name} {shlex.quote(str(value))}" for name, value in options.items() if value is not None
@@ -195,6 +199,7 @@ def profile(
         attn_implementation=attn_implementation,
         note=note,
         command=command,
+        threads=threads,
         progress=lambda message: typer.echo(message, err=True),
     )
     markdown, data = write_report(report, out)

@@ -335,6 +335,7 @@ def run_profile(
     attn_implementation: str | None = None,
     note: str | None = None,
     command: str | None = None,
+    threads: int | None = None,
     progress=None,
 ) -> dict:
     """Profile `model_id` (a pruning-enabled repo or a stock checkpoint this package loads) and return the report."""
@@ -349,6 +350,11 @@ def run_profile(
         raise ValueError(f"dtype={dtype!r} is unknown; use auto, {', '.join(DTYPES)}.")
     paths = collect_images(images)
     configs = configurations(strategies, budgets)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads={threads} must be at least 1.")
+        # On a shared CPU, fewer threads than cores avoid the stalls of oversubscribed thread pools.
+        torch.set_num_threads(threads)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # keep_tokens=None: a repo whose config sets a token budget must not override a share given here (a per-call
     # `keep_tokens=None` means "the config's value").
