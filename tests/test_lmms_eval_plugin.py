@@ -4,6 +4,7 @@ and a run through lmms-eval's own command line on the embedded tiny model with a
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -336,3 +337,58 @@ def test_lmms_eval_command_line_end_to_end_at_two_budgets(tiny_repo, tmp_path):
             for a, b in zip(small["token_counts"], large["token_counts"]):
                 assert b["visual_tokens_total"] == a["visual_tokens_total"]
                 assert b["visual_tokens_kept"] - a["visual_tokens_kept"] == 8 * images
+
+
+# ---------------------------------------------------------------------------------------------------- installation
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECORDING_PYTHON = """#!/usr/bin/env bash
+if [ "$1" = "-c" ]; then exec {python} "$@"; fi
+echo "$*" >>"$LOG"
+"""
+
+
+def test_extras_never_resolve_lmms_eval_or_another_torch():
+    """lmms-eval's own dependencies pull torchvision and another torch: it is installed --no-deps, never resolved."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    for name in ("eval", "test"):
+        for requirement in extras[name]:
+            assert not requirement.lower().startswith(("lmms-eval", "lmms_eval", "torch")), (name, requirement)
+    assert "llava-codebook[eval]" in extras["test"]
+    no_deps = project["tool"]["llava-codebook"]["no-deps"]
+    assert no_deps["eval"] == no_deps["test"] == ["lmms-eval==0.7.3"]
+
+
+def test_setup_env_installs_lmms_eval_without_dependencies_for_the_eval_and_test_extras(tmp_path):
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "scripts" / "setup-env.sh", root / "scripts")
+    shutil.copy(REPO_ROOT / "pyproject.toml", root)
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(RECORDING_PYTHON.format(python=sys.executable))
+    (bin_dir / "python").chmod(0o755)
+    (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+
+    def installs(extras: str) -> list[str]:
+        log = root / f"calls-{len(list(root.glob('calls-*')))}.log"
+        env = {**{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}, "LOG": str(log)}
+        run = subprocess.run(
+            ["bash", "-c", f'source "{root}/scripts/setup-env.sh" {extras}'],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr
+        return [line for line in log.read_text().splitlines() if "install" in line] if log.exists() else []
+
+    assert installs("test")[-2:] == [
+        f"-m pip install --quiet -e {root}[test]",
+        "-m pip install --quiet --no-deps lmms-eval==0.7.3",
+    ]
+    assert installs("eval")[-1] == "-m pip install --quiet --no-deps lmms-eval==0.7.3"
+    assert not any("--no-deps" in call for call in installs("space"))
+    assert installs("test") == []  # stamped: nothing runs again
