@@ -260,6 +260,28 @@ def test_accounting_refuses_a_selection_that_does_not_cover_the_prompts(tiny_mod
         account_rows(tiny_model, inputs["input_ids"], inputs["attention_mask"], report)
 
 
+def _gather_in_process(rank: int, init_file: str, out_dir: str) -> None:
+    import types
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        me = types.SimpleNamespace(world_size=2, rank=rank)
+        gathered = LlavaCodebook._gather(me, [f"rank{rank}-a", f"rank{rank}-b"][: rank + 1])
+        Path(out_dir, f"{rank}.json").write_text(json.dumps(gathered))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_with_several_processes_process_0_gathers_every_record(tmp_path):
+    """Under `accelerate launch`, only process 0 writes the summary: it must see every process's requests."""
+    # fork: the children reuse this interpreter's imports instead of loading torch and transformers again
+    torch.multiprocessing.start_processes(
+        _gather_in_process, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork"
+    )
+    assert json.loads((tmp_path / "0.json").read_text()) == ["rank0-a", "rank1-a", "rank1-b"]
+    assert json.loads((tmp_path / "1.json").read_text()) == []
+
+
 # ---------------------------------------------------------------------------------------------------- end to end
 def run_lmms_eval(repo: Path, tasks: Path, out: Path, model_args: str) -> dict:
     env = {
