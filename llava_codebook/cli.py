@@ -136,6 +136,79 @@ def convert(
     typer.echo(f"Wrote {path}" + (f" and pushed it to {push_to}" if push_to else ""))
 
 
+@app.command()
+def profile(
+    model: Annotated[str, typer.Option(help="Pruning-enabled repo or stock checkpoint: Hub id or local directory.")],
+    images: Annotated[
+        list[str], typer.Option(help="Image files or folders (repeat the option or separate with commas).")
+    ],
+    strategies: Annotated[
+        str, typer.Option(help="Comma-separated strategies from the registry; 'none' is the unpruned baseline.")
+    ] = "none,codebook",
+    budgets: Annotated[
+        str, typer.Option(help="Comma-separated budgets per image: visual tokens (320) or shares (0.25, 25%).")
+    ] = "320,160,64",
+    repeats: Annotated[int, typer.Option(min=1, help="Interleaved timed repeats per image and configuration.")] = 3,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls per configuration first.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(min=2, help="Tokens generated per call (EOS suppressed).")] = 16,
+    prompt: Annotated[str, typer.Option(help="The question asked about each image.")] = "Describe this image.",
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if present).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto, float16, bfloat16 or float32.")] = "auto",
+    attn_implementation: Annotated[
+        Optional[str], typer.Option(help="Attention backend: sdpa, eager, flash_attention_2, ...")
+    ] = None,
+    threads: Annotated[
+        Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's; fewer on a shared CPU).")
+    ] = None,
+    note: Annotated[Optional[str], typer.Option(help="Free text added to the hardware line of the report.")] = None,
+    out: Annotated[str, typer.Option(help="Report path without suffix: writes OUT.md and OUT.json.")] = "profile",
+) -> None:
+    """Measure vision + selection, prefill, time to first token, decode, peak memory and KV cache per strategy and
+    budget (one run, interleaved repeats) next to the predicted prefill FLOPs; write a Markdown and a JSON table."""
+    import shlex
+
+    from .profile import parse_budgets, parse_strategies, render_markdown, run_profile, write_report
+
+    parsed_budgets, parsed_strategies = parse_budgets(budgets), parse_strategies(strategies)
+    options = {
+        "--model": model,
+        "--images": ",".join(images),
+        "--strategies": strategies,
+        "--budgets": budgets,
+        "--repeats": repeats,
+        "--warmup": warmup,
+        "--max-new-tokens": max_new_tokens,
+        "--prompt": prompt,
+        "--device": device,
+        "--dtype": dtype,
+        "--attn-implementation": attn_implementation,
+        "--threads": threads,
+    }
+    command = "llava-codebook profile " + " ".join(
+        f"{name} {shlex.quote(str(value))}" for name, value in options.items() if value is not None
+    )
+    report = run_profile(
+        model,
+        images,
+        strategies=parsed_strategies,
+        budgets=parsed_budgets,
+        repeats=repeats,
+        warmup=warmup,
+        max_new_tokens=max_new_tokens,
+        prompt=prompt,
+        device=device,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        note=note,
+        command=command,
+        threads=threads,
+        progress=lambda message: typer.echo(message, err=True),
+    )
+    markdown, data = write_report(report, out)
+    typer.echo(render_markdown(report))
+    typer.echo(f"Wrote {markdown} and {data}")
+
+
 # The builder's commands (build, push, import-seed, inspect) live beside the builder.
 register_codebook_commands(app)
 
