@@ -12,6 +12,7 @@ from transformers import LlavaNextForConditionalGeneration, LlavaNextModel
 from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextCausalLMOutputWithPast,
     LlavaNextModelOutputWithPast,
+    get_anyres_image_grid_shape,
     image_size_to_num_patches,
 )
 
@@ -72,6 +73,13 @@ class LlavaNextImageLayout:
         return image_size_to_num_patches(
             image_size, self.config.image_grid_pinpoints, self.config.vision_config.image_size
         )
+
+    def tile_grid(self, image_size) -> tuple[int, int]:
+        """`(rows, cols)` of an image's AnyRes tile grid (crops 1.. in row-major order), as the stock packer uses it."""
+        rows, cols = get_anyres_image_grid_shape(
+            image_size, self.config.image_grid_pinpoints, self.config.vision_config.image_size
+        )
+        return int(rows), int(cols)
 
     def pack_crop_values(
         self, values: list[torch.Tensor], image_sizes: torch.Tensor, vision_feature_select_strategy: str | None = None
@@ -138,6 +146,8 @@ class LlavaNextImageLayout:
             handoff=outputs,
             crop_ids=crop_ids,
             pack_crop_values=lambda values: self.pack_crop_values(values, image_sizes, strategy),
+            num_crops=[self._num_crops(size) for size in image_sizes],
+            crop_grids=[self.tile_grid(size) for size in image_sizes],
         )
 
     def select_visual_tokens(

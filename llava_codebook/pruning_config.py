@@ -9,7 +9,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 CODEBOOK_FILENAME = "codebook.safetensors"
-PRUNING_STRATEGIES = ("codebook", "none")
+PRUNING_STRATEGIES = (
+    "codebook",
+    "codebook_diverse",
+    "cls_attention",
+    "visionzip",
+    "divprune",
+    "hired",
+    "random",
+    "uniform",
+    "none",
+)
+# The strategies that define a threshold mode (the rest rank under a budget only); a test checks the registry agrees.
+THRESHOLD_STRATEGIES = ("codebook", "none")
 PRUNING_MODES = ("threshold", "budget")
 POSITION_MODES = ("contiguous", "original")
 
@@ -56,6 +68,30 @@ def check_always_keep_newline(value) -> None:
         raise ValueError(f"always_keep_newline={value!r} must be True or False.")
 
 
+def check_pruning_seed(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"pruning_seed={value!r} must be an integer >= 0 (seeds the random and uniform strategies).")
+
+
+def check_layer_index(name: str):
+    def check(value) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(
+                f"{name}={value!r} must be an integer: a layer of the vision tower, counted from 0 (first) or from "
+                "the end (-1 = last, -2 = penultimate)."
+            )
+
+    return check
+
+
+def check_share(name: str, meaning: str):
+    def check(value) -> None:
+        if not _is_number(value) or math.isnan(value) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name}={value!r} is outside [0.0, 1.0]: it is {meaning}.")
+
+    return check
+
+
 def check_codebook_filename(value) -> None:
     if not isinstance(value, str) or not value.endswith(".safetensors"):
         raise ValueError(
@@ -76,8 +112,26 @@ PRUNING_VALIDATORS = {
     "min_visual_tokens": check_min_visual_tokens,
     "always_keep_newline": check_always_keep_newline,
     "position_mode": check_choice("position_mode", POSITION_MODES),
+    "pruning_seed": check_pruning_seed,
+    "cls_attention_layer": check_layer_index("cls_attention_layer"),
+    "visionzip_dominant_ratio": check_share(
+        "visionzip_dominant_ratio", "the share of each crop's budget VisionZip gives to dominant tokens"
+    ),
+    "hired_base_share": check_share(
+        "hired_base_share", "the share of each image's budget HiRED gives to the base view"
+    ),
+    "hired_budget_layer": check_layer_index("hired_budget_layer"),
 }
-FLOAT_FIELDS = ("codebook_threshold", "keep_ratio")
+FLOAT_FIELDS = ("codebook_threshold", "keep_ratio", "visionzip_dominant_ratio", "hired_base_share")
+
+
+def check_strategy_mode(pruning_strategy, pruning_mode) -> None:
+    """Threshold mode is the codebook's own; every other strategy ranks tokens under a budget."""
+    if pruning_mode == "threshold" and pruning_strategy not in THRESHOLD_STRATEGIES:
+        raise ValueError(
+            f"pruning_strategy={pruning_strategy!r} has no threshold mode (only {THRESHOLD_STRATEGIES[0]!r} does): "
+            "pass pruning_mode='budget' with keep_tokens=... or keep_ratio=... (per call or in the config)."
+        )
 
 
 def validate_pruning_settings(**settings) -> dict:
@@ -90,6 +144,8 @@ def validate_pruning_settings(**settings) -> dict:
         raise TypeError(f"Unknown pruning settings {sorted(unknown)}; expected some of {tuple(PRUNING_VALIDATORS)}.")
     for name, value in settings.items():
         PRUNING_VALIDATORS[name](value)
+    if "pruning_strategy" in settings and "pruning_mode" in settings:
+        check_strategy_mode(settings["pruning_strategy"], settings["pruning_mode"])
     return {name: float(value) if name in FLOAT_FIELDS else value for name, value in settings.items()}
 
 
@@ -106,7 +162,12 @@ PRUNING_FIELDS_DOC = r"""
     codebook_revision (`str`, *optional*):
         Branch, tag or commit of `codebook_repo` on the Hub. Pin a commit for reproducible results.
     pruning_strategy (`str`, *optional*, defaults to `"codebook"`):
-        `"codebook"` prunes visual tokens that are too similar to a codebook prototype; `"none"` keeps every token.
+        The rule that chooses the kept tokens (`llava_codebook.strategies`; the README compares them): `"codebook"`
+        prunes tokens too similar to a codebook prototype; `"codebook_diverse"` drops the codebook-redundant tokens,
+        then keeps the most diverse of the rest (MMDP) up to the budget; `"cls_attention"` (FasterVLM),
+        `"visionzip"` (VisionZip, merges), `"divprune"` (DivPrune), `"hired"` (HiRED), `"random"` and `"uniform"`
+        are the peers and baselines; `"none"` keeps every token. Every strategy but `"codebook"` needs
+        `pruning_mode="budget"`.
     pruning_mode (`str`, *optional*, defaults to `"threshold"`):
         `"threshold"` keeps token *i* iff `max_k cos(z_i, C_k) < codebook_threshold` (the kept count varies per
         image); `"budget"` keeps the `keep_tokens` (or `round(keep_ratio * L)`) lowest-scoring tokens of each image.
@@ -125,6 +186,22 @@ PRUNING_FIELDS_DOC = r"""
     position_mode (`str`, *optional*, defaults to `"contiguous"`):
         `"contiguous"`: kept tokens get consecutive position ids, as if the prompt had been written without the
         dropped tokens. `"original"`: every token keeps the position id it had in the full prompt.
+    pruning_seed (`int`, *optional*, defaults to 0):
+        Seed of the `"random"` draw and of the `"uniform"` grid's offset. Each image is drawn from a generator seeded
+        with it, so an image keeps the same tokens whatever else is in the batch.
+    cls_attention_layer (`int`, *optional*, defaults to -2):
+        Vision-tower layer whose [CLS]-to-patch attention ranks tokens for `"cls_attention"`, `"visionzip"` (its keys
+        too) and `"hired"` (selection within a crop); -2 is the penultimate layer, the one LLaVA's features come from.
+    visionzip_dominant_ratio (`float`, *optional*, defaults to 0.84375):
+        Share of each crop's budget that `"visionzip"` keeps as dominant tokens (by [CLS] attention); the rest are
+        contextual tokens merged from the remaining ones. 0.84375 = 54/64, the published 54 + 10 (and 108 + 20,
+        162 + 30) split.
+    hired_base_share (`float`, *optional*, defaults to 0.5):
+        HiRED's alpha: share of each image's budget given to the base (full-image) view; the rest is distributed over
+        the tiles. 0.5 as in the published evaluation scripts.
+    hired_budget_layer (`int`, *optional*, defaults to 0):
+        Vision-tower layer whose [CLS] attention on the base view distributes HiRED's tile budget (the first layer,
+        as published).
 """
 
 
@@ -135,7 +212,9 @@ class PruningConfigMixin:
     codebook_repo: str | None = None
     codebook_filename: str = CODEBOOK_FILENAME
     codebook_revision: str | None = None
-    pruning_strategy: Literal["codebook", "none"] = "codebook"
+    pruning_strategy: Literal[
+        "codebook", "codebook_diverse", "cls_attention", "visionzip", "divprune", "hired", "random", "uniform", "none"
+    ] = "codebook"
     pruning_mode: Literal["threshold", "budget"] = "threshold"
     # `int` is accepted too so that `codebook_threshold=1` or `keep_ratio=1` read naturally; both are stored as float.
     codebook_threshold: float | int = 0.11
@@ -144,6 +223,17 @@ class PruningConfigMixin:
     min_visual_tokens: int = 1
     always_keep_newline: bool = True
     position_mode: Literal["contiguous", "original"] = "contiguous"
+    pruning_seed: int = 0
+    cls_attention_layer: int = -2
+    visionzip_dominant_ratio: float | int = 0.84375
+    hired_base_share: float | int = 0.5
+    hired_budget_layer: int = 0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # Fields are assigned one by one, so a rule between two of them is checked once all are set (and again on
+        # every call's settings and before any save).
+        check_strategy_mode(self.pruning_strategy, self.pruning_mode)
 
     def __setattr__(self, name, value):
         # Runs at construction, on `config.x = ...` and for `from_pretrained(..., x=...)` (which sets attributes after

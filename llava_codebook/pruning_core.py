@@ -35,6 +35,7 @@ from transformers.modeling_outputs import ModelOutput
 
 from .codebook import RedundancyCodebook
 from .pruning_config import PRUNING_VALIDATORS, validate_pruning_settings
+from .signals import SignalRequest, capture_tower_signals, pack_tower_signals
 from .strategies import NEEDS_CODEBOOK, STRATEGIES, Segment
 
 PRUNING_FIELDS = tuple(PRUNING_VALIDATORS)
@@ -62,6 +63,11 @@ class PruningSettings:
     min_visual_tokens: int = 1
     always_keep_newline: bool = True
     position_mode: str = "contiguous"
+    pruning_seed: int = 0
+    cls_attention_layer: int = -2
+    visionzip_dominant_ratio: float = 0.84375
+    hired_base_share: float = 0.5
+    hired_budget_layer: int = 0
 
     @property
     def active(self) -> bool:
@@ -89,6 +95,10 @@ class VisualTokenSelection(ModelOutput):
         Per segment, `"image"` or `"video"`, in the order the segments appear in the flattened batch.
     strategy (`str`):
         The `pruning_strategy` that chose the tokens.
+    merged_features (`list[torch.FloatTensor]`, *optional*):
+        For a merging strategy (`"visionzip"`), per segment the `[num_kept, D]` features handed to the language model
+        for the kept tokens (merged tokens differ from their own packed features); `None` when every kept token
+        carries its own features.
     """
 
     num_kept: torch.LongTensor | None = None
@@ -98,6 +108,7 @@ class VisualTokenSelection(ModelOutput):
     newline_mask: list[torch.BoolTensor] | None = None
     modalities: list[str] | None = None
     strategy: str | None = None
+    merged_features: list[torch.FloatTensor | None] | None = None
 
     def keep_masks(self) -> list[torch.BoolTensor]:
         """Per segment, a bool mask over its packed tokens (True = kept)."""
@@ -132,6 +143,10 @@ class VisualInputs:
     pack_crop_values: lays per-segment `[num_crops, tokens_per_crop]` values (computed on the vision tower's crops,
         e.g. a [CLS]-attention map) out in packed order, NaN at newlines; how a strategy that scores tokens inside
         the vision tower maps its scores onto what the language model receives.
+    num_crops: per segment, how many consecutive crops of the vision tower's batch it was encoded from; needed to
+        hand a strategy signals captured inside the tower (`signals.py`).
+    crop_grids: per segment, `(rows, cols)` of its tile grid when the crops after the first are tiles in row-major
+        order (LLaVA-NeXT AnyRes), else `None`.
     """
 
     modality: str
@@ -142,6 +157,8 @@ class VisualInputs:
     crop_ids: list[torch.Tensor] | None = None
     pack_crop_values: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
     extra: dict = field(default_factory=dict)
+    num_crops: list[int] | None = None
+    crop_grids: list[tuple[int, int] | None] | None = None
 
 
 def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -> dict:
@@ -399,6 +416,48 @@ class PruningModelMixin(PruningMixin):
         """
         return mm_encoder_outputs
 
+    # ------------------------------------------------------------------ what a family may override: tower signals
+    # Defaults fit the stock LLaVA families (CLIP or SigLIP `vision_tower`, `multi_modal_projector`).
+    def pruning_vision_layers(self) -> nn.ModuleList:
+        """The vision tower's encoder layers (each with a `self_attn` holding `q_proj` / `k_proj`)."""
+        tower = self.vision_tower
+        return getattr(tower, "vision_model", tower).encoder.layers
+
+    def pruning_projector(self) -> nn.Module:
+        """The module mapping vision-tower features to the language model's space."""
+        return self.multi_modal_projector
+
+    def project_visual_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Project tower features (e.g. tokens merged before the projector) as the family's encoder does."""
+        return self.pruning_projector()(features)
+
+    def vision_tower_has_cls_token(self) -> bool:
+        """Whether position 0 of every crop's tower sequence is a [CLS] token (CLIP yes; SigLIP no)."""
+        return getattr(self.config.vision_config, "model_type", None) == "clip_vision_model"
+
+    def _encode_with_signals(self, modality: str, call: dict, request: SignalRequest) -> VisualInputs | None:
+        """`encode_for_pruning`, capturing `request`'s tower signals during that one pass (hooks removed after);
+        the signals come back per segment in packed order in `VisualInputs.extra["signals"]`."""
+        if not request:
+            return self.encode_for_pruning(modality, call)
+        select = call.get("vision_feature_select_strategy") or getattr(
+            self.config, "vision_feature_select_strategy", None
+        )
+        with capture_tower_signals(
+            self.pruning_vision_layers(), self.pruning_projector(), request, self.vision_tower_has_cls_token()
+        ) as captured:
+            visual = self.encode_for_pruning(modality, call)
+        if visual is None:
+            return None
+        if visual.num_crops is None or visual.pack_crop_values is None:
+            raise ValueError(
+                f"This strategy reads signals from inside the vision tower, but {type(self).__name__} does not say "
+                "how its crops map to packed tokens (VisualInputs.num_crops / pack_crop_values)."
+            )
+        drop_cls = select == "default" and self.vision_tower_has_cls_token()
+        visual.extra["signals"] = pack_tower_signals(captured, visual.num_crops, visual.pack_crop_values, drop_cls)
+        return visual
+
     # ------------------------------------------------------------------ codebook
     def _load_codebook(
         self, codebook: RedundancyCodebook | str | None = None, revision: str | None = None, **hub_kwargs
@@ -460,6 +519,7 @@ class PruningModelMixin(PruningMixin):
             newline_mask=[s.newline for s in segments],
             modalities=[s.modality for s in segments],
             strategy=settings.pruning_strategy,
+            merged_features=result.features,
         )
 
     def placeholder_mask(
@@ -491,7 +551,10 @@ class PruningModelMixin(PruningMixin):
         if not settings.active:
             return None
         input_ids, inputs_embeds = call.get("input_ids"), call.get("inputs_embeds")
-        encoded = [v for v in (self.encode_for_pruning(m, call) for m in self.pruning_modalities) if v is not None]
+        request = STRATEGIES[settings.pruning_strategy].signal_request(settings)
+        encoded = [
+            v for v in (self._encode_with_signals(m, call, request) for m in self.pruning_modalities) if v is not None
+        ]
         if not encoded:
             return None
         if input_ids is None and inputs_embeds is None:
@@ -514,6 +577,8 @@ class PruningModelMixin(PruningMixin):
                 newline=n.to(f.device),
                 modality=v.modality,
                 crop_ids=None if v.crop_ids is None else v.crop_ids[i].to(f.device),
+                crop_grid=None if v.crop_grids is None else v.crop_grids[i],
+                signals=v.extra["signals"][i] if "signals" in v.extra else {},
             )
             for v in encoded
             for i, (f, n) in enumerate(zip(v.packed, v.newline))
@@ -521,11 +586,16 @@ class PruningModelMixin(PruningMixin):
         selection = self.select_segments(segments, settings)
         keep = torch.ones_like(next(iter(placeholder.values())))
         masks = iter(selection.keep_masks())
+        merged = iter(selection.merged_features or [None] * len(segments))
         handoff = dict(call.get("mm_encoder_outputs") or {})
         for visual in encoded:
             own = [next(masks) for _ in visual.packed]
+            kept_features = [next(merged) for _ in visual.packed]
             keep[placeholder[visual.modality]] = torch.cat(own).to(keep.device)
-            visual.handoff.pooler_output = [f[m.to(f.device)] for f, m in zip(visual.packed, own)]
+            # A merging strategy hands over its own features for the kept tokens; the others keep theirs.
+            visual.handoff.pooler_output = [
+                f[m.to(f.device)] if mf is None else mf for f, m, mf in zip(visual.packed, own, kept_features)
+            ]
             handoff[visual.modality] = visual.handoff
         attention_mask, position_ids = call.get("attention_mask"), call.get("position_ids")
         if attention_mask is None:

@@ -98,3 +98,44 @@ def test_every_strategy_the_config_accepts_is_in_the_registry_and_vice_versa():
     from llava_codebook.strategies import STRATEGIES
 
     assert set(PRUNING_STRATEGIES) == set(STRATEGIES)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("pruning_seed", -1, "integer >= 0"),
+        ("pruning_seed", 1.5, "integer >= 0"),
+        ("cls_attention_layer", 1.0, "must be an integer: a layer of the vision tower"),
+        ("hired_budget_layer", True, "must be an integer"),
+        ("visionzip_dominant_ratio", 1.5, r"outside \[0.0, 1.0\]"),
+        ("visionzip_dominant_ratio", float("nan"), r"outside \[0.0, 1.0\]"),
+        ("hired_base_share", -0.1, r"outside \[0.0, 1.0\]: it is the share of each image's budget HiRED gives"),
+    ],
+)
+def test_strategy_parameters_are_validated_at_construction_on_assignment_and_per_call(field, value, message):
+    from llava_codebook.pruning_config import PRUNING_VALIDATORS
+    from llava_codebook.pruning_core import PruningSettings
+    from llava_codebook.tiny import build_tiny_model
+
+    # A value of the wrong type is refused by the typed field itself (its message names the expected type).
+    with pytest.raises(Exception, match=f"{message}|expected"):
+        LlavaNextCodebookConfig(**{field: value})
+    config = LlavaNextCodebookConfig()
+    with pytest.raises(Exception, match=f"{message}|expected"):
+        setattr(config, field, value)
+    with pytest.raises(ValueError, match=message):
+        build_tiny_model().pruning_settings(**{field: value})
+    assert set(PruningSettings.__dataclass_fields__) == set(PRUNING_VALIDATORS)
+
+
+def test_strategy_parameters_have_the_published_defaults_and_round_trip(tmp_path):
+    config = LlavaNextCodebookConfig()
+    assert (config.pruning_seed, config.cls_attention_layer, config.hired_budget_layer) == (0, -2, 0)
+    assert (config.visionzip_dominant_ratio, config.hired_base_share) == (54 / 64, 0.5)
+    config = LlavaNextCodebookConfig(
+        pruning_strategy="hired", pruning_mode="budget", keep_tokens=64, hired_base_share=1, pruning_seed=9
+    )
+    config.save_pretrained(tmp_path)
+    loaded = LlavaNextCodebookConfig.from_pretrained(tmp_path)
+    assert (loaded.pruning_strategy, loaded.hired_base_share, loaded.pruning_seed) == ("hired", 1.0, 9)
+    assert isinstance(loaded.hired_base_share, float)
