@@ -29,6 +29,7 @@ REMOTE_FILES = [
     "pruning_config.py",
     "pruning_core.py",
     "strategies.py",
+    "signals.py",
 ]
 # The other families' own remote-code files (their converted repos ship these plus the core above; see
 # test_family_checkpoints.py for the exact set per family).
@@ -100,6 +101,10 @@ inputs = processor(images=[image], text=["<image> what is this ?"], return_tenso
 out = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
 report["kept"] = out.visual_token_selection.num_kept.tolist()
 report["total"] = out.visual_token_selection.num_total.tolist()
+# A peer strategy that reads the vision tower's [CLS] attention and merges tokens: the probe ships as remote code too.
+peer = model.generate(**inputs, pruning_strategy="visionzip", pruning_mode="budget", keep_tokens=3, max_new_tokens=2,
+                      do_sample=False, return_dict_in_generate=True).visual_token_selection
+report["peer"] = [peer.strategy, peer.num_kept.tolist(), peer.merged_features is not None]
 print("REPORT" + json.dumps(report))
 """
 
@@ -136,6 +141,7 @@ def check_report(report):
         }
     assert report["processor"] == "LlavaNextCodebookProcessor"
     assert report["kept"][0] < report["total"][0], "a flat white image is mostly pruned"
+    assert report["peer"][0] == "visionzip" and report["peer"][1][0] < report["total"][0] and report["peer"][2]
 
 
 @pytest.mark.slow
