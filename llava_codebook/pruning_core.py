@@ -552,9 +552,8 @@ class PruningModelMixin(PruningMixin):
             return None
         input_ids, inputs_embeds = call.get("input_ids"), call.get("inputs_embeds")
         request = STRATEGIES[settings.pruning_strategy].signal_request(settings)
-        encoded = [
-            v for v in (self._encode_with_signals(m, call, request) for m in self.pruning_modalities) if v is not None
-        ]
+        encoded = [self._encode_with_signals(modality, call, request) for modality in self.pruning_modalities]
+        encoded = [visual for visual in encoded if visual is not None]
         if not encoded:
             return None
         if input_ids is None and inputs_embeds is None:

@@ -234,8 +234,9 @@ def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def divprune_strategy(segments: list[Segment], settings, model) -> StrategyResult:
-    """DivPrune (Alvar et al., CVPR 2025): keep the budget's most diverse tokens of each image, by greedy MMDP on the
-    cosine distance between its packed post-projector tokens (`max_min_diverse`), over the whole image at once.
+    """DivPrune (Alvar et al., CVPR 2025, arXiv 2503.02175): keep the budget's most diverse tokens of each image, by
+    greedy MMDP on the cosine distance between its packed post-projector tokens (`max_min_diverse`), over the whole
+    image at once.
 
     Deviation: newline tokens are not candidates (kept or dropped by `always_keep_newline`, not counted); the
     published LLaVA-NeXT code runs MMDP over the packed sequence including them, with the budget a share of it.
@@ -279,10 +280,10 @@ def codebook_diverse_strategy(segments: list[Segment], settings, model) -> Strat
 
 
 def cls_attention_strategy(segments: list[Segment], settings, model) -> StrategyResult:
-    """FasterVLM (Zhang et al., 2024, "[CLS] Attention is All You Need for Training-Free Visual Token Pruning"): rank
-    the tokens of each crop by the [CLS]-to-patch attention of the vision tower's layer `cls_attention_layer` (the
-    penultimate by default, the layer LLaVA's features come from), averaged over heads, and keep each crop's top-k,
-    the image budget split evenly over its crops (`split_budget`).
+    """FasterVLM (Zhang et al., arXiv 2412.01818, "[CLS] Attention is All You Need for Training-Free Visual Token
+    Pruning"): rank the tokens of each crop by the [CLS]-to-patch attention of the vision tower's layer
+    `cls_attention_layer` (the penultimate by default, the layer LLaVA's features come from), averaged over heads,
+    and keep each crop's top-k, the image budget split evenly over its crops (`split_budget`).
 
     Deviations: the top-k of a tile is taken over the tokens that survive AnyRes unpadding (the published LLaVA-NeXT
     code ranks all 576 and then loses those in the padding, so it keeps fewer than its budget); the budget is the
@@ -301,8 +302,8 @@ def cls_attention_strategy(segments: list[Segment], settings, model) -> Strategy
 
 
 def visionzip_strategy(segments: list[Segment], settings, model) -> StrategyResult:
-    """VisionZip (Yang et al., CVPR 2025): per crop, dominant tokens by [CLS] attention, the rest merged into contextual
-    tokens by key similarity.
+    """VisionZip (Yang et al., CVPR 2025, arXiv 2412.04467): per crop, dominant tokens by [CLS] attention, the rest
+    merged into contextual tokens by key similarity.
 
     Per crop (the image budget split evenly over its crops): `round(visionzip_dominant_ratio * share)` (half up)
     dominant tokens with the highest [CLS] attention of layer `cls_attention_layer`; the other tokens of the crop,
@@ -360,8 +361,8 @@ def visionzip_strategy(segments: list[Segment], settings, model) -> StrategyResu
 
 
 def hired_strategy(segments: list[Segment], settings, model) -> StrategyResult:
-    """HiRED (Arif et al., AAAI 2025): distribute the image budget over the base view and the tiles, then keep each
-    crop's top tokens by a late layer's [CLS] attention.
+    """HiRED (Arif et al., arXiv 2408.10945): distribute the image budget over the base view and the tiles, then keep
+    each crop's top tokens by a late layer's [CLS] attention.
 
     Per image with budget `B`: the base view gets `min(floor(B * hired_base_share), its tokens)`; the tiles share the
     rest in proportion to how many of the base view's top `floor(n_base * (1 - hired_base_share))` tokens by [CLS]
