@@ -81,6 +81,7 @@ class LlavaCodebookModel(PruningModelMixin, LlavaModel):
             handoff=outputs,
             crop_ids=crop_ids,
             pack_crop_values=lambda values: [v.detach().float().cpu().reshape(-1) for v in values],
+            num_crops=[1] * len(packed),
         )
 
 

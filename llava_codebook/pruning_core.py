@@ -447,13 +447,10 @@ class PruningModelMixin(PruningMixin):
             self.pruning_vision_layers(), self.pruning_projector(), request, self.vision_tower_has_cls_token()
         ) as captured:
             visual = self.encode_for_pruning(modality, call)
-        if visual is None:
-            return None
-        if visual.num_crops is None or visual.pack_crop_values is None:
-            raise ValueError(
-                f"This strategy reads signals from inside the vision tower, but {type(self).__name__} does not say "
-                "how its crops map to packed tokens (VisualInputs.num_crops / pack_crop_values)."
-            )
+        if visual is None or visual.num_crops is None or visual.pack_crop_values is None:
+            # A modality whose tower tokens do not map one to one onto packed tokens (pooled video frames) gets no
+            # signals; a strategy that needs them says so, naming the modality.
+            return visual
         drop_cls = select == "default" and self.vision_tower_has_cls_token()
         visual.extra["signals"] = pack_tower_signals(captured, visual.num_crops, visual.pack_crop_values, drop_cls)
         return visual

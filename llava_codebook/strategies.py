@@ -163,9 +163,11 @@ def _signal(segment: Segment, kind: str, layer, name: str) -> torch.Tensor:
     if values is None:
         raise ValueError(
             f"pruning_strategy={name!r} needs the vision tower's {kind.replace('_', ' ')}"
-            f"{'' if layer is None else f' of layer {layer}'}, which is captured while the images are encoded: "
-            "call the model's forward / generate with pixel_values (select_visual_tokens gets features that were "
-            "encoded already)."
+            f"{'' if layer is None else f' of layer {layer}'} for each {segment.modality}'s tokens. It is captured "
+            "while forward / generate encode the pixels, for the modalities whose tower tokens map one to one onto "
+            "packed tokens (images; not pooled video frames); select_visual_tokens gets features encoded already. "
+            "Strategies that read the features alone work everywhere: 'codebook', 'codebook_diverse', 'divprune', "
+            "'random', 'uniform'."
         )
     return values.to(segment.features.device)
 

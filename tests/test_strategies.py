@@ -394,7 +394,10 @@ def test_signal_strategies_need_the_tower_pass_and_a_cls_token(tiny_model, tiny_
     with torch.no_grad():
         packed = tiny_model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output
     settings = tiny_model.pruning_settings(pruning_strategy="cls_attention", pruning_mode="budget", keep_tokens=3)
-    with pytest.raises(ValueError, match=r"needs the vision tower's cls attention of layer -2.*pixel_values"):
+    with pytest.raises(
+        ValueError,
+        match=r"needs the vision tower's cls attention of layer -2 for each image's tokens.*select_visual_tokens",
+    ):
         tiny_model.select_visual_tokens(packed, inputs["image_sizes"], settings)
     settings = tiny_model.pruning_settings(pruning_strategy="divprune", pruning_mode="budget", keep_tokens=3)
     assert tiny_model.select_visual_tokens(packed, inputs["image_sizes"], settings).num_kept.tolist()
