@@ -139,3 +139,15 @@ def test_strategy_parameters_have_the_published_defaults_and_round_trip(tmp_path
     loaded = LlavaNextCodebookConfig.from_pretrained(tmp_path)
     assert (loaded.pruning_strategy, loaded.hired_base_share, loaded.pruning_seed) == ("hired", 1.0, 9)
     assert isinstance(loaded.hired_base_share, float)
+
+
+def test_the_readme_configuration_reference_lists_every_pruning_field():
+    import re
+    from pathlib import Path
+
+    from llava_codebook.pruning_config import PRUNING_VALIDATORS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = re.search(r"^## Configuration reference\n(.*?)(?=^## )", readme, flags=re.S | re.M).group(1)
+    listed = set(re.findall(r"^\| `(\w+)` \|", section, flags=re.M))
+    assert set(PRUNING_VALIDATORS) | {"codebook_repo", "codebook_filename", "codebook_revision"} == listed
