@@ -1235,6 +1235,12 @@ def check_payload_form(names: list, inputs: list, allowed_dirs) -> None:
         if name == "image":
             if value is not None:
                 locate_image(value, allowed_dirs)
+        elif name == "video":
+            if value is not None:
+                try:
+                    locate_image(value, allowed_dirs)
+                except InputError as exc:
+                    raise InputError(UNREADABLE_VIDEO if str(exc) == UNREADABLE_IMAGE else str(exc)) from None
         elif isinstance(value, (dict, list)):
             (SCALAR_CHECKS.get(name) or check_question)(value)  # refuses it, worded as for any other wrong type
 
@@ -1270,8 +1276,9 @@ def guard_gradio_preprocessing(demo: gr.Blocks, dependency_ids, allowed_dirs) ->
         except gr.Error:
             raise
         except Exception as exc:
-            logger.info("Gradio refused an image payload (%s)", type(exc).__name__)
-            raise gr.Error(UNREADABLE_IMAGE, print_exception=False) from None
+            logger.info("Gradio refused a file payload (%s)", type(exc).__name__)
+            unreadable = UNREADABLE_VIDEO if "video" in names else UNREADABLE_IMAGE
+            raise gr.Error(unreadable, print_exception=False) from None
 
     demo.preprocess_data = preprocess_data
 
@@ -1375,7 +1382,9 @@ class OverlayFiles:
         self.capacity = capacity
         self._lock = threading.Lock()
 
-    def save(self, image: Image.Image) -> str:
+    def save(self, image: Image.Image | None) -> str | None:
+        if image is None:  # a view this family does not have (LLaVA-1.5: no tiles)
+            return None
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
@@ -1714,6 +1723,12 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                             label="Answer without pruning", interactive=False, elem_id="full-answer"
                         )
         gr.Examples(example_rows, inputs=[image, question], label="Examples (drawn in code)")
+        if backend.takes_video:
+            video_events = build_video_section(
+                backend, allowed_dirs, overlays, image.GRADIO_CACHE, mode, threshold, keep_ratio, max_new_tokens
+            )
+        else:
+            video_events = []
         asked = gr.State(None)  # what the answer being made is made with
         answered = gr.State(None)  # what the answers on screen were made with
 
@@ -1771,9 +1786,114 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                 **private,
             )
             events += [checked, answered_now, settled]
-    guard_gradio_preprocessing(demo, [event["id"] for event in events], allowed_dirs)
+    guard_gradio_preprocessing(demo, [event["id"] for event in events + video_events], allowed_dirs)
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo
+
+
+VIDEO_UPLOAD_PROMPT = "Upload a video (an animated GIF, WebP or PNG) to see each frame's kept and dropped tokens."
+
+
+def build_video_section(backend, allowed_dirs, overlays, cache_dir, mode, threshold, keep_ratio, max_new_tokens):
+    """The video part of the page, for families that take videos: the upload, the strip of frames, the counts and the
+    answers; it shares the pruning controls. Returns its events (their payloads are checked like the image's)."""
+    cache_dir = Path(cache_dir).resolve()
+    if cache_dir not in allowed_dirs:
+        allowed_dirs.append(cache_dir)
+
+    def on_video_preview(video, mode, threshold, keep_ratio, question):
+        try:
+            shown = preview_video(backend, video, mode, threshold, keep_ratio, question, allowed_dirs)
+        except MissingImage:
+            return None, VIDEO_UPLOAD_PROMPT, {}
+        except Exception as exc:
+            return None, f"⚠️ {html.escape(_user_error(exc).message, quote=False)}", {}
+        return overlays.save(shown.strip), shown.markdown, {"counts": shown.counts, "flops": shown.flops}
+
+    def on_video_answer(video, question, mode, threshold, keep_ratio, max_new_tokens):
+        try:
+            result = answer_video(backend, video, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs)
+        except Exception as exc:
+            raise _user_error(exc) from None
+        shown, made = result.preview, result.generations
+        return (
+            overlays.save(shown.strip),
+            shown.markdown,
+            {"counts": shown.counts, "flops": shown.flops},
+            made.pruned_text,
+            f"**With pruning:** {_seconds(made.pruned_seconds)} · prompt of {made.pruned_prompt_tokens} tokens",
+            made.full_text,
+            f"**Without pruning:** {_seconds(made.full_seconds)} · prompt of {made.full_prompt_tokens} tokens",
+        )
+
+    gr.Markdown(
+        "## Video\nThe frames (up to "
+        f"{VIDEO_FRAMES}, spread evenly) as the model pools them: each frame's pooled tokens are scored like an "
+        "image's and dropped when redundant. Uses the pruning controls above."
+    )
+    with gr.Row():
+        with gr.Column(scale=1, min_width=240):
+            video = gr.File(
+                label="Video (animated GIF, WebP or PNG)", file_types=VIDEO_FILE_TYPES, elem_id="input-video"
+            )
+            video_question = gr.Textbox(
+                label="Question about the video",
+                placeholder="What happens in the video?",
+                max_length=MAX_QUESTION_CHARS,
+                elem_id="video-question",
+            )
+            ask_video = gr.Button("Ask about the video", variant="primary", elem_id="ask-video")
+        with gr.Column(scale=2, min_width=240):
+            strip = gr.Image(
+                label="Frames: kept / dropped tokens",
+                type="filepath",
+                interactive=False,
+                elem_id="video-strip",
+                buttons=["fullscreen", "download"],
+            )
+            video_counts = gr.Markdown(VIDEO_UPLOAD_PROMPT, elem_id="video-counts")
+            with gr.Accordion("Raw video counts", open=False):
+                video_details = gr.JSON(label="counts and FLOPs")
+            with gr.Row():
+                with gr.Column(min_width=160):
+                    video_pruned_time = gr.Markdown("**With pruning**", elem_id="video-pruned-time")
+                    video_pruned = gr.Textbox(label="Answer with pruning", interactive=False, elem_id="video-pruned")
+                with gr.Column(min_width=160):
+                    video_full_time = gr.Markdown("**Without pruning**", elem_id="video-full-time")
+                    video_full = gr.Textbox(label="Answer without pruning", interactive=False, elem_id="video-full")
+    preview_inputs = [video, mode, threshold, keep_ratio, video_question]
+    preview_outputs = [strip, video_counts, video_details]
+    events = []
+    for control in (video, mode, threshold, keep_ratio):
+        events.append(
+            control.change(
+                on_video_preview,
+                preview_inputs,
+                preview_outputs,
+                api_name="preview_video" if control is video else False,
+                trigger_mode="always_last",
+                show_progress="hidden",
+                concurrency_limit=2,
+                concurrency_id="preview",
+                preprocess=False,
+            )
+        )
+    answer_inputs = [video, video_question, mode, threshold, keep_ratio, max_new_tokens]
+    answer_outputs = preview_outputs + [video_pruned, video_pruned_time, video_full, video_full_time]
+    for trigger, api_name in ((ask_video.click, "answer_video"), (video_question.submit, None)):
+        events.append(
+            trigger(
+                on_video_answer,
+                answer_inputs,
+                answer_outputs,
+                api_name=api_name or False,
+                api_visibility="public" if api_name else "private",
+                concurrency_limit=1,
+                concurrency_id="answer",
+                preprocess=False,
+            )
+        )
+    return events
 
 
 def parse_args(argv=None) -> argparse.Namespace:
