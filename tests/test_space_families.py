@@ -199,3 +199,52 @@ def test_the_embedded_default_stays_the_offline_llava_next_demo_without_a_video_
     assert backend.is_demo and backend.family == "llava_next" and not backend.takes_video
     with pytest.raises(app.InputError, match="does not take videos"):
         app.preview_video(backend, [bright_noise(20, 20, 0)], "threshold", 0.5, 0.25)
+
+
+# ---------------------------------------------------------------------------------------------------- served
+@pytest.fixture(scope="module")
+def served_video(served_families, tmp_path_factory):
+    """The OneVision backend served on 127.0.0.1 with the app's own launch options, and its upload cache."""
+    from space_helpers import launch_on_a_free_port
+
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("gradio-cache-video")
+        patch.setenv("GRADIO_TEMP_DIR", str(cache))
+        demo = app.build_demo(
+            served_families["llava-onevision-qwen2-7b-ov"], examples_dir=tmp_path_factory.mktemp("examples")
+        )
+        url = launch_on_a_free_port(demo, **app.launch_options())
+        try:
+            yield url
+        finally:
+            demo.close()
+
+
+def test_a_served_video_family_takes_an_uploaded_video_end_to_end_and_refuses_paths_outside(
+    served_families, served_video, tmp_path
+):
+    gradio_client = pytest.importorskip("gradio_client")
+    from space_helpers import call_raw
+
+    client = gradio_client.Client(served_video, verbose=False, download_files=True)
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/preview", "/answer", "/preview_video", "/answer_video"} <= names
+    clip = [bright_noise(80, 60, 30 + i) for i in range(4)]
+    path = write_gif(tmp_path / "clip.gif", clip)
+    strip, markdown, details = client.predict(
+        gradio_client.handle_file(path), "budget", THRESHOLD, 0.4, "", api_name="/preview_video"
+    )
+    backend = served_families["llava-onevision-qwen2-7b-ov"]
+    expected = app.preview_video(backend, path, "budget", THRESHOLD, 0.4, allowed_dirs=[tmp_path.resolve()])
+    assert details["counts"] == expected.counts and markdown == expected.markdown
+    assert np.array_equal(np.asarray(Image.open(strip).convert("RGB")), np.asarray(expected.strip))
+    answer = client.predict(
+        gradio_client.handle_file(path), "what is this ?", "budget", THRESHOLD, 0.4, 3, api_name="/answer_video"
+    )
+    assert answer[3] and answer[5] and "prompt of" in answer[4]
+    # A path outside the upload cache and the examples: the one generic message, for the video input too.
+    for api_name, data in (
+        ("preview_video", [{"path": path, "meta": {"_type": "gradio.FileData"}}, "budget", THRESHOLD, 0.4, ""]),
+        ("answer_video", [{"path": path}, "what ?", "budget", THRESHOLD, 0.4, 3]),
+    ):
+        assert call_raw(served_video, api_name, data) == ("error", app.UNREADABLE_VIDEO)
