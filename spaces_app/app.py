@@ -69,10 +69,12 @@ from llava_codebook.processing_llava_next_codebook import (  # noqa: E402
     view_counts,
 )
 
-try:
-    from .examples import write_examples  # imported as the package `spaces_app`
-except ImportError:
-    from examples import write_examples  # run as a script, or as the Space's app_file
+try:  # imported as the package `spaces_app`
+    from . import frames as frame_views
+    from .examples import write_examples
+except ImportError:  # run as a script, or as the Space's app_file
+    import frames as frame_views
+    from examples import write_examples
 
 
 logger = logging.getLogger("llava_codebook.space")
@@ -184,7 +186,13 @@ class EncodingCache:
 
 @dataclass
 class Backend:
-    """The model the Space serves, its processor, and what to tell the user about it."""
+    """The model the Space serves, its processor, and what to tell the user about it.
+
+    `family` is the stock `model_type` of the model's family (`llava_codebook.families`): `"llava_next"` and
+    `"llava_next_video"` images are drawn with LLaVA-NeXT's AnyRes pixel geometry; `"llava"` (one view) and
+    `"llava_onevision"` images as token grids read from the family's crop ids; `"llava_onevision"` and
+    `"llava_next_video"` also take videos, drawn as a strip of frames.
+    """
 
     model: object
     processor: object
@@ -193,6 +201,16 @@ class Backend:
     notice: str
     default_threshold: float
     cache: EncodingCache = field(default_factory=EncodingCache)
+    family: str = "llava_next"
+
+    @property
+    def anyres_geometry(self) -> bool:
+        """Images are drawn with LLaVA-NeXT's pixel geometry (base view and AnyRes tiles, in pixels)."""
+        return self.family in ("llava_next", "llava_next_video")
+
+    @property
+    def takes_video(self) -> bool:
+        return "video" in getattr(self.model.model, "pruning_modalities", ())
 
 
 def load_tiny_backend(notice: str = DEMO_NOTICE) -> Backend:
@@ -205,20 +223,67 @@ def load_tiny_backend(notice: str = DEMO_NOTICE) -> Backend:
     return Backend(model, processor, "embedded tiny random-weight LLaVA-NeXT", True, notice, TINY_THRESHOLD)
 
 
+def load_processor(model_id: str, family) -> object:
+    """The processor of `model_id` for its family (`llava_codebook.families.Family`).
+
+    LLaVA-NeXT gets the package's processor (the stock one plus its pixel geometry); the others their stock one.
+    The stock video processors of LLaVA-OneVision and LLaVA-NeXT-Video need torchvision: where it does not import,
+    the processor is put together from the checkpoint's image processor, tokenizer and settings, with frames
+    prepared by `frames.frame_video_processor` as the checkpoint's video-processor config says.
+    """
+    from llava_codebook import LlavaNextCodebookProcessor
+
+    if family.stock_model_type == "llava_next":
+        return LlavaNextCodebookProcessor.from_pretrained(model_id)
+    try:
+        return family.processor_class.from_pretrained(model_id)
+    except ImportError:
+        if "video" not in family.modalities:
+            raise
+        logger.info("The stock video processor needs torchvision; preparing frames with PIL instead")
+    import json
+
+    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers.utils import cached_file
+
+    def read_json(name: str) -> dict:
+        path = cached_file(model_id, name, _raise_exceptions_for_missing_entries=False)
+        return json.loads(Path(path).read_text()) if path else {}
+
+    settings = read_json("processor_config.json")
+    video_config = settings.pop("video_processor", None) or read_json("video_preprocessor_config.json")
+    tokenizer = AutoTokenizer.from_pretrained(model_id)
+    template = cached_file(model_id, "chat_template.jinja", _raise_exceptions_for_missing_entries=False)
+    accepted = inspect.signature(family.processor_class.__init__).parameters
+    kwargs = {k: v for k, v in settings.items() if k in accepted and k not in ("image_processor", "tokenizer")}
+    return family.processor_class(
+        image_processor=AutoImageProcessor.from_pretrained(model_id),
+        tokenizer=tokenizer,
+        video_processor=frame_views.frame_video_processor(video_config),
+        chat_template=Path(template).read_text() if template else getattr(tokenizer, "chat_template", None),
+        **kwargs,
+    )
+
+
 def load_backend(model_id: str | None = None, codebook_repo: str | None = None) -> Backend:
-    """Serve `model_id` (Hub id or local directory) with `codebook_repo`; with no model, or when it cannot be loaded
-    (offline, missing codebook), serve the embedded demo model and say so."""
+    """Serve `model_id` (Hub id or local directory of any supported family: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision,
+    LLaVA-NeXT-Video) with `codebook_repo`; with no model, or when it cannot be loaded (offline, missing codebook),
+    serve the embedded demo model and say so."""
     if not model_id:
         return load_tiny_backend()
     try:
-        from llava_codebook import LlavaNextCodebookProcessor, load_pruned_model
+        from transformers import PretrainedConfig
 
+        from llava_codebook import load_pruned_model
+        from llava_codebook.families import family_for_config
+
+        family = family_for_config(PretrainedConfig.get_config_dict(model_id)[0], model_id)
         cuda = torch.cuda.is_available()
         overrides = {"codebook_repo": codebook_repo} if codebook_repo else {}
         model = load_pruned_model(model_id, dtype=torch.float16 if cuda else torch.float32, **overrides).eval()
         if cuda:
             model = model.to("cuda")
-        processor = LlavaNextCodebookProcessor.from_pretrained(model_id)
+        processor = load_processor(model_id, family)
         if model.codebook is None:
             model.load_codebook()
     except Exception as exc:  # offline, wrong id, no codebook: fall back, and tell the user why
@@ -227,10 +292,34 @@ def load_backend(model_id: str | None = None, codebook_repo: str | None = None) 
         return load_tiny_backend(f"⚠️ Could not load `{model_id}` ({reason}). Falling back. " + DEMO_NOTICE)
     codebook = model.codebook
     notice = (
-        f"Serving **{model_id}** with codebook **{codebook_repo or model.config.codebook_repo}** "
+        f"Serving **{model_id}** ({family.name}) with codebook **{codebook_repo or model.config.codebook_repo}** "
         f"({codebook.prototypes.shape[0]} prototypes) on {'GPU' if cuda else 'CPU'}."
     )
-    return Backend(model, processor, model_id, False, notice, float(model.config.codebook_threshold))
+    if not family.stock_model_type.startswith("llava_next"):
+        notice += f" {GRID_VIEW_NOTES[family.stock_model_type]}"
+    if "video" in family.modalities:
+        notice += f" {VIDEO_NOTE}"
+    return Backend(
+        model,
+        processor,
+        model_id,
+        False,
+        notice,
+        float(model.config.codebook_threshold),
+        family=family.stock_model_type,
+    )
+
+
+GRID_VIEW_NOTES = {
+    "llava": "This family sees each image as one square view (the centre crop, its outside tinted magenta); the "
+    "overlay draws that view's token grid.",
+    "llava_onevision": "Images are drawn as token grids: the base view over the whole image, and the unpadded AnyRes "
+    "tile grid as the model packs it (shrunk to about nine crops' worth of tokens for large images) over the image.",
+}
+VIDEO_NOTE = (
+    "It also takes videos: upload an animated GIF, WebP or PNG below to see each frame's pooled tokens, kept and "
+    "dropped, as a strip."
+)
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -342,6 +431,84 @@ def check_image(image, allowed_dirs=None) -> Image.Image:
         raise InputError(UNREADABLE_IMAGE) from exc
 
 
+# Videos: an animated GIF, WebP or PNG (PIL decodes these; no video decoder is installed beside torch 2.13 CPU).
+VIDEO_FILE_TYPES = [".gif", ".webp", ".png"]
+VIDEO_FRAMES = int(env_number("VIDEO_FRAMES", 8, 1))
+MAX_VIDEO_FILE_FRAMES = int(env_number("MAX_VIDEO_FILE_FRAMES", 1_000, 1))
+MAX_VIDEO_PIXELS = int(env_number("MAX_VIDEO_PIXELS", 200_000_000, 1))
+UNREADABLE_VIDEO = (
+    "That file could not be read as a video. Upload an animated GIF, WebP or PNG (and upload it again if it was a "
+    "while ago: uploads expire)."
+)
+MISSING_VIDEO = "Upload a video (an animated GIF, WebP or PNG) first."
+
+
+class MissingVideo(MissingImage):
+    """No video was given."""
+
+
+def sampled_frame_indices(count: int, wanted: int | None = None) -> list[int]:
+    """`wanted` (default `VIDEO_FRAMES`) frame indices spread evenly over `count` frames, first and last included."""
+    wanted = min(count, wanted or VIDEO_FRAMES)
+    return sorted({round(i) for i in np.linspace(0, count - 1, wanted)})
+
+
+def check_video(video, allowed_dirs=None) -> list[Image.Image]:
+    """The frames (RGB PIL images, at most `VIDEO_FRAMES`, spread evenly) of a video input, or an `InputError`.
+
+    `video` is an animated GIF / WebP / PNG given as for `locate_image` (a path confined to `allowed_dirs`, Gradio's
+    file payload, a data: URL), or, in code, a list of frames or a `[T, H, W, 3]` array. Every refused or unreadable
+    file gets the one `UNREADABLE_VIDEO`. The size and frame count are read from the header and bounded before any
+    frame is decoded.
+    """
+    if video is None or (isinstance(video, dict) and not video.get("path") and not video.get("url")):
+        raise MissingVideo(MISSING_VIDEO)
+    if isinstance(video, np.ndarray) and video.ndim == 4:
+        video = list(video)
+    if isinstance(video, (list, tuple)):
+        if not video:
+            raise MissingVideo(MISSING_VIDEO)
+        picked = [video[i] for i in sampled_frame_indices(len(video))]
+        return [check_image(frame).convert("RGB") for frame in picked]
+    try:
+        source = locate_image(video, allowed_dirs)
+    except MissingImage:
+        raise MissingVideo(MISSING_VIDEO) from None
+    except InputError as exc:
+        raise InputError(UNREADABLE_VIDEO if str(exc) == UNREADABLE_IMAGE else str(exc)) from None
+    if isinstance(source, Image.Image):
+        return [check_image(source)]
+    try:
+        clip = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        count = int(getattr(clip, "n_frames", 1))
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"That video's frames are larger than this Space accepts ({MAX_IMAGE_PIXELS / 1e6:.0f} MP)."
+        ) from exc
+    except Exception as exc:  # missing, a directory, not a picture: all the same to the caller
+        raise InputError(UNREADABLE_VIDEO) from exc
+    width, height = clip.size
+    if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_IMAGE_SIDE:
+        raise InputError(
+            f"That video is {width}x{height} pixels a frame; this Space accepts up to {MAX_IMAGE_PIXELS / 1e6:.0f} "
+            f"megapixels and {MAX_IMAGE_SIDE} px a side. Downscale it first."
+        )
+    if count > MAX_VIDEO_FILE_FRAMES or width * height * count > MAX_VIDEO_PIXELS:
+        raise InputError(
+            f"That video has {count} frames of {width}x{height}; this Space reads at most {MAX_VIDEO_FILE_FRAMES} "
+            f"frames and {MAX_VIDEO_PIXELS / 1e6:.0f} megapixels in all (it samples {VIDEO_FRAMES} frames anyway). "
+            "Shorten or downscale it first."
+        )
+    try:
+        frames = []
+        for index in sampled_frame_indices(count):
+            clip.seek(index)
+            frames.append(clip.convert("RGB"))
+    except Exception as exc:  # truncated or corrupt frames
+        raise InputError(UNREADABLE_VIDEO) from exc
+    return frames
+
+
 def check_question(question, required: bool = True, image_token: str = "<image>") -> str:
     """The question, stripped; or an `InputError` naming what is wrong (type, length, characters, reserved tokens)."""
     if question is None:
@@ -424,16 +591,22 @@ def validate_inputs(
     question_required: bool = False,
     image_token: str = "<image>",
     allowed_dirs=None,
+    video: bool = False,
+    reserved_tokens: tuple = (),
 ) -> Inputs:
     """Check every input of a request (the cheap ones first, the image last) and return them typed, or raise an
-    `InputError` that names the problem and the fix. `max_new_tokens=None`: the endpoint does not take it."""
+    `InputError` that names the problem and the fix. `max_new_tokens=None`: the endpoint does not take it. With
+    `video`, `image` is a video (`check_video`) and `Inputs.image` its list of frames; `reserved_tokens` are further
+    placeholders (`<video>`) a question must not hold."""
     mode = SCALAR_CHECKS["mode"](mode)
     threshold = SCALAR_CHECKS["threshold"](threshold)
     keep_ratio = SCALAR_CHECKS["keep_ratio"](keep_ratio)
     if max_new_tokens is not None:
         max_new_tokens = SCALAR_CHECKS["max_new_tokens"](max_new_tokens)
     question = check_question(question, required=question_required, image_token=image_token)
-    image = check_image(image, allowed_dirs)
+    for token in reserved_tokens:
+        check_question(question, required=False, image_token=token)
+    image = check_video(image, allowed_dirs) if video else check_image(image, allowed_dirs)
     return Inputs(image, question, mode, threshold, keep_ratio, max_new_tokens)
 
 
@@ -447,18 +620,20 @@ def pruning_overrides(mode, threshold, keep_ratio) -> dict:
     return {"pruning_mode": "budget", "keep_ratio": keep_ratio}
 
 
-def build_prompt(processor, question: str) -> str:
-    """The checkpoint's chat template with one image and the question, or `<image> question` without a template."""
+def build_prompt(processor, question: str, kind: str = "image") -> str:
+    """The checkpoint's chat template with one image (or video, `kind`) and the question, or `<image> question`
+    without a template."""
     if getattr(processor, "chat_template", None):
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        conversation = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]
         return processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return f"{processor.image_token} {question}"
+    return f"{getattr(processor, f'{kind}_token')} {question}"
 
 
-def text_token_count(processor, question: str) -> int:
-    """Prompt tokens other than the image placeholders (the one `<image>` before the processor expands it)."""
-    ids = processor.tokenizer(build_prompt(processor, question or "?"))["input_ids"]
-    return len(ids) - sum(1 for token in ids if token == processor.image_token_id)
+def text_token_count(processor, question: str, kind: str = "image") -> int:
+    """Prompt tokens other than the image (video) placeholders (the one `<image>` before the processor expands it)."""
+    ids = processor.tokenizer(build_prompt(processor, question or "?", kind))["input_ids"]
+    placeholder = getattr(processor, f"{kind}_token_id")
+    return len(ids) - sum(1 for token in ids if token == placeholder)
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -518,7 +693,7 @@ def score(backend: Backend, encoded: EncodedImage, overrides: dict):
     """Re-score cached features under new settings (on the CPU, no vision tower): a `VisualTokenSelection`."""
     settings = backend.model.pruning_settings(**overrides)
     with torch.no_grad():
-        return backend.model.select_visual_tokens([encoded.packed], encoded.image_sizes, settings)
+        return backend.model.model.select_visual_tokens([encoded.packed], encoded.image_sizes, settings)
 
 
 def token_counts(geometry, keep_mask) -> dict:
@@ -678,6 +853,8 @@ def _image_token(backend: Backend) -> str:
 
 def show_selection(backend: Backend, inputs: Inputs) -> Preview:
     """`preview` for inputs already checked."""
+    if not backend.anyres_geometry:
+        return show_grid_selection(backend, inputs)
     image = inputs.image
     encoded = encode_image(backend, image)
     selection = score(backend, encoded, inputs.overrides)
@@ -697,6 +874,265 @@ def show_selection(backend: Backend, inputs: Inputs) -> Preview:
         markdown=format_counts(counts, flops, encoded.geometry),
         selection=selection,
     )
+
+
+# ---------------------------------------------------------------------------------------------------- other families
+@dataclass
+class EncodedVisual:
+    """One image or video encoded by its family (`encode_for_pruning`): packed features, newline mask and the crop
+    (view, tile or frame) of each token, on the CPU; re-scoring reuses them."""
+
+    modality: str
+    packed: torch.Tensor
+    newline: torch.Tensor
+    crop_ids: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.newline.nbytes + self.crop_ids.nbytes
+
+
+def family_features(backend: Backend, modality: str, call: dict):
+    """The family's own encoding of one image or video (`encode_for_pruning`): `(packed, newline, crop_ids)` on the
+    CPU. `call` holds the processor's tensors (`pixel_values`, `image_sizes` / `pixel_values_videos`)."""
+    model = backend.model
+    moved = {
+        k: (v.to(model.device, model.dtype) if k.startswith("pixel_values") else v.to(model.device))
+        for k, v in call.items()
+        if isinstance(v, torch.Tensor)
+    }
+    with torch.no_grad():
+        visual = model.model.encode_for_pruning(modality, moved)
+    return visual.packed[0].cpu(), visual.newline[0].cpu(), visual.crop_ids[0].cpu()
+
+
+def frames_key(frames: list[Image.Image]) -> str:
+    digest = hashlib.sha1(b"video")
+    for frame in frames:
+        digest.update(image_key(frame).encode())
+    return digest.hexdigest()
+
+
+def encode_visual(backend: Backend, modality: str, media) -> EncodedVisual:
+    """Processor + the family's encoder, once per distinct image (PIL image) or video (list of frames); cached."""
+    key = image_key(media) if modality == "image" else frames_key(media)
+    cached = backend.cache.get(key)
+    if cached is not None:
+        return cached
+    if modality == "image":
+        call = backend.processor.image_processor(images=[media], return_tensors="pt")
+    else:
+        call = backend.processor.video_processor(videos=[media], return_tensors="pt")
+    packed, newline, crop_ids = on_model_device(backend, family_features, modality, dict(call))
+    encoded = EncodedVisual(modality, packed, newline, crop_ids)
+    backend.cache.put(key, encoded)
+    return encoded
+
+
+def score_visual(backend: Backend, encoded: EncodedVisual, overrides: dict):
+    """Re-score cached features under new settings (no vision tower): a `VisualTokenSelection` of one segment."""
+    from llava_codebook.strategies import Segment
+
+    settings = backend.model.pruning_settings(**overrides)
+    segment = Segment(encoded.packed, encoded.newline, encoded.modality, crop_ids=encoded.crop_ids)
+    with torch.no_grad():
+        return backend.model.model.select_segments([segment], settings)
+
+
+def counts_by_mask(keep: np.ndarray, masks: dict) -> dict:
+    """`{name: {kept, total, percent_kept}}` for each named token mask."""
+    counts = {}
+    for name, mask in masks.items():
+        kept, total = int((keep & mask).sum()), int(mask.sum())
+        counts[name] = {"kept": kept, "total": total, "percent_kept": 100.0 * kept / total if total else 0.0}
+    return counts
+
+
+def shown_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) an overlay of an image of `size` is drawn at: `OVERLAY_SIDE` long, at most
+    `MAX_SHOWN_ASPECT`:1 (see `overlay_stretch`)."""
+    width, height = size
+    scale = OVERLAY_SIDE / max(width, height)
+    short = max(round(min(width, height) * scale), round(OVERLAY_SIDE / MAX_SHOWN_ASPECT), 1)
+    return (OVERLAY_SIDE, short) if width >= height else (short, OVERLAY_SIDE)
+
+
+def show_grid_selection(backend: Backend, inputs: Inputs) -> Preview:
+    """`show_selection` for families without LLaVA-NeXT's pixel geometry (LLaVA-1.5, LLaVA-OneVision): each view
+    drawn as its token grid, read from the family's crop ids (`frames.grid_views`)."""
+    image = inputs.image
+    encoded = encode_visual(backend, "image", image)
+    selection = score_visual(backend, encoded, inputs.overrides)
+    keep = selection.keep_masks()[0].cpu().numpy()
+    crop_ids, newline = encoded.crop_ids.numpy(), encoded.newline.numpy()
+    views = frame_views.grid_views(crop_ids, newline, image.size, backend.processor.image_processor)
+    scored = ~newline
+    counts = counts_by_mask(
+        keep,
+        {
+            "base": crop_ids == 0,
+            "tile": (crop_ids > 0) & scored,
+            "scored": scored,
+            "newline": newline,
+            "all": np.ones_like(newline),
+        },
+    )
+    flops = flops_estimate(
+        backend.model.config.text_config,
+        text_token_count(backend.processor, inputs.question),
+        counts["all"]["total"],
+        counts["all"]["kept"],
+    )
+    overlays = {
+        name: frame_views.render_grid(image, view.keep_grid(keep), view.region, shown_size(image.size))
+        for name, view in views.items()
+    }
+    return Preview(
+        base_overlay=overlays["base"],
+        tile_overlay=overlays.get("tile"),
+        counts=counts,
+        flops=flops,
+        markdown=format_grid_counts(counts, flops, views, backend.family),
+        selection=selection,
+    )
+
+
+def format_grid_counts(counts: dict, flops: dict, views: dict, family: str) -> str:
+    """The counts table of `show_grid_selection`: the same rows as `format_counts`, the views named by their grids."""
+    base, tile, scored, newline, every = (counts[k] for k in ("base", "tile", "scored", "newline", "all"))
+    rows, cols = views["base"].shape
+    lines = [
+        "| tokens | kept | total | kept % |",
+        "|---|---:|---:|---:|",
+        f"| {'the view' if family == 'llava' else 'base view'} ({rows}×{cols}) | {base['kept']} | {base['total']} | "
+        f"{_percent(base)} |",
+    ]
+    if "tile" in views:
+        t_rows, t_cols = views["tile"].shape
+        lines.append(
+            f"| high-res tiles ({t_rows}×{t_cols} packed) | {tile['kept']} | {tile['total']} | {_percent(tile)} |"
+        )
+    lines += [
+        f"| **scored** | **{scored['kept']}** | **{scored['total']}** | **{_percent(scored)}** |",
+        f"| row newlines (not scored) | {newline['kept']} | {newline['total']} | |",
+        f"| in the prompt | {every['kept']} | {every['total']} | {_percent(every)} |",
+        "",
+    ]
+    if family == "llava":
+        lines += ["This family sees one square view (the centre crop; magenta: outside it). There are no tiles.", ""]
+    lines.append(
+        f"**Kept {every['kept']} / {every['total']} visual tokens ({_percent(every)})** in the prompt. "
+        f"Predicted LLM prefill: {format_flops(flops['full'], flops['pruned'])}."
+    )
+    return "\n".join(lines)
+
+
+@dataclass
+class VideoPreview:
+    strip: Image.Image
+    counts: dict
+    flops: dict
+    markdown: str
+    selection: object
+    layout: object  # `frames.StripLayout`: where each frame's panel lies in the strip
+    grids: list  # per frame, the packed indices of its pooled token grid
+
+
+def preview_video(
+    backend: Backend, video, mode: str, threshold: float, keep_ratio: float, question: str = "", allowed_dirs=None
+) -> VideoPreview:
+    """The video as a strip of its frames, each with its pooled tokens kept / dropped, and the counts."""
+    return show_video_selection(
+        backend, _video_inputs(backend, video, question, mode, threshold, keep_ratio, None, allowed_dirs)
+    )
+
+
+def _video_inputs(backend, video, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs, required=False):
+    if not backend.takes_video:
+        raise InputError(f"{backend.name} does not take videos; upload an image instead.")
+    return validate_inputs(
+        video,
+        question,
+        mode,
+        threshold,
+        keep_ratio,
+        max_new_tokens,
+        question_required=required,
+        image_token=_image_token(backend),
+        reserved_tokens=(getattr(backend.processor, "video_token", None) or "<video>",),
+        allowed_dirs=allowed_dirs,
+        video=True,
+    )
+
+
+def show_video_selection(backend: Backend, inputs: Inputs) -> VideoPreview:
+    frames = inputs.image
+    encoded = encode_visual(backend, "video", frames)
+    selection = score_visual(backend, encoded, inputs.overrides)
+    keep = selection.keep_masks()[0].cpu().numpy()
+    crop_ids, newline = encoded.crop_ids.numpy(), encoded.newline.numpy()
+    grids = frame_views.frame_grids(crop_ids, newline)
+    if len(grids) != len(frames):
+        raise RuntimeError(f"The model encoded {len(grids)} frames of the {len(frames)} it was given.")
+    per_frame = [{"kept": int(keep[g].sum()), "total": int(g.size)} for g in grids]
+    counts = counts_by_mask(keep, {"scored": ~newline, "newline": newline, "all": np.ones_like(newline)})
+    counts["frames"] = per_frame
+    flops = flops_estimate(
+        backend.model.config.text_config,
+        text_token_count(backend.processor, inputs.question, "video"),
+        counts["all"]["total"],
+        counts["all"]["kept"],
+    )
+    regions = [frame_views.base_region(frame.size, backend.processor.video_processor) for frame in frames]
+    labels = [f"frame {i + 1}: {c['kept']}/{c['total']} kept" for i, c in enumerate(per_frame)]
+    strip, layout = frame_views.render_strip(frames, [keep[g] for g in grids], labels, regions)
+    rows, cols = grids[0].shape
+    every, scored = counts["all"], counts["scored"]
+    markdown = "\n".join(
+        [
+            f"{len(frames)} frames, each pooled to {rows}×{cols} tokens; clear = kept, dark = dropped.",
+            "",
+            "| frame | kept | total | kept % |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {i + 1} | {c['kept']} | {c['total']} | {100.0 * c['kept'] / c['total']:.1f} % |"
+                for i, c in enumerate(per_frame)
+            ),
+            f"| **scored** | **{scored['kept']}** | **{scored['total']}** | **{_percent(scored)}** |",
+            f"| newline (not scored) | {counts['newline']['kept']} | {counts['newline']['total']} | |",
+            "",
+            f"**Kept {every['kept']} / {every['total']} visual tokens ({_percent(every)})** in the prompt. "
+            f"Predicted LLM prefill: {format_flops(flops['full'], flops['pruned'])}.",
+        ]
+    )
+    return VideoPreview(strip, counts, flops, markdown, selection, layout, grids)
+
+
+@dataclass
+class VideoAnswer:
+    generations: "Generations"
+    preview: VideoPreview
+
+
+def answer_video(
+    backend: Backend,
+    video,
+    question: str,
+    mode: str,
+    threshold: float,
+    keep_ratio: float,
+    max_new_tokens: int = 24,
+    allowed_dirs=None,
+) -> VideoAnswer:
+    """Check the inputs, show the video's selection (cached features), then answer with pruning and without."""
+    inputs = _video_inputs(
+        backend, video, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs, required=True
+    )
+    shown = show_video_selection(backend, inputs)
+    generations = on_model_device(
+        backend, generate_both, inputs.image, inputs.question, inputs.overrides, inputs.max_new_tokens, "video"
+    )
+    return VideoAnswer(generations=generations, preview=shown)
 
 
 @dataclass
@@ -726,13 +1162,17 @@ def _timed_generate(model, inputs: dict, **kwargs):
 
 
 def generate_both(
-    backend: Backend, image: Image.Image, question: str, overrides: dict, max_new_tokens: int
+    backend: Backend, image, question: str, overrides: dict, max_new_tokens: int, kind: str = "image"
 ) -> Generations:
-    """Greedy answers with pruning and without (the stock computation), each timed end to end, vision tower included."""
+    """Greedy answers with pruning and without (the stock computation), each timed end to end, vision tower included.
+    `kind="video"`: `image` is a video's list of frames."""
     processor, model = backend.processor, backend.model
-    inputs = processor(images=[image], text=[build_prompt(processor, question)], return_tensors="pt")
+    media = {"videos": [image]} if kind == "video" else {"images": [image]}
+    inputs = processor(**media, text=[build_prompt(processor, question, kind)], return_tensors="pt")
     inputs = {
-        k: (v.to(model.device, model.dtype) if k == "pixel_values" else v.to(model.device)) for k, v in inputs.items()
+        k: (v.to(model.device, model.dtype) if k.startswith("pixel_values") else v.to(model.device))
+        for k, v in inputs.items()
+        if isinstance(v, torch.Tensor)
     }
     prompt_len = inputs["input_ids"].shape[1]
     pruned, pruned_seconds = _timed_generate(model, inputs, max_new_tokens=max_new_tokens, **overrides)
@@ -795,6 +1235,12 @@ def check_payload_form(names: list, inputs: list, allowed_dirs) -> None:
         if name == "image":
             if value is not None:
                 locate_image(value, allowed_dirs)
+        elif name == "video":
+            if value is not None:
+                try:
+                    locate_image(value, allowed_dirs)
+                except InputError as exc:
+                    raise InputError(UNREADABLE_VIDEO if str(exc) == UNREADABLE_IMAGE else str(exc)) from None
         elif isinstance(value, (dict, list)):
             (SCALAR_CHECKS.get(name) or check_question)(value)  # refuses it, worded as for any other wrong type
 
@@ -830,8 +1276,9 @@ def guard_gradio_preprocessing(demo: gr.Blocks, dependency_ids, allowed_dirs) ->
         except gr.Error:
             raise
         except Exception as exc:
-            logger.info("Gradio refused an image payload (%s)", type(exc).__name__)
-            raise gr.Error(UNREADABLE_IMAGE, print_exception=False) from None
+            logger.info("Gradio refused a file payload (%s)", type(exc).__name__)
+            unreadable = UNREADABLE_VIDEO if "video" in names else UNREADABLE_IMAGE
+            raise gr.Error(unreadable, print_exception=False) from None
 
     demo.preprocess_data = preprocess_data
 
@@ -935,7 +1382,9 @@ class OverlayFiles:
         self.capacity = capacity
         self._lock = threading.Lock()
 
-    def save(self, image: Image.Image) -> str:
+    def save(self, image: Image.Image | None) -> str | None:
+        if image is None:  # a view this family does not have (LLaVA-1.5: no tiles)
+            return None
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
@@ -1274,6 +1723,12 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                             label="Answer without pruning", interactive=False, elem_id="full-answer"
                         )
         gr.Examples(example_rows, inputs=[image, question], label="Examples (drawn in code)")
+        if backend.takes_video:
+            video_events = build_video_section(
+                backend, allowed_dirs, overlays, image.GRADIO_CACHE, mode, threshold, keep_ratio, max_new_tokens
+            )
+        else:
+            video_events = []
         asked = gr.State(None)  # what the answer being made is made with
         answered = gr.State(None)  # what the answers on screen were made with
 
@@ -1331,9 +1786,114 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                 **private,
             )
             events += [checked, answered_now, settled]
-    guard_gradio_preprocessing(demo, [event["id"] for event in events], allowed_dirs)
+    guard_gradio_preprocessing(demo, [event["id"] for event in events + video_events], allowed_dirs)
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo
+
+
+VIDEO_UPLOAD_PROMPT = "Upload a video (an animated GIF, WebP or PNG) to see each frame's kept and dropped tokens."
+
+
+def build_video_section(backend, allowed_dirs, overlays, cache_dir, mode, threshold, keep_ratio, max_new_tokens):
+    """The video part of the page, for families that take videos: the upload, the strip of frames, the counts and the
+    answers; it shares the pruning controls. Returns its events (their payloads are checked like the image's)."""
+    cache_dir = Path(cache_dir).resolve()
+    if cache_dir not in allowed_dirs:
+        allowed_dirs.append(cache_dir)
+
+    def on_video_preview(video, mode, threshold, keep_ratio, question):
+        try:
+            shown = preview_video(backend, video, mode, threshold, keep_ratio, question, allowed_dirs)
+        except MissingImage:
+            return None, VIDEO_UPLOAD_PROMPT, {}
+        except Exception as exc:
+            return None, f"⚠️ {html.escape(_user_error(exc).message, quote=False)}", {}
+        return overlays.save(shown.strip), shown.markdown, {"counts": shown.counts, "flops": shown.flops}
+
+    def on_video_answer(video, question, mode, threshold, keep_ratio, max_new_tokens):
+        try:
+            result = answer_video(backend, video, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs)
+        except Exception as exc:
+            raise _user_error(exc) from None
+        shown, made = result.preview, result.generations
+        return (
+            overlays.save(shown.strip),
+            shown.markdown,
+            {"counts": shown.counts, "flops": shown.flops},
+            made.pruned_text,
+            f"**With pruning:** {_seconds(made.pruned_seconds)} · prompt of {made.pruned_prompt_tokens} tokens",
+            made.full_text,
+            f"**Without pruning:** {_seconds(made.full_seconds)} · prompt of {made.full_prompt_tokens} tokens",
+        )
+
+    gr.Markdown(
+        "## Video\nThe frames (up to "
+        f"{VIDEO_FRAMES}, spread evenly) as the model pools them: each frame's pooled tokens are scored like an "
+        "image's and dropped when redundant. Uses the pruning controls above."
+    )
+    with gr.Row():
+        with gr.Column(scale=1, min_width=240):
+            video = gr.File(
+                label="Video (animated GIF, WebP or PNG)", file_types=VIDEO_FILE_TYPES, elem_id="input-video"
+            )
+            video_question = gr.Textbox(
+                label="Question about the video",
+                placeholder="What happens in the video?",
+                max_length=MAX_QUESTION_CHARS,
+                elem_id="video-question",
+            )
+            ask_video = gr.Button("Ask about the video", variant="primary", elem_id="ask-video")
+        with gr.Column(scale=2, min_width=240):
+            strip = gr.Image(
+                label="Frames: kept / dropped tokens",
+                type="filepath",
+                interactive=False,
+                elem_id="video-strip",
+                buttons=["fullscreen", "download"],
+            )
+            video_counts = gr.Markdown(VIDEO_UPLOAD_PROMPT, elem_id="video-counts")
+            with gr.Accordion("Raw video counts", open=False):
+                video_details = gr.JSON(label="counts and FLOPs")
+            with gr.Row():
+                with gr.Column(min_width=160):
+                    video_pruned_time = gr.Markdown("**With pruning**", elem_id="video-pruned-time")
+                    video_pruned = gr.Textbox(label="Answer with pruning", interactive=False, elem_id="video-pruned")
+                with gr.Column(min_width=160):
+                    video_full_time = gr.Markdown("**Without pruning**", elem_id="video-full-time")
+                    video_full = gr.Textbox(label="Answer without pruning", interactive=False, elem_id="video-full")
+    preview_inputs = [video, mode, threshold, keep_ratio, video_question]
+    preview_outputs = [strip, video_counts, video_details]
+    events = []
+    for control in (video, mode, threshold, keep_ratio):
+        events.append(
+            control.change(
+                on_video_preview,
+                preview_inputs,
+                preview_outputs,
+                api_name="preview_video" if control is video else False,
+                trigger_mode="always_last",
+                show_progress="hidden",
+                concurrency_limit=2,
+                concurrency_id="preview",
+                preprocess=False,
+            )
+        )
+    answer_inputs = [video, video_question, mode, threshold, keep_ratio, max_new_tokens]
+    answer_outputs = preview_outputs + [video_pruned, video_pruned_time, video_full, video_full_time]
+    for trigger, api_name in ((ask_video.click, "answer_video"), (video_question.submit, None)):
+        events.append(
+            trigger(
+                on_video_answer,
+                answer_inputs,
+                answer_outputs,
+                api_name=api_name or False,
+                api_visibility="public" if api_name else "private",
+                concurrency_limit=1,
+                concurrency_id="answer",
+                preprocess=False,
+            )
+        )
+    return events
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent
-APP_FILES = ("app.py", "examples.py", "README.md", "requirements.txt")
+APP_FILES = ("app.py", "examples.py", "frames.py", "README.md", "requirements.txt")
 
 
 def prepare_upload(destination: str | Path, package_dir: str | Path | None = None) -> Path:

@@ -39,7 +39,7 @@ def test_requirements_name_the_package_dependencies_but_not_gradio():
 
 def test_uploaded_bundle_imports_its_own_copy_of_the_package(tmp_path):
     bundle = prepare_upload(tmp_path / "space")
-    for name in ("app.py", "examples.py", "README.md", "requirements.txt", "llava_codebook/__init__.py"):
+    for name in ("app.py", "examples.py", "frames.py", "README.md", "requirements.txt", "llava_codebook/__init__.py"):
         assert (bundle / name).exists(), name
     assert not list(bundle.rglob("__pycache__"))
     probe = (

@@ -1,0 +1,228 @@
+"""What the Space needs beyond LLaVA-NeXT's AnyRes geometry: token grids of the other families and of video frames.
+
+- `grid_views`: the views of one image's packed tokens as grids, read from the family's `crop_ids` (0 = the base
+  view, 1.. = tiles, -1 = newline) and newline positions; no family-specific pixel geometry is needed.
+- `frame_grids`: a video's pooled tokens as one grid per frame (`crop_ids` = frame index).
+- `render_grid`: a picture with a grid of kept / dropped cells drawn over a region of it; `render_strip` puts one
+  such panel per frame side by side.
+- `FrameVideoProcessor`: the stock video processors of LLaVA-OneVision and LLaVA-NeXT-Video need torchvision; where
+  it cannot be imported, frames are resized (and centre-cropped) with PIL as the checkpoint's video-processor config
+  says.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+DROPPED_TINT = np.array([20, 20, 30], dtype=np.float32)
+UNSEEN_TINT = np.array([255, 0, 255], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class GridView:
+    """One view's tokens as a `rows` x `cols` grid: `indices[r, c]` is the packed index of each cell, and `region`
+    (x0, y0, x1, y1, in the picture's pixels) is the part of the picture the view sees."""
+
+    name: str
+    indices: np.ndarray
+    region: tuple[float, float, float, float]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.indices.shape
+
+    def keep_grid(self, keep: np.ndarray) -> np.ndarray:
+        return np.asarray(keep, dtype=bool)[self.indices]
+
+
+def _square_grid(indices: np.ndarray) -> np.ndarray:
+    """Indices of a square token grid in raster order (one row when the count is not a square)."""
+    side = math.isqrt(len(indices))
+    if side * side == len(indices):
+        return indices.reshape(side, side)
+    return indices.reshape(1, -1)
+
+
+def base_region(size: tuple[int, int], image_processor) -> tuple[float, float, float, float]:
+    """The part of an image of `size` (width, height) its base view sees: the centre crop of a processor that resizes
+    the shortest edge and centre-crops (LLaVA-1.5's CLIP processor), else the whole image (resized to a square)."""
+    width, height = size
+    crop = dict(getattr(image_processor, "crop_size", None) or {})
+    shortest = dict(getattr(image_processor, "size", None) or {}).get("shortest_edge")
+    if getattr(image_processor, "do_center_crop", False) and shortest and crop.get("height") and crop.get("width"):
+        scale = shortest / min(width, height)
+        seen_w, seen_h = min(width, crop["width"] / scale), min(height, crop["height"] / scale)
+        x0, y0 = (width - seen_w) / 2, (height - seen_h) / 2
+        return (x0, y0, x0 + seen_w, y0 + seen_h)
+    return (0.0, 0.0, float(width), float(height))
+
+
+def grid_views(crop_ids, newline, size: tuple[int, int], image_processor) -> dict[str, GridView]:
+    """The base view (crop 0, a square grid over `base_region`) and, where there are tiles, the tile grid: the tile
+    tokens in packed order, one row per newline, over the whole image (the unpadded AnyRes grid covers the image)."""
+    crop_ids = np.asarray(crop_ids)
+    newline = np.asarray(newline, dtype=bool)
+    width, height = size
+    views = {"base": GridView("base", _square_grid(np.flatnonzero(crop_ids == 0)), base_region(size, image_processor))}
+    tiles = np.flatnonzero((crop_ids > 0) & ~newline)
+    if len(tiles):
+        rows = max(1, int(newline[tiles[0] :].sum()))
+        grid = tiles.reshape(rows, -1) if len(tiles) % rows == 0 else tiles.reshape(1, -1)
+        views["tile"] = GridView("tile", grid, (0.0, 0.0, float(width), float(height)))
+    return views
+
+
+def frame_grids(crop_ids, newline) -> list[np.ndarray]:
+    """Per frame, its pooled tokens' packed indices as a square grid (`crop_ids` = frame index, newlines excluded)."""
+    crop_ids = np.asarray(crop_ids)
+    newline = np.asarray(newline, dtype=bool)
+    frames = int(crop_ids[~newline].max()) + 1 if (~newline).any() else 0
+    return [_square_grid(np.flatnonzero((crop_ids == f) & ~newline)) for f in range(frames)]
+
+
+def render_grid(
+    image: Image.Image,
+    keep_grid: np.ndarray,
+    region: tuple[float, float, float, float] | None = None,
+    display: tuple[int, int] | None = None,
+) -> Image.Image:
+    """`image` at `display` (width, height) with a grid of cells over `region`: kept cells as they are, dropped ones
+    darkened, and what lies outside the region (what the view does not see) tinted magenta."""
+    width, height = image.size
+    region = region or (0.0, 0.0, float(width), float(height))
+    out_w, out_h = display or image.size
+    sx, sy = out_w / width, out_h / height
+    pixels = np.asarray(image.convert("RGB").resize((out_w, out_h), Image.BICUBIC), dtype=np.float32)
+    out = pixels.copy()
+    x0, y0, x1, y1 = (round(region[0] * sx), round(region[1] * sy), round(region[2] * sx), round(region[3] * sy))
+    unseen = np.ones((out_h, out_w), dtype=bool)
+    unseen[y0:y1, x0:x1] = False
+    out[unseen] = 0.5 * pixels[unseen] + 0.5 * UNSEEN_TINT
+    rows, cols = keep_grid.shape
+    ys = np.linspace(y0, y1, rows + 1).round().astype(int)
+    xs = np.linspace(x0, x1, cols + 1).round().astype(int)
+    for r in range(rows):
+        for c in range(cols):
+            if not keep_grid[r, c]:
+                cell = out[ys[r] : ys[r + 1], xs[c] : xs[c + 1]]
+                cell[:] = 0.3 * pixels[ys[r] : ys[r + 1], xs[c] : xs[c + 1]] + 0.7 * DROPPED_TINT
+    picture = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture, "RGBA")
+    if (xs[1] - xs[0]) >= 6 and (ys[1] - ys[0]) >= 6:
+        for r in range(rows):
+            for c in range(cols):
+                draw.rectangle([xs[c], ys[r], xs[c + 1] - 1, ys[r + 1] - 1], outline=(255, 255, 255, 60))
+    return picture
+
+
+def cell_centres(keep_grid_shape, region, display_scale=(1.0, 1.0)) -> np.ndarray:
+    """`[rows, cols, 2]` (x, y) pixel centres of a grid's cells over `region`, scaled by `display_scale`: where a test
+    reads a cell's state back from a rendered panel."""
+    rows, cols = keep_grid_shape
+    x0, y0, x1, y1 = region
+    sx, sy = display_scale
+    xs = (x0 + (np.arange(cols) + 0.5) * (x1 - x0) / cols) * sx
+    ys = (y0 + (np.arange(rows) + 0.5) * (y1 - y0) / rows) * sy
+    return np.stack(np.meshgrid(xs, ys), axis=-1)
+
+
+STRIP_PANEL_HEIGHT = 192
+STRIP_GAP = 8
+STRIP_LABEL_HEIGHT = 18
+
+
+@dataclass
+class StripLayout:
+    """Where each frame's panel lies in a strip: `boxes[f]` = (x0, y0, x1, y1) of frame f's picture."""
+
+    boxes: list[tuple[int, int, int, int]]
+
+
+def render_strip(
+    frames: list[Image.Image],
+    keep_grids: list[np.ndarray],
+    labels: list[str],
+    regions: list | None = None,
+    panel_height: int = STRIP_PANEL_HEIGHT,
+) -> tuple[Image.Image, StripLayout]:
+    """One panel per frame, left to right: the frame at `panel_height` with its pooled token grid (kept / dropped)
+    over `regions[f]` (the part of the frame the model sees; default all of it), and its label underneath. Returns
+    the strip and where each panel's picture lies."""
+    panels, boxes, x = [], [], 0
+    regions = regions or [None] * len(frames)
+    for frame, grid, region in zip(frames, keep_grids, regions):
+        width = max(1, round(frame.width * panel_height / frame.height))
+        panels.append(render_grid(frame, grid, region, display=(width, panel_height)))
+        boxes.append((x, 0, x + width, panel_height))
+        x += width + STRIP_GAP
+    strip = Image.new("RGB", (max(1, x - STRIP_GAP), panel_height + STRIP_LABEL_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for panel, box, label in zip(panels, boxes, labels):
+        strip.paste(panel, box[:2])
+        draw.text((box[0] + 2, panel_height + 3), label, fill=(0, 0, 0))
+    return strip, StripLayout(boxes)
+
+
+# ---------------------------------------------------------------------------------------------------- processing
+def _expose_video_processor_base() -> type:
+    """transformers' video-processor base class. It needs no torchvision, but transformers exports it only when
+    torchvision imports; the stock processors look it up there, so it is exposed for `FrameVideoProcessor`."""
+    import transformers
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    if not hasattr(transformers, "VideoProcessorMixin"):
+        transformers.VideoProcessorMixin = VideoProcessorMixin
+    return VideoProcessorMixin
+
+
+def frame_video_processor(config: dict):
+    """A PIL stand-in for a stock video processor configured by `config` (a `video_preprocessor_config.json`, or
+    the `video_processor` entry of `processor_config.json`): resize (to `size`'s height x width, or the shortest
+    edge to `size.shortest_edge`), centre-crop to `crop_size` where `do_center_crop`, rescale and normalise."""
+    import torch
+    from transformers.feature_extraction_utils import BatchFeature
+
+    base = _expose_video_processor_base()
+    size = config.get("size") or {"height": 384, "width": 384}
+    crop = config.get("crop_size") or {}
+    center_crop = bool(config.get("do_center_crop")) and crop
+    mean = np.asarray(config.get("image_mean", (0.5, 0.5, 0.5)), dtype=np.float32)
+    std = np.asarray(config.get("image_std", (0.5, 0.5, 0.5)), dtype=np.float32)
+    resample = int(config.get("resample", 3))
+    rescale = float(config.get("rescale_factor", 1 / 255))
+
+    def prepare(frame: Image.Image) -> np.ndarray:
+        frame = frame.convert("RGB")
+        if "shortest_edge" in size:
+            scale = size["shortest_edge"] / min(frame.size)
+            target = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
+        else:
+            target = (size["width"], size["height"])
+        frame = frame.resize(target, resample)
+        if center_crop:
+            left, top = (frame.width - crop["width"]) // 2, (frame.height - crop["height"]) // 2
+            frame = frame.crop((left, top, left + crop["width"], top + crop["height"]))
+        array = np.asarray(frame, dtype=np.float32) * rescale
+        return ((array - mean) / std).transpose(2, 0, 1)
+
+    class FrameVideoProcessor(base):
+        model_input_names = ["pixel_values_videos"]
+
+        def __init__(self):
+            super().__init__()
+            # Read by `base_region`, like the stock processors' attributes of the same names.
+            self.size, self.crop_size, self.do_center_crop = dict(size), dict(crop), bool(center_crop)
+
+        def preprocess(self, videos, return_tensors=None, **kwargs):
+            videos = [videos] if isinstance(videos, np.ndarray) and videos.ndim == 4 else list(videos)
+            out = []
+            for frames in videos:
+                images = [f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f)) for f in frames]
+                out.append(np.stack([prepare(image) for image in images]))
+            return BatchFeature({"pixel_values_videos": torch.tensor(np.stack(out))}, tensor_type=return_tensors)
+
+    return FrameVideoProcessor()
