@@ -51,9 +51,6 @@ class LlavaCodebookModel(PruningModelMixin, LlavaModel):
     config: LlavaCodebookConfig
     pruning_output_class = LlavaCodebookModelOutputWithPast
     pruning_modalities = ("image",)
-    # Loaded from a full checkpoint the base model has no use for the language-model head; every other unused or
-    # missing weight still fails the load.
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
 
     def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
         pixel_values = call.get("pixel_values")
@@ -72,14 +69,13 @@ class LlavaCodebookModel(PruningModelMixin, LlavaModel):
         packed = list(outputs.pooler_output)
         # One view per image, in raster order: every token comes from view 0, none is a newline, and a value computed
         # per vision-tower token is already in packed order.
-        crop_ids = [torch.zeros(f.shape[0], dtype=torch.long) for f in packed]
-        return VisualInputs(
+        return VisualInputs.from_crop_ids(
             "image",
             self.config.image_token_id,
             packed,
-            newline=[ids < 0 for ids in crop_ids],
-            handoff=outputs,
-            crop_ids=crop_ids,
+            [torch.zeros(f.shape[0], dtype=torch.long) for f in packed],
+            outputs,
+            mismatch="the encoder's output does not match its own layout",
             pack_crop_values=lambda values: [v.detach().float().cpu().reshape(-1) for v in values],
             num_crops=[1] * len(packed),
         )

@@ -131,20 +131,13 @@ class LlavaNextImageLayout:
             return_dict=True,
         )
         packed = list(outputs.pooler_output)
-        crop_ids = self.crop_ids(image_sizes, strategy)
-        for features, ids in zip(packed, crop_ids):
-            if ids.shape[0] != features.shape[0]:
-                raise ValueError(
-                    f"An image has {features.shape[0]} packed tokens but its size implies {ids.shape[0]}; "
-                    "image_sizes does not describe pixel_values."
-                )
-        return VisualInputs(
+        return VisualInputs.from_crop_ids(
             "image",
             self.config.image_token_id,
             packed,
-            newline=[ids < 0 for ids in crop_ids],
-            handoff=outputs,
-            crop_ids=crop_ids,
+            self.crop_ids(image_sizes, strategy),
+            outputs,
+            mismatch="image_sizes does not describe pixel_values",
             pack_crop_values=lambda values: self.pack_crop_values(values, image_sizes, strategy),
             num_crops=[self._num_crops(size) for size in image_sizes],
             crop_grids=[self.tile_grid(size) for size in image_sizes],
@@ -200,10 +193,6 @@ class LlavaNextCodebookModel(LlavaNextImageLayout, PruningModelMixin, LlavaNextM
     config: LlavaNextCodebookConfig
     pruning_output_class = LlavaNextCodebookModelOutputWithPast
     pruning_modalities = ("image",)
-    # Loaded from a full checkpoint (the usual case: `AutoModel` on a llava-hf repo), the base model has no use for
-    # the language-model head; every other unused or missing weight still fails the load.
-    # (`language_model.lm_head.*` in the llava-hf layout, `lm_head.*` in transformers' own.)
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
 
 
 class LlavaNextCodebookForConditionalGeneration(

@@ -56,7 +56,6 @@ class LlavaNextVideoCodebookModel(LlavaNextImageLayout, PruningModelMixin, Llava
     config: LlavaNextVideoCodebookConfig
     pruning_output_class = LlavaNextVideoCodebookModelOutputWithPast
     pruning_modalities = ("image", "video")
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
 
     def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
         if modality == "video":

@@ -62,7 +62,6 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
     config: LlavaOnevisionCodebookConfig
     pruning_output_class = LlavaOnevisionCodebookModelOutputWithPast
     pruning_modalities = ("image", "video")
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
 
     def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
         if modality == "image":
@@ -145,20 +144,13 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
             return_dict=True,
         )
         packed = list(outputs.pooler_output)
-        crop_ids = self.image_crop_ids(image_sizes, batch_num_images, aspect)
-        for features, ids in zip(packed, crop_ids):
-            if ids.shape[0] != features.shape[0]:
-                raise ValueError(
-                    f"An image has {features.shape[0]} packed tokens but its size implies {ids.shape[0]}; "
-                    "image_sizes / batch_num_images do not describe pixel_values."
-                )
-        return VisualInputs(
+        return VisualInputs.from_crop_ids(
             "image",
             self.config.image_token_id,
             packed,
-            newline=[ids < 0 for ids in crop_ids],
-            handoff=outputs,
-            crop_ids=crop_ids,
+            self.image_crop_ids(image_sizes, batch_num_images, aspect),
+            outputs,
+            mismatch="image_sizes / batch_num_images do not describe pixel_values",
             pack_crop_values=lambda values: self.pack_crop_values(values, image_sizes, batch_num_images, aspect),
         )
 
@@ -191,13 +183,13 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
             if remainder:
                 raise ValueError(f"A video has {features.shape[0]} tokens, not {frames} pooled frames plus a newline.")
             crop_ids.append(torch.cat([torch.arange(frames).repeat_interleave(per_frame), torch.full((1,), -1)]))
-        return VisualInputs(
+        return VisualInputs.from_crop_ids(
             "video",
             self.config.video_token_id,
             packed,
-            newline=[ids < 0 for ids in crop_ids],
-            handoff=outputs,
-            crop_ids=crop_ids,
+            crop_ids,
+            outputs,
+            mismatch="pixel_values_videos does not describe the encoded video",
             pack_crop_values=self.pack_frame_values,
         )
 

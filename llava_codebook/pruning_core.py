@@ -24,7 +24,7 @@ import contextlib
 import contextvars
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -147,6 +147,8 @@ class VisualInputs:
         hand a strategy signals captured inside the tower (`signals.py`).
     crop_grids: per segment, `(rows, cols)` of its tile grid when the crops after the first are tiles in row-major
         order (LLaVA-NeXT AnyRes), else `None`.
+    signals: per segment, the vision-tower signals a strategy asked for (`signals.py`), in packed order; set by the
+        core when the active strategy needs any.
     """
 
     modality: str
@@ -156,9 +158,24 @@ class VisualInputs:
     handoff: ModelOutput
     crop_ids: list[torch.Tensor] | None = None
     pack_crop_values: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
-    extra: dict = field(default_factory=dict)
     num_crops: list[int] | None = None
     crop_grids: list[tuple[int, int] | None] | None = None
+    signals: list[dict] | None = None
+
+    @classmethod
+    def from_crop_ids(
+        cls, modality: str, token_id: int, packed, crop_ids, handoff, *, mismatch: str, **optional
+    ) -> "VisualInputs":
+        """The usual construction: newlines are the tokens of crop -1, and each segment's crop ids (what the family's
+        layout implies) must count as many tokens as the encoder packed; `mismatch` says which inputs then disagree."""
+        for features, ids in zip(packed, crop_ids):
+            if ids.shape[0] != features.shape[0]:
+                raise ValueError(
+                    f"A{'n' if modality[0] in 'aeiou' else ''} {modality} has {features.shape[0]} packed tokens but "
+                    f"its size implies {ids.shape[0]}; {mismatch}."
+                )
+        newline = [ids < 0 for ids in crop_ids]
+        return cls(modality, token_id, packed, newline, handoff, crop_ids=crop_ids, **optional)
 
 
 def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -> dict:
@@ -388,6 +405,10 @@ class PruningModelMixin(PruningMixin):
 
     pruning_output_class: type
     pruning_modalities: tuple[str, ...] = ("image",)
+    # Loaded from a full checkpoint (the usual case: `AutoModel` on a llava-hf repo), a base model has no use for the
+    # language-model head (`language_model.lm_head.*` in the llava-hf layout, `lm_head.*` in transformers' own);
+    # every other unused or missing weight still fails the load.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^language_model\.lm_head\."]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -437,7 +458,7 @@ class PruningModelMixin(PruningMixin):
 
     def _encode_with_signals(self, modality: str, call: dict, request: SignalRequest) -> VisualInputs | None:
         """`encode_for_pruning`, capturing `request`'s tower signals during that one pass (hooks removed after);
-        the signals come back per segment in packed order in `VisualInputs.extra["signals"]`."""
+        the signals come back per segment in packed order in `VisualInputs.signals`."""
         if not request:
             return self.encode_for_pruning(modality, call)
         select = call.get("vision_feature_select_strategy") or getattr(
@@ -452,7 +473,7 @@ class PruningModelMixin(PruningMixin):
             # signals; a strategy that needs them says so, naming the modality.
             return visual
         drop_cls = select == "default" and self.vision_tower_has_cls_token()
-        visual.extra["signals"] = pack_tower_signals(captured, visual.num_crops, visual.pack_crop_values, drop_cls)
+        visual.signals = pack_tower_signals(captured, visual.num_crops, visual.pack_crop_values, drop_cls)
         return visual
 
     # ------------------------------------------------------------------ codebook
@@ -574,7 +595,7 @@ class PruningModelMixin(PruningMixin):
                 modality=v.modality,
                 crop_ids=None if v.crop_ids is None else v.crop_ids[i].to(f.device),
                 crop_grid=None if v.crop_grids is None else v.crop_grids[i],
-                signals=v.extra["signals"][i] if "signals" in v.extra else {},
+                signals={} if v.signals is None else v.signals[i],
             )
             for v in encoded
             for i, (f, n) in enumerate(zip(v.packed, v.newline))
