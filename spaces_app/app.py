@@ -1287,6 +1287,16 @@ def _one_line(text: str, limit: int = 300) -> str:
     return " ".join(str(text).split())[:limit]
 
 
+def generation_outputs(made: "Generations") -> tuple[str, str, str, str]:
+    """The answers with and without pruning and their time lines, as the image and video sections show them."""
+    return (
+        made.pruned_text,
+        f"**With pruning:** {_seconds(made.pruned_seconds)} · prompt of {made.pruned_prompt_tokens} tokens",
+        made.full_text,
+        f"**Without pruning:** {_seconds(made.full_seconds)} · prompt of {made.full_prompt_tokens} tokens",
+    )
+
+
 def _user_error(exc: Exception) -> gr.Error:
     """The `gr.Error` to show for `exc`. A user error (`InputError`) is logged as one INFO line and never with a
     traceback; anything else is unexpected and logged with its traceback, once (Gradio does not print it again)."""
@@ -1610,10 +1620,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             overlays.save(shown.tile_overlay),
             shown.markdown,
             {"counts": shown.counts, "flops": shown.flops},
-            made.pruned_text,
-            f"**With pruning:** {_seconds(made.pruned_seconds)} · prompt of {made.pruned_prompt_tokens} tokens",
-            made.full_text,
-            f"**Without pruning:** {_seconds(made.full_seconds)} · prompt of {made.full_prompt_tokens} tokens",
+            *generation_outputs(made),
         )
 
     def on_answered(image, question, mode, threshold, keep_ratio, max_new_tokens, asked):
@@ -1820,10 +1827,7 @@ def build_video_section(backend, allowed_dirs, overlays, cache_dir, mode, thresh
             overlays.save(shown.strip),
             shown.markdown,
             {"counts": shown.counts, "flops": shown.flops},
-            made.pruned_text,
-            f"**With pruning:** {_seconds(made.pruned_seconds)} · prompt of {made.pruned_prompt_tokens} tokens",
-            made.full_text,
-            f"**Without pruning:** {_seconds(made.full_seconds)} · prompt of {made.full_prompt_tokens} tokens",
+            *generation_outputs(made),
         )
 
     gr.Markdown(
