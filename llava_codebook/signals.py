@@ -18,6 +18,7 @@ Works for the LLaVA families' CLIP and SigLIP towers (attention modules with `q_
 """
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -40,6 +41,15 @@ class SignalRequest:
 
     def __bool__(self) -> bool:
         return bool(self.cls_attention_layers or self.key_layers or self.projector_inputs)
+
+    def __or__(self, other: "SignalRequest") -> "SignalRequest":
+        """Everything either request needs (layers in first-seen order, each once): one tower pass then serves
+        every strategy behind either request."""
+        return SignalRequest(
+            cls_attention_layers=tuple(dict.fromkeys(self.cls_attention_layers + other.cls_attention_layers)),
+            key_layers=tuple(dict.fromkeys(self.key_layers + other.key_layers)),
+            projector_inputs=self.projector_inputs or other.projector_inputs,
+        )
 
 
 @dataclass
@@ -90,6 +100,10 @@ def _normalise_layer(layer: int, count: int, what: str) -> int:
     return layer % count
 
 
+# The captures held by the current thread / asyncio task (`capture_tower_signals`).
+_CAPTURING: contextvars.ContextVar[frozenset] = contextvars.ContextVar("llava_codebook_capturing", default=frozenset())
+
+
 @contextlib.contextmanager
 def capture_tower_signals(
     layers: nn.ModuleList, projector: nn.Module | None, request: SignalRequest, cls_token: bool = True
@@ -117,21 +131,36 @@ def capture_tower_signals(
     for layer in request.key_layers:
         wanted.setdefault(_normalise_layer(layer, count, "layer"), {"cls": [], "keys": []})["keys"].append(layer)
     probes, handles, inputs = {}, [], []
+    # Hooks live on the shared modules, but record only the passes of the thread (and asyncio task) that holds this
+    # capture: a server encoding two requests at once on one model gets each request's own signals.
+    capture_id = object()
+
+    def own(callback):
+        def hook(*args):
+            if capture_id in _CAPTURING.get():
+                callback(*args)
+
+        return hook
+
+    token = _CAPTURING.set(_CAPTURING.get() | {capture_id})
     try:
         for index, names in wanted.items():
             attention = layers[index].self_attn
             probe = _LayerProbe(attention, bool(names["cls"]), bool(names["keys"]))
-            handles.append(attention.q_proj.register_forward_hook(probe.on_query))
-            handles.append(attention.k_proj.register_forward_hook(probe.on_key))
+            handles.append(attention.q_proj.register_forward_hook(own(probe.on_query)))
+            handles.append(attention.k_proj.register_forward_hook(own(probe.on_key)))
             probes[index] = probe
         if request.projector_inputs:
             if projector is None:
                 raise ValueError("This strategy merges tokens before the projector, but the model names no projector.")
-            handles.append(projector.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach())))
+            handles.append(
+                projector.register_forward_pre_hook(own(lambda module, args: inputs.append(args[0].detach())))
+            )
         yield captured
     finally:
         for handle in handles:
             handle.remove()
+        _CAPTURING.reset(token)
     for index, names in wanted.items():
         probe = probes[index]
         for layer in names["cls"]:

@@ -79,3 +79,48 @@ def test_an_out_of_range_layer_or_a_tower_without_cls_is_refused_with_the_reason
         capture_tower_signals(layers, None, SignalRequest(cls_attention_layers=(5,))).__enter__()
     with pytest.raises(ValueError, match=r"has no \[CLS\] token \(e.g. SigLIP\).*'divprune'"):
         capture_tower_signals(layers, None, SignalRequest(cls_attention_layers=(0,)), cls_token=False).__enter__()
+
+
+def test_concurrent_captures_on_one_tower_each_get_their_own_passes(tower_and_crops):
+    """A server encodes two requests at once on one model: each capture holds hooks on the same modules while both
+    towers run, and must still see only its own thread's pass."""
+    import threading
+
+    tower, crops = tower_and_crops
+    request = SignalRequest(cls_attention_layers=(-2,), key_layers=(-2,))
+    batches = [crops[:2], crops[2:]]
+    with torch.no_grad():
+        alone = []
+        for batch in batches:
+            with capture_tower_signals(tower.encoder.layers, None, request) as got:
+                tower(batch)
+            alone.append(got)
+    both_capturing = threading.Barrier(2, timeout=30)
+    results, errors = [None, None], []
+
+    def encode(index):
+        try:
+            with torch.no_grad(), capture_tower_signals(tower.encoder.layers, None, request) as got:
+                both_capturing.wait()  # both sets of hooks are on the tower before either pass runs
+                tower(batches[index])
+                both_capturing.wait()  # and both stay on until both passes are over
+            results[index] = got
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=encode, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    for got, reference in zip(results, alone):
+        assert torch.equal(got.cls_attention[-2], reference.cls_attention[-2])
+        assert torch.equal(got.keys[-2], reference.keys[-2])
+
+
+def test_signal_requests_combine_into_one_pass_for_every_strategy():
+    first = SignalRequest(cls_attention_layers=(-2,))
+    second = SignalRequest(cls_attention_layers=(-2, 0), key_layers=(-2,), projector_inputs=True)
+    assert first | second == SignalRequest(cls_attention_layers=(-2, 0), key_layers=(-2,), projector_inputs=True)
+    assert not (SignalRequest() | SignalRequest())
