@@ -176,7 +176,8 @@ PRUNING_FIELDS_DOC = r"""
     keep_ratio (`float`, *optional*, defaults to 0.25):
         Share of each image's visual tokens kept in budget mode, in `(0, 1]`.
     keep_tokens (`int`, *optional*):
-        Number of visual tokens kept per image in budget mode; overrides `keep_ratio` when set.
+        Number of visual tokens kept per image in budget mode; overrides `keep_ratio` when set, except against a
+        `keep_ratio` given per call (without `keep_tokens`): that call keeps its share.
     min_visual_tokens (`int`, *optional*, defaults to 1):
         Lower bound on the visual tokens kept per image (the lowest-scoring ones fill up to it), so that no image
         can vanish from the prompt. 0 disables the guard.

@@ -519,6 +519,9 @@ class PruningModelMixin(PruningMixin):
             raise TypeError(f"Unknown pruning arguments {sorted(unknown)}; expected some of {OVERRIDE_NAMES}.")
         values = {name: getattr(self.config, name) for name in PRUNING_FIELDS}
         values.update({k: v for k, v in overrides.items() if k in PRUNING_FIELDS and v is not None})
+        if overrides.get("keep_ratio") is not None and overrides.get("keep_tokens") is None:
+            # A share asked for in this call is the budget of this call, even where the config fixes a token count.
+            values["keep_tokens"] = None
         pruning = overrides.get("pruning")
         if pruning is True and values["pruning_strategy"] == "none":
             values["pruning_strategy"] = "codebook"

@@ -203,6 +203,18 @@ def test_per_call_threshold_override_changes_the_kept_count_without_touching_the
     assert tiny_model.config.codebook_threshold == 0.9
 
 
+def test_a_per_call_keep_ratio_wins_over_a_config_keep_tokens(tiny_model):
+    """A share asked for in the call is that call's budget even where the config fixes a count; a count in the call
+    still wins over a share, and without per-call budget the config's count holds."""
+    tiny_model.config.keep_tokens = 5
+    try:
+        assert tiny_model.pruning_settings(pruning_mode="budget", keep_ratio=0.5).keep_tokens is None
+        assert tiny_model.pruning_settings(pruning_mode="budget", keep_ratio=0.5, keep_tokens=7).keep_tokens == 7
+        assert tiny_model.pruning_settings(pruning_mode="budget").keep_tokens == 5
+    finally:
+        tiny_model.config.keep_tokens = None
+
+
 def test_forward_compacts_inputs_and_labels_together(tiny_model, tiny_processor, images):
     """Kept positions get the same logits as the stock model with dropped placeholders masked (and the same
     position ids); the loss is the cross-entropy over the compacted labels."""
