@@ -62,6 +62,9 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
     config: LlavaOnevisionCodebookConfig
     pruning_output_class = LlavaOnevisionCodebookModelOutputWithPast
     pruning_modalities = ("image", "video")
+    # Large images' tile grids are resized after the tower, and video frames pooled: no packed token maps onto one
+    # tower token, so no tower signal can be handed over (SigLIP has no [CLS] token either).
+    tower_signal_modalities = ()
 
     def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
         if modality == "image":

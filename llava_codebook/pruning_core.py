@@ -177,6 +177,21 @@ class VisualInputs:
         newline = [ids < 0 for ids in crop_ids]
         return cls(modality, token_id, packed, newline, handoff, crop_ids=crop_ids, **optional)
 
+    def segments(self) -> list[Segment]:
+        """One `Segment` per image (video) of this modality: what a strategy selects from. Selecting again later from
+        these (`select_segments`) gives what the call would have selected, without encoding again."""
+        return [
+            Segment(
+                features=features,
+                newline=newline.to(features.device),
+                modality=self.modality,
+                crop_ids=None if self.crop_ids is None else self.crop_ids[i].to(features.device),
+                crop_grid=None if self.crop_grids is None else self.crop_grids[i],
+                signals={} if self.signals is None else self.signals[i],
+            )
+            for i, (features, newline) in enumerate(zip(self.packed, self.newline))
+        ]
+
 
 def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -> dict:
     """Drop the `False` positions of every `[B, S, ...]` tensor and left-pad the rows back to one length.
@@ -395,6 +410,10 @@ class PruningMixin:
     def pruning_settings(self, **overrides) -> PruningSettings:
         return self._pruning_base()._pruning_settings(**overrides)
 
+    def available_strategies(self, modality: str = "image") -> tuple[str, ...]:
+        """The strategies this model can run on `modality` (see `PruningModelMixin.available_strategies`)."""
+        return self._pruning_base().available_strategies(modality)
+
 
 class PruningModelMixin(PruningMixin):
     """The base model of a family (`XCodebookModel(PruningModelMixin, StockXModel)`): selection and compaction.
@@ -405,6 +424,10 @@ class PruningModelMixin(PruningMixin):
 
     pruning_output_class: type
     pruning_modalities: tuple[str, ...] = ("image",)
+    # The modalities whose tower tokens map one to one onto packed tokens, so that signals captured inside the vision
+    # tower ([CLS] attention, keys, projector inputs) can be handed to a strategy (`_encode_with_signals`). Pooled or
+    # resized tokens (video frames, LLaVA-OneVision's shrunk tile grids) have no such map.
+    tower_signal_modalities: tuple[str, ...] = ("image",)
     # Loaded from a full checkpoint (the usual case: `AutoModel` on a llava-hf repo), a base model has no use for the
     # language-model head (`language_model.lm_head.*` in the llava-hf layout, `lm_head.*` in transformers' own);
     # every other unused or missing weight still fails the load.
@@ -455,6 +478,40 @@ class PruningModelMixin(PruningMixin):
     def vision_tower_has_cls_token(self) -> bool:
         """Whether position 0 of every crop's tower sequence is a [CLS] token (CLIP yes; SigLIP no)."""
         return getattr(self.config.vision_config, "model_type", None) == "clip_vision_model"
+
+    def available_strategies(self, modality: str = "image") -> tuple[str, ...]:
+        """The registered strategies (`strategies.STRATEGIES`, in registry order) this model can run on `modality`:
+        those that read the features alone everywhere, and those that need tower signals only where the tower can
+        provide them (the modality is in `tower_signal_modalities`, and [CLS] attention needs a tower with a [CLS]
+        token). Signal layers are the config's (`cls_attention_layer`, `hired_budget_layer`)."""
+        settings = self.pruning_settings()
+        has_cls = self.vision_tower_has_cls_token()
+        names = []
+        for name, strategy in STRATEGIES.items():
+            request = strategy.signal_request(settings)
+            if request and (
+                modality not in self.tower_signal_modalities or (request.cls_attention_layers and not has_cls)
+            ):
+                continue
+            names.append(name)
+        return tuple(names)
+
+    def encode_for_strategies(
+        self, modality: str, call: dict, strategies: tuple[str, ...] | None = None
+    ) -> VisualInputs | None:
+        """Encode `modality`'s inputs of `call` (popping them) once, with the tower signals that every strategy in
+        `strategies` (default: `available_strategies(modality)`) needs under the config's settings, so that a
+        selection under any of them can be re-run later from the result alone (`select_segments` on segments built
+        from it) without running the vision tower again. `None` when the call has no such inputs."""
+        settings = self.pruning_settings()
+        names = self.available_strategies(modality) if strategies is None else strategies
+        unknown = [name for name in names if name not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"Unknown pruning strategies {unknown}; registered: {sorted(STRATEGIES)}.")
+        request = SignalRequest()
+        for name in names:
+            request = request | STRATEGIES[name].signal_request(settings)
+        return self._encode_with_signals(modality, call, request)
 
     def _encode_with_signals(self, modality: str, call: dict, request: SignalRequest) -> VisualInputs | None:
         """`encode_for_pruning`, capturing `request`'s tower signals during that one pass (hooks removed after);
@@ -591,18 +648,7 @@ class PruningModelMixin(PruningMixin):
                     f"with the model's processor and as many `<{visual.modality}>` as {visual.modality}s."
                 )
             placeholder[visual.modality] = mask
-        segments = [
-            Segment(
-                features=f,
-                newline=n.to(f.device),
-                modality=v.modality,
-                crop_ids=None if v.crop_ids is None else v.crop_ids[i].to(f.device),
-                crop_grid=None if v.crop_grids is None else v.crop_grids[i],
-                signals={} if v.signals is None else v.signals[i],
-            )
-            for v in encoded
-            for i, (f, n) in enumerate(zip(v.packed, v.newline))
-        ]
+        segments = [segment for visual in encoded for segment in visual.segments()]
         selection = self.select_segments(segments, settings)
         keep = torch.ones_like(next(iter(placeholder.values())))
         masks = iter(selection.keep_masks())

@@ -97,3 +97,40 @@ def test_next_video_takes_cls_attention_for_images_and_refuses_it_for_pooled_vid
     )
     out = model.generate(**images_only, pruning_strategy="hired", **BUDGET, **GREEDY, return_dict_in_generate=True)
     assert torch.equal(out.sequences, oracle_generate(stock, model, images_only, out.visual_token_selection, **GREEDY))
+
+
+def test_each_family_offers_the_strategies_its_tower_and_layout_allow(families):
+    everything = tuple(STRATEGIES)
+    features_only = tuple(name for name in STRATEGIES if name not in NEEDS_TOWER)
+    for name, (model, _, _) in families.items():
+        video = "video" in model.model.pruning_modalities
+        if name.startswith("llava-onevision"):  # SigLIP: no [CLS]; tile grids resized after the tower
+            assert model.available_strategies("image") == features_only, name
+        else:
+            assert model.available_strategies("image") == everything, name
+        if video:  # pooled frames: no per-token tower signal
+            assert model.available_strategies("video") == features_only, name
+
+
+def test_a_selection_rerun_from_one_encoding_equals_the_models_own_for_every_offered_strategy(families):
+    """What the Space does: encode once with every offered strategy's tower signals, then select again under any of
+    them. Each must keep (and merge) exactly what the model keeps when it encodes for that strategy alone."""
+    for name, (model, _, processor) in families.items():
+        image = picture(90, 150, 7)
+        case = dict(text=[prompt(processor, "image")], images=[image])
+        inputs = encode(processor, case)
+        attach_codebook_from(model, inputs)
+        call = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            segments = model.model.encode_for_strategies("image", dict(call)).segments()
+        for strategy in model.available_strategies("image"):
+            settings = dict(BUDGET, keep_tokens=6, pruning_strategy=strategy)
+            with torch.no_grad():
+                own = model(**inputs, **settings).visual_token_selection
+                again = model.model.select_segments(segments, model.pruning_settings(**settings))
+            if strategy == "none":
+                assert own is None and again.num_kept.tolist() == again.num_total.tolist()
+                continue
+            assert [k.tolist() for k in again.kept_indices] == [k.tolist() for k in own.kept_indices], (name, strategy)
+            for mine, theirs in zip(again.merged_features or [], own.merged_features or []):
+                torch.testing.assert_close(mine, theirs)
