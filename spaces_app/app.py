@@ -68,6 +68,7 @@ from llava_codebook.processing_llava_next_codebook import (  # noqa: E402
     render_keep_overlay,
     view_counts,
 )
+from llava_codebook.strategies import STRATEGIES, image_budget  # noqa: E402
 
 try:  # imported as the package `spaces_app`
     from . import frames as frame_views
@@ -113,30 +114,6 @@ class InputError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------- backend
-@dataclass
-class EncodedImage:
-    """One image run through the processor and the vision tower once; re-scoring reuses `packed`.
-
-    `packed` (post-projector features, stock packed order) and `image_sizes` live on the CPU: scoring them against
-    the codebook is cheap there, and on ZeroGPU the GPU is only held inside `@spaces.GPU` calls. The image itself is
-    not kept: every request brings it, and its pixels would outweigh the features many times over.
-    """
-
-    image_sizes: torch.Tensor
-    packed: torch.Tensor
-    geometry: object
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the tensors and the geometry's arrays: what the feature cache counts against its bound."""
-        arrays = [getattr(self.geometry, f.name) for f in fields(self.geometry)]
-        return (
-            self.packed.nbytes
-            + self.image_sizes.nbytes
-            + sum(array.nbytes for array in arrays if isinstance(array, np.ndarray))
-        )
-
-
 def feature_cache_bytes() -> int:
     """The feature cache's bound, `$FEATURE_CACHE_MB` mebibytes (default 256; 0 turns the cache off)."""
     return int(env_number("FEATURE_CACHE_MB", 256, 0) * MIB)
@@ -154,6 +131,29 @@ class EncodingCache:
         self.nbytes = 0
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._computing: dict = {}  # key -> [lock, waiters]: one computation per key at a time
+
+    def get_or_compute(self, key, compute):
+        """The entry of `key`, computed by `compute()` and cached when missing. Concurrent requests for one key (the
+        preview and the comparison of a new upload) wait for the one computation instead of each running the tower."""
+        value = self.get(key)
+        if value is not None:
+            return value
+        with self._lock:
+            entry = self._computing.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                value = self.get(key)
+                if value is None:
+                    value = compute()
+                    self.put(key, value)
+                return value
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self._computing.pop(key, None)
 
     def get(self, key):
         with self._lock:
@@ -211,6 +211,11 @@ class Backend:
     @property
     def takes_video(self) -> bool:
         return "video" in getattr(self.model.model, "pruning_modalities", ())
+
+    def strategies(self, modality: str = "image") -> tuple[str, ...]:
+        """The pruning strategies this model can serve on `modality` (`available_strategies`), `"none"` aside: the
+        page already answers without pruning."""
+        return tuple(name for name in self.model.available_strategies(modality) if name != "none")
 
 
 def load_tiny_backend(notice: str = DEMO_NOTICE) -> Backend:
@@ -554,12 +559,69 @@ def check_mode(mode) -> str:
     return mode
 
 
+# The strategies the Space can offer, as the selectors name them (`llava_codebook.strategies.STRATEGIES`; a model
+# serves those it can run, `Backend.strategies`). The README's table says more of each.
+STRATEGY_LABELS = {
+    "codebook": "codebook: redundancy codebook",
+    "codebook_diverse": "codebook_diverse: codebook, then the most diverse",
+    "cls_attention": "cls_attention: [CLS] attention (FasterVLM)",
+    "visionzip": "visionzip: dominant + merged tokens (VisionZip)",
+    "divprune": "divprune: max-min diversity (DivPrune)",
+    "hired": "hired: [CLS]-attention budget over crops (HiRED)",
+    "random": "random (baseline)",
+    "uniform": "uniform grid (baseline)",
+}
+
+
+def strategy_modes(strategy: str) -> tuple[str, ...]:
+    """The pruning modes a strategy defines (the codebook alone also has a threshold mode)."""
+    return STRATEGIES[strategy].modes
+
+
+def strategy_reads_threshold(strategy: str, mode: str) -> bool:
+    """Whether the threshold slider matters for `strategy` in `mode`: in threshold mode, and for a budget strategy
+    that first drops what the codebook marks redundant (`codebook_diverse`)."""
+    return mode == "threshold" or (STRATEGIES[strategy].uses_codebook and "threshold" not in strategy_modes(strategy))
+
+
+def check_strategy_name(strategy) -> str:
+    """A strategy's name as text (which strategies a model serves is `check_strategy`'s business)."""
+    if not isinstance(strategy, str):
+        raise InputError(f"The strategy must be one of the listed names; got {_type_name(strategy)}.")
+    return strategy
+
+
+def check_strategy(strategy, available: tuple[str, ...], modality: str = "image") -> str:
+    """`strategy` when this model serves it for `modality`, or an `InputError` that lists those it serves."""
+    strategy = check_strategy_name(strategy)
+    if strategy in available:
+        return strategy
+    listed = ", ".join(available)
+    if strategy in STRATEGIES and strategy != "none":
+        raise InputError(
+            f"The '{strategy}' strategy ranks tokens by the vision tower's [CLS] attention, which this model cannot "
+            f"provide for {modality}s (no [CLS] token in its tower, or pooled tokens); choose one of: {listed}."
+        )
+    raise InputError(f"Unknown pruning strategy {repr(strategy)[:60]}; choose one of: {listed}.")
+
+
+def check_strategy_mode(strategy: str, mode: str) -> None:
+    if mode not in strategy_modes(strategy):
+        raise InputError(
+            f"The '{strategy}' strategy keeps a token budget and has no threshold: choose the 'budget' rule (the "
+            "threshold belongs to the 'codebook' strategy)."
+        )
+
+
 # One checker per scalar input, by the name every endpoint gives it.
 SCALAR_CHECKS = {
     "mode": check_mode,
     "threshold": lambda value: check_number(value, "The threshold", *THRESHOLD_RANGE),
     "keep_ratio": lambda value: check_number(value, "The token budget", 0.0, 1.0, low_open=True),
     "max_new_tokens": lambda value: check_number(value, "max_new_tokens", 1, MAX_NEW_TOKENS, whole=True),
+    "strategy": check_strategy_name,
+    "strategy_a": check_strategy_name,
+    "strategy_b": check_strategy_name,
 }
 
 
@@ -573,11 +635,12 @@ class Inputs:
     threshold: float
     keep_ratio: float
     max_new_tokens: int | None = None
+    strategy: str = "codebook"
 
     @property
     def overrides(self) -> dict:
         """Per-call pruning arguments for the model."""
-        return pruning_overrides(self.mode, self.threshold, self.keep_ratio)
+        return pruning_overrides(self.mode, self.threshold, self.keep_ratio, self.strategy)
 
 
 def validate_inputs(
@@ -593,12 +656,17 @@ def validate_inputs(
     allowed_dirs=None,
     video: bool = False,
     reserved_tokens: tuple = (),
+    strategy: str = "codebook",
+    strategies: tuple[str, ...] = ("codebook",),
 ) -> Inputs:
     """Check every input of a request (the cheap ones first, the image last) and return them typed, or raise an
     `InputError` that names the problem and the fix. `max_new_tokens=None`: the endpoint does not take it. With
     `video`, `image` is a video (`check_video`) and `Inputs.image` its list of frames; `reserved_tokens` are further
-    placeholders (`<video>`) a question must not hold."""
+    placeholders (`<video>`) a question must not hold. `strategy` must be one of `strategies` (what the model serves
+    for this modality) and define `mode`."""
+    strategy = check_strategy(strategy, strategies, "video" if video else "image")
     mode = SCALAR_CHECKS["mode"](mode)
+    check_strategy_mode(strategy, mode)
     threshold = SCALAR_CHECKS["threshold"](threshold)
     keep_ratio = SCALAR_CHECKS["keep_ratio"](keep_ratio)
     if max_new_tokens is not None:
@@ -607,17 +675,23 @@ def validate_inputs(
     for token in reserved_tokens:
         check_question(question, required=False, image_token=token)
     image = check_video(image, allowed_dirs) if video else check_image(image, allowed_dirs)
-    return Inputs(image, question, mode, threshold, keep_ratio, max_new_tokens)
+    return Inputs(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy)
 
 
-def pruning_overrides(mode, threshold, keep_ratio) -> dict:
-    """Per-call pruning arguments for the model from the three pruning inputs (each one checked)."""
+def pruning_overrides(mode, threshold, keep_ratio, strategy: str = "codebook") -> dict:
+    """Per-call pruning arguments for the model from the pruning inputs (each one checked): the strategy, its rule
+    and the rule's setting (a budget strategy that reads the codebook's threshold gets that too)."""
     mode = SCALAR_CHECKS["mode"](mode)
     threshold = SCALAR_CHECKS["threshold"](threshold)
     keep_ratio = SCALAR_CHECKS["keep_ratio"](keep_ratio)
-    if mode == "threshold":
-        return {"pruning_mode": "threshold", "codebook_threshold": threshold}
-    return {"pruning_mode": "budget", "keep_ratio": keep_ratio}
+    strategy = check_strategy(strategy, tuple(name for name in STRATEGIES if name != "none"))
+    check_strategy_mode(strategy, mode)
+    overrides = {"pruning_strategy": strategy, "pruning_mode": mode}
+    if mode == "budget":
+        overrides["keep_ratio"] = keep_ratio
+    if strategy_reads_threshold(strategy, mode):
+        overrides["codebook_threshold"] = threshold
+    return overrides
 
 
 def build_prompt(processor, question: str, kind: str = "image") -> str:
@@ -658,42 +732,6 @@ def on_model_device(backend: Backend, function, *args):
     if HAS_SPACES and _SERVED.get("backend") is backend:
         return _on_served_gpu(function.__name__, *args)
     return function(backend, *args)
-
-
-def vision_features(backend: Backend, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
-    """Vision tower + projector + stock packing for one image: `[L, D]` features, returned on the CPU."""
-    model = backend.model
-    with torch.no_grad():
-        packed = model.get_image_features(
-            pixel_values.to(model.device, model.dtype), image_sizes.to(model.device), return_dict=True
-        ).pooler_output[0]
-    return packed.cpu()
-
-
-def encode_image(backend: Backend, image: Image.Image) -> EncodedImage:
-    """Processor + vision tower + projector, once per distinct image (cached)."""
-    key = image_key(image)
-    cached = backend.cache.get(key)
-    if cached is not None:
-        return cached
-    inputs = backend.processor.image_processor(images=[image], return_tensors="pt")
-    packed = on_model_device(backend, vision_features, inputs["pixel_values"], inputs["image_sizes"])
-    geometry = geometry_for_processor(backend.processor, inputs["image_sizes"])[0]
-    if len(geometry) != packed.shape[0]:
-        raise RuntimeError(
-            f"The processor's geometry lists {len(geometry)} tokens but the model packed {packed.shape[0]}: the "
-            "processor and model configs disagree (crop size, patch size or grid pinpoints)."
-        )
-    encoded = EncodedImage(inputs["image_sizes"], packed, geometry)
-    backend.cache.put(key, encoded)
-    return encoded
-
-
-def score(backend: Backend, encoded: EncodedImage, overrides: dict):
-    """Re-score cached features under new settings (on the CPU, no vision tower): a `VisualTokenSelection`."""
-    settings = backend.model.pruning_settings(**overrides)
-    with torch.no_grad():
-        return backend.model.model.select_visual_tokens([encoded.packed], encoded.image_sizes, settings)
 
 
 def token_counts(geometry, keep_mask) -> dict:
@@ -829,7 +867,7 @@ def render_overlay(image: Image.Image, geometry, keep, view: str) -> Image.Image
 @dataclass
 class Preview:
     base_overlay: Image.Image
-    tile_overlay: Image.Image
+    tile_overlay: Image.Image | None
     counts: dict
     flops: dict
     markdown: str
@@ -837,12 +875,27 @@ class Preview:
 
 
 def preview(
-    backend: Backend, image, mode: str, threshold: float, keep_ratio: float, question: str = "", allowed_dirs=None
+    backend: Backend,
+    image,
+    mode: str,
+    threshold: float,
+    keep_ratio: float,
+    question: str = "",
+    allowed_dirs=None,
+    strategy: str = "codebook",
 ) -> Preview:
     """Overlays and counts for the current settings; the vision tower runs only the first time an image is seen.
     With `allowed_dirs`, an image given as a path must lie in one of those folders (see `locate_image`)."""
     inputs = validate_inputs(
-        image, question, mode, threshold, keep_ratio, image_token=_image_token(backend), allowed_dirs=allowed_dirs
+        image,
+        question,
+        mode,
+        threshold,
+        keep_ratio,
+        image_token=_image_token(backend),
+        allowed_dirs=allowed_dirs,
+        strategy=strategy,
+        strategies=backend.strategies("image"),
     )
     return show_selection(backend, inputs)
 
@@ -851,50 +904,56 @@ def _image_token(backend: Backend) -> str:
     return getattr(backend.processor, "image_token", None) or "<image>"
 
 
-def show_selection(backend: Backend, inputs: Inputs) -> Preview:
-    """`preview` for inputs already checked."""
-    if not backend.anyres_geometry:
-        return show_grid_selection(backend, inputs)
-    image = inputs.image
-    encoded = encode_image(backend, image)
-    selection = score(backend, encoded, inputs.overrides)
-    keep = selection.keep_masks()[0].cpu().numpy()
-    counts = token_counts(encoded.geometry, keep)
-    flops = flops_estimate(
-        backend.model.config.text_config,
-        text_token_count(backend.processor, inputs.question),
-        counts["all"]["total"],
-        counts["all"]["kept"],
-    )
-    return Preview(
-        base_overlay=render_overlay(image, encoded.geometry, keep, "base"),
-        tile_overlay=render_overlay(image, encoded.geometry, keep, "tile"),
-        counts=counts,
-        flops=flops,
-        markdown=format_counts(counts, flops, encoded.geometry),
-        selection=selection,
-    )
-
-
-# ---------------------------------------------------------------------------------------------------- other families
 @dataclass
 class EncodedVisual:
-    """One image or video encoded by its family (`encode_for_pruning`): packed features, newline mask and the crop
-    (view, tile or frame) of each token, on the CPU; re-scoring reuses them."""
+    """One image or video encoded once by its family (`encode_for_strategies`), on the CPU; re-scoring under any
+    strategy the Space offers reuses it and never runs the vision tower again.
+
+    packed, newline, crop_ids: the packed tokens, their row-newline mask and the crop (view, tile or frame) of each.
+    crop_grid: the AnyRes tile grid `(rows, cols)` where the family has one (LLaVA-NeXT), else `None`.
+    signals: what the tower computed for these tokens that the offered strategies read ([CLS] attention, keys,
+        projector inputs; `signals.pack_tower_signals`), empty when none of them needs any.
+    geometry: for LLaVA-NeXT's pixel drawing, each token's box in the image (`geometry_for_processor`), else `None`.
+    """
 
     modality: str
     packed: torch.Tensor
     newline: torch.Tensor
     crop_ids: torch.Tensor
+    crop_grid: tuple[int, int] | None = None
+    signals: dict = field(default_factory=dict)
+    geometry: object = None
 
     @property
     def nbytes(self) -> int:
-        return self.packed.nbytes + self.newline.nbytes + self.crop_ids.nbytes
+        """Bytes held by the tensors, the signals and the geometry's arrays: what the feature cache counts."""
+        total = self.packed.nbytes + self.newline.nbytes + self.crop_ids.nbytes + _nested_nbytes(self.signals)
+        if self.geometry is not None:
+            arrays = [getattr(self.geometry, f.name) for f in fields(self.geometry)]
+            total += sum(array.nbytes for array in arrays if isinstance(array, np.ndarray))
+        return total
+
+
+def _nested_nbytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nested_nbytes(v) for v in value.values())
+    return 0
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
 
 
 def family_features(backend: Backend, modality: str, call: dict):
-    """The family's own encoding of one image or video (`encode_for_pruning`): `(packed, newline, crop_ids)` on the
-    CPU. `call` holds the processor's tensors (`pixel_values`, `image_sizes` / `pixel_values_videos`)."""
+    """The family's own encoding of one image or video, with the tower signals every strategy the Space offers for
+    it needs (`encode_for_strategies`): `(packed, newline, crop_ids, crop_grid, signals)` on the CPU. `call` holds
+    the processor's tensors (`pixel_values`, `image_sizes` / `pixel_values_videos`)."""
     model = backend.model
     moved = {
         k: (v.to(model.device, model.dtype) if k.startswith("pixel_values") else v.to(model.device))
@@ -902,8 +961,14 @@ def family_features(backend: Backend, modality: str, call: dict):
         if isinstance(v, torch.Tensor)
     }
     with torch.no_grad():
-        visual = model.model.encode_for_pruning(modality, moved)
-    return visual.packed[0].cpu(), visual.newline[0].cpu(), visual.crop_ids[0].cpu()
+        (segment,) = model.model.encode_for_strategies(modality, moved, backend.strategies(modality)).segments()
+    return (
+        segment.features.cpu(),
+        segment.newline.cpu(),
+        segment.crop_ids.cpu(),
+        segment.crop_grid,
+        _to_cpu(segment.signals),
+    )
 
 
 def frames_key(frames: list[Image.Image]) -> str:
@@ -914,31 +979,133 @@ def frames_key(frames: list[Image.Image]) -> str:
 
 
 def encode_visual(backend: Backend, modality: str, media) -> EncodedVisual:
-    """Processor + the family's encoder, once per distinct image (PIL image) or video (list of frames); cached."""
+    """Processor + the family's encoder, once per distinct image (PIL image) or video (list of frames); cached, and
+    computed once even when several requests bring the same new picture at the same time."""
     key = image_key(media) if modality == "image" else frames_key(media)
-    cached = backend.cache.get(key)
-    if cached is not None:
-        return cached
-    if modality == "image":
-        call = backend.processor.image_processor(images=[media], return_tensors="pt")
-    else:
-        call = backend.processor.video_processor(videos=[media], return_tensors="pt")
-    packed, newline, crop_ids = on_model_device(backend, family_features, modality, dict(call))
-    encoded = EncodedVisual(modality, packed, newline, crop_ids)
-    backend.cache.put(key, encoded)
-    return encoded
+
+    def compute() -> EncodedVisual:
+        if modality == "image":
+            call = backend.processor.image_processor(images=[media], return_tensors="pt")
+        else:
+            call = backend.processor.video_processor(videos=[media], return_tensors="pt")
+        packed, newline, crop_ids, crop_grid, signals = on_model_device(backend, family_features, modality, dict(call))
+        geometry = None
+        if modality == "image" and backend.anyres_geometry:
+            geometry = geometry_for_processor(backend.processor, call["image_sizes"])[0]
+            if len(geometry) != packed.shape[0]:
+                raise RuntimeError(
+                    f"The processor's geometry lists {len(geometry)} tokens but the model packed {packed.shape[0]}: "
+                    "the processor and model configs disagree (crop size, patch size or grid pinpoints)."
+                )
+        return EncodedVisual(modality, packed, newline, crop_ids, crop_grid, signals, geometry)
+
+    return backend.cache.get_or_compute(key, compute)
 
 
 def score_visual(backend: Backend, encoded: EncodedVisual, overrides: dict):
-    """Re-score cached features under new settings (no vision tower): a `VisualTokenSelection` of one segment."""
+    """Re-score cached features under new settings (no vision tower): a `VisualTokenSelection` of one segment, on
+    the CPU. Selection runs where the cached features are (the CPU), except for a merging strategy on a model served
+    on a GPU: its merged tokens go through the model's projector, so that selection runs on the model's device."""
+    settings = backend.model.pruning_settings(**overrides)
+    if STRATEGIES[settings.pruning_strategy].merges and backend.model.device.type != "cpu":
+        return on_model_device(backend, select_cached, encoded, overrides, True)
+    return select_cached(backend, encoded, overrides, False)
+
+
+def select_cached(backend: Backend, encoded: EncodedVisual, overrides: dict, on_device: bool):
+    """`select_segments` on one cached encoding (moved to the model's device first with `on_device`); the
+    selection comes back on the CPU."""
     from llava_codebook.strategies import Segment
 
+    device = backend.model.device if on_device else torch.device("cpu")
     settings = backend.model.pruning_settings(**overrides)
-    segment = Segment(encoded.packed, encoded.newline, encoded.modality, crop_ids=encoded.crop_ids)
+    segment = Segment(
+        encoded.packed.to(device),
+        encoded.newline.to(device),
+        encoded.modality,
+        crop_ids=encoded.crop_ids.to(device),
+        crop_grid=encoded.crop_grid,
+        signals=_to_device(encoded.signals, device),
+    )
     with torch.no_grad():
-        return backend.model.model.select_segments([segment], settings)
+        selection = backend.model.model.select_segments([segment], settings)
+    return _to_device(selection, torch.device("cpu")) if on_device else selection
 
 
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict) and not hasattr(value, "to_tuple"):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if hasattr(value, "to_tuple"):  # a ModelOutput (the selection report)
+        return type(value)(**{k: _to_device(v, device) for k, v in value.items()})
+    return value
+
+
+def merged_count(encoded: EncodedVisual, selection) -> int:
+    """How many kept tokens carry merged features instead of their own (VisionZip's contextual tokens)."""
+    if not selection.merged_features or selection.merged_features[0] is None:
+        return 0
+    own = encoded.packed[selection.kept_indices[0].cpu()].float()
+    return int((selection.merged_features[0].cpu().float() != own).any(-1).sum())
+
+
+def show_selection(backend: Backend, inputs: Inputs) -> Preview:
+    """`preview` for inputs already checked."""
+    encoded = encode_visual(backend, "image", inputs.image)
+    selection = score_visual(backend, encoded, inputs.overrides)
+    return draw_selection(backend, inputs.image, encoded, selection, inputs.question, inputs.strategy)
+
+
+def draw_selection(backend: Backend, image, encoded: EncodedVisual, selection, question: str, strategy: str) -> Preview:
+    """The overlays, counts and FLOPs of one selection of an encoded image: with LLaVA-NeXT's pixel geometry where the
+    family has it, else each view drawn as its token grid, read from the family's crop ids (`frames.grid_views`)."""
+    keep = selection.keep_masks()[0].cpu().numpy()
+    crop_ids, newline = encoded.crop_ids.numpy(), encoded.newline.numpy()
+    if encoded.geometry is not None:
+        counts = token_counts(encoded.geometry, keep)
+    else:
+        scored = ~newline
+        counts = counts_by_mask(
+            keep,
+            {
+                "base": crop_ids == 0,
+                "tile": (crop_ids > 0) & scored,
+                "scored": scored,
+                "newline": newline,
+                "all": np.ones_like(newline),
+            },
+        )
+    flops = flops_estimate(
+        backend.model.config.text_config,
+        text_token_count(backend.processor, question),
+        counts["all"]["total"],
+        counts["all"]["kept"],
+    )
+    merged = merged_count(encoded, selection)
+    if merged:
+        counts["merged"] = merged
+    if encoded.geometry is not None:
+        base_overlay = render_overlay(image, encoded.geometry, keep, "base")
+        tile_overlay = render_overlay(image, encoded.geometry, keep, "tile")
+        markdown = format_counts(counts, flops, encoded.geometry)
+    else:
+        views = frame_views.grid_views(crop_ids, newline, image.size, backend.processor.image_processor)
+        overlays = {
+            name: frame_views.render_grid(image, view.keep_grid(keep), view.region, shown_size(image.size))
+            for name, view in views.items()
+        }
+        base_overlay, tile_overlay = overlays["base"], overlays.get("tile")
+        markdown = format_grid_counts(counts, flops, views, backend.family)
+    lead = f"**Strategy:** {STRATEGY_LABELS.get(strategy, strategy)}."
+    if merged:
+        lead += f" {merged} of the kept tokens are contextual tokens carrying merged features (drawn kept)."
+    return Preview(base_overlay, tile_overlay, counts, flops, f"{lead}\n\n{markdown}", selection)
+
+
+# ---------------------------------------------------------------------------------------------------- other families
 def counts_by_mask(keep: np.ndarray, masks: dict) -> dict:
     """`{name: {kept, total, percent_kept}}` for each named token mask."""
     counts = {}
@@ -957,48 +1124,8 @@ def shown_size(size: tuple[int, int]) -> tuple[int, int]:
     return (OVERLAY_SIDE, short) if width >= height else (short, OVERLAY_SIDE)
 
 
-def show_grid_selection(backend: Backend, inputs: Inputs) -> Preview:
-    """`show_selection` for families without LLaVA-NeXT's pixel geometry (LLaVA-1.5, LLaVA-OneVision): each view
-    drawn as its token grid, read from the family's crop ids (`frames.grid_views`)."""
-    image = inputs.image
-    encoded = encode_visual(backend, "image", image)
-    selection = score_visual(backend, encoded, inputs.overrides)
-    keep = selection.keep_masks()[0].cpu().numpy()
-    crop_ids, newline = encoded.crop_ids.numpy(), encoded.newline.numpy()
-    views = frame_views.grid_views(crop_ids, newline, image.size, backend.processor.image_processor)
-    scored = ~newline
-    counts = counts_by_mask(
-        keep,
-        {
-            "base": crop_ids == 0,
-            "tile": (crop_ids > 0) & scored,
-            "scored": scored,
-            "newline": newline,
-            "all": np.ones_like(newline),
-        },
-    )
-    flops = flops_estimate(
-        backend.model.config.text_config,
-        text_token_count(backend.processor, inputs.question),
-        counts["all"]["total"],
-        counts["all"]["kept"],
-    )
-    overlays = {
-        name: frame_views.render_grid(image, view.keep_grid(keep), view.region, shown_size(image.size))
-        for name, view in views.items()
-    }
-    return Preview(
-        base_overlay=overlays["base"],
-        tile_overlay=overlays.get("tile"),
-        counts=counts,
-        flops=flops,
-        markdown=format_grid_counts(counts, flops, views, backend.family),
-        selection=selection,
-    )
-
-
 def format_grid_counts(counts: dict, flops: dict, views: dict, family: str) -> str:
-    """The counts table of `show_grid_selection`: the same rows as `format_counts`, the views named by their grids."""
+    """The counts table of `draw_selection` for grid-drawn families: the same rows as `format_counts`, the views named by their grids."""
     base, tile, scored, newline, every = (counts[k] for k in ("base", "tile", "scored", "newline", "all"))
     rows, cols = views["base"].shape
     lines = [
@@ -1039,15 +1166,24 @@ class VideoPreview:
 
 
 def preview_video(
-    backend: Backend, video, mode: str, threshold: float, keep_ratio: float, question: str = "", allowed_dirs=None
+    backend: Backend,
+    video,
+    mode: str,
+    threshold: float,
+    keep_ratio: float,
+    question: str = "",
+    allowed_dirs=None,
+    strategy: str = "codebook",
 ) -> VideoPreview:
     """The video as a strip of its frames, each with its pooled tokens kept / dropped, and the counts."""
     return show_video_selection(
-        backend, _video_inputs(backend, video, question, mode, threshold, keep_ratio, None, allowed_dirs)
+        backend, _video_inputs(backend, video, question, mode, threshold, keep_ratio, None, allowed_dirs, strategy)
     )
 
 
-def _video_inputs(backend, video, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs, required=False):
+def _video_inputs(
+    backend, video, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs, strategy, required=False
+):
     if not backend.takes_video:
         raise InputError(f"{backend.name} does not take videos; upload an image instead.")
     return validate_inputs(
@@ -1062,6 +1198,8 @@ def _video_inputs(backend, video, question, mode, threshold, keep_ratio, max_new
         reserved_tokens=(getattr(backend.processor, "video_token", None) or "<video>",),
         allowed_dirs=allowed_dirs,
         video=True,
+        strategy=strategy,
+        strategies=backend.strategies("video"),
     )
 
 
@@ -1090,6 +1228,8 @@ def show_video_selection(backend: Backend, inputs: Inputs) -> VideoPreview:
     every, scored = counts["all"], counts["scored"]
     markdown = "\n".join(
         [
+            f"**Strategy:** {STRATEGY_LABELS.get(inputs.strategy, inputs.strategy)}.",
+            "",
             f"{len(frames)} frames, each pooled to {rows}×{cols} tokens; clear = kept, dark = dropped.",
             "",
             "| frame | kept | total | kept % |",
@@ -1123,10 +1263,11 @@ def answer_video(
     keep_ratio: float,
     max_new_tokens: int = 24,
     allowed_dirs=None,
+    strategy: str = "codebook",
 ) -> VideoAnswer:
     """Check the inputs, show the video's selection (cached features), then answer with pruning and without."""
     inputs = _video_inputs(
-        backend, video, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs, required=True
+        backend, video, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs, strategy, required=True
     )
     shown = show_video_selection(backend, inputs)
     generations = on_model_device(
@@ -1198,6 +1339,7 @@ def answer(
     keep_ratio: float,
     max_new_tokens: int = 24,
     allowed_dirs=None,
+    strategy: str = "codebook",
 ) -> Answer:
     """Check the inputs, show the selection (cached features), then answer with pruning and without."""
     inputs = validate_inputs(
@@ -1210,12 +1352,122 @@ def answer(
         question_required=True,
         image_token=_image_token(backend),
         allowed_dirs=allowed_dirs,
+        strategy=strategy,
+        strategies=backend.strategies("image"),
     )
     shown = show_selection(backend, inputs)
     generations = on_model_device(
         backend, generate_both, inputs.image, inputs.question, inputs.overrides, inputs.max_new_tokens
     )
     return Answer(generations=generations, preview=shown)
+
+
+# ---------------------------------------------------------------------------------------------------- comparison
+@dataclass
+class Comparison:
+    """Two strategies at one budget on one image: each one's `Preview`, their agreement, and the table shown."""
+
+    left: Preview
+    right: Preview
+    strategies: tuple[str, str]
+    overlap: dict
+    markdown: str
+
+
+def kept_overlap(keep_a: np.ndarray, keep_b: np.ndarray, scored: np.ndarray) -> dict:
+    """How two kept sets agree on the scored tokens: kept by both, by one only, by neither, and their Jaccard index
+    (|A ∩ B| / |A ∪ B|; 1.0 when both keep nothing)."""
+    a, b = keep_a & scored, keep_b & scored
+    both, union = int((a & b).sum()), int((a | b).sum())
+    return {
+        "both": both,
+        "only_a": int((a & ~b).sum()),
+        "only_b": int((b & ~a).sum()),
+        "neither": int((scored & ~a & ~b).sum()),
+        "jaccard": both / union if union else 1.0,
+    }
+
+
+def compare(
+    backend: Backend,
+    image,
+    strategy_a: str,
+    strategy_b: str,
+    keep_ratio: float,
+    threshold: float,
+    question: str = "",
+    allowed_dirs=None,
+) -> Comparison:
+    """Strategies `strategy_a` and `strategy_b` at the same budget (`keep_ratio` of the scored tokens) on the same
+    image: overlays and counts of each, and how far their kept sets agree. Both are re-scored from the one cached
+    encoding of the image (features and tower signals): the vision tower runs only the first time an image is seen.
+    `threshold` is the codebook's, read by a strategy that drops codebook-redundant tokens first."""
+    available = backend.strategies("image")
+    strategy_a = check_strategy(strategy_a, available)
+    strategy_b = check_strategy(strategy_b, available)
+    inputs = validate_inputs(
+        image,
+        question,
+        "budget",
+        threshold,
+        keep_ratio,
+        image_token=_image_token(backend),
+        allowed_dirs=allowed_dirs,
+        strategy=strategy_a,
+        strategies=available,
+    )
+    encoded = encode_visual(backend, "image", inputs.image)
+    shown = []
+    for strategy in (strategy_a, strategy_b):
+        overrides = pruning_overrides("budget", inputs.threshold, inputs.keep_ratio, strategy)
+        selection = score_visual(backend, encoded, overrides)
+        shown.append(draw_selection(backend, inputs.image, encoded, selection, inputs.question, strategy))
+    keep_a, keep_b = (p.selection.keep_masks()[0].cpu().numpy() for p in shown)
+    overlap = kept_overlap(keep_a, keep_b, ~encoded.newline.numpy())
+    settings = backend.model.pruning_settings(**pruning_overrides("budget", inputs.threshold, inputs.keep_ratio))
+    budget = image_budget(int((~encoded.newline).sum()), settings)
+    markdown = format_comparison(shown, (strategy_a, strategy_b), overlap, budget, inputs.keep_ratio)
+    return Comparison(shown[0], shown[1], (strategy_a, strategy_b), overlap, markdown)
+
+
+def _kept_cell(entry: dict) -> str:
+    return f"{entry['kept']} / {entry['total']}" + (f" ({entry['percent_kept']:.1f} %)" if entry["total"] else "")
+
+
+def format_comparison(shown: list, strategies: tuple[str, str], overlap: dict, budget: int, keep_ratio: float) -> str:
+    """The comparison table: each strategy's kept tokens per view, in the prompt and the predicted prefill, then how
+    far the two kept sets agree."""
+    a, b = strategies
+    rows = [("base view", "base"), ("high-res tiles", "tile"), ("**scored**", "scored"), ("row newlines", "newline")]
+    lines = [
+        f"Both at the same budget: {keep_ratio:.0%} of the scored tokens = **{budget}** per image (a strategy may keep "
+        "fewer: `codebook_diverse` keeps no token the codebook marks redundant beyond the minimum).",
+        "",
+        f"| tokens | A: {a} | B: {b} |",
+        "|---|---:|---:|",
+    ]
+    for label, key in rows:
+        if shown[0].counts[key]["total"]:
+            lines.append(f"| {label} | {_kept_cell(shown[0].counts[key])} | {_kept_cell(shown[1].counts[key])} |")
+    lines.append(f"| in the prompt | {_kept_cell(shown[0].counts['all'])} | {_kept_cell(shown[1].counts['all'])} |")
+    prefill = []
+    for preview in shown:
+        unit, scale = flops_unit(preview.flops["full"])
+        prefill.append(f"{preview.flops['pruned'] / scale:.2f} {unit} ({preview.flops['percent_saved']:.1f} % saved)")
+    lines += [f"| predicted LLM prefill | {prefill[0]} | {prefill[1]} |", ""]
+    for side, preview, name in (("A", shown[0], a), ("B", shown[1], b)):
+        if preview.counts.get("merged"):
+            lines += [
+                f"{side} ({name}): {preview.counts['merged']} kept tokens are contextual tokens carrying merged "
+                "features (drawn kept at their place).",
+                "",
+            ]
+    lines.append(
+        f"**Agreement on the scored tokens:** both keep {overlap['both']}, only A keeps {overlap['only_a']}, only B "
+        f"keeps {overlap['only_b']}, neither keeps {overlap['neither']}; Jaccard overlap of the kept sets "
+        f"**{overlap['jaccard']:.2f}** (1 = the same tokens)."
+    )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------- UI
@@ -1315,6 +1567,7 @@ def _user_error(exc: Exception) -> gr.Error:
 SETTING_NAMES = {
     "image": "the image",
     "question": "the question",
+    "strategy": "the strategy",
     "mode": "the pruning rule",
     "threshold": "the threshold",
     "keep_ratio": "the token budget",
@@ -1323,30 +1576,42 @@ SETTING_NAMES = {
 STALE_CLASS = "stale"
 
 
-def answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens) -> dict:
+def answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy="codebook") -> dict:
     """What an answer depends on, comparable between events: the image (its path in the upload cache: a new upload
-    is a new image), the question as it is asked, the pruning rule with its one active setting, and max new tokens."""
+    is a new image), the question as it is asked, the strategy, the pruning rule with the settings it reads (the
+    budget, the threshold, or both for a budget strategy that reads the codebook's threshold), and max new tokens."""
     if isinstance(image, dict):
         image = image.get("path")
     signature = {
         "image": None if image is None else str(image),
         "question": question.strip() if isinstance(question, str) else question,
+        "strategy": strategy,
         "mode": mode,
         "max_new_tokens": max_new_tokens,
     }
     if mode == "budget":
         signature["keep_ratio"] = keep_ratio
-    else:
+    reads_threshold = mode == "threshold"
+    if strategy in STRATEGIES and mode in PRUNING_MODES:
+        reads_threshold = strategy_reads_threshold(strategy, mode)
+    if reads_threshold:
         signature["threshold"] = threshold
     return signature
 
 
 def changed_settings(answered: dict, current: dict) -> list[str]:
-    """The names (`SETTING_NAMES`) of what differs between two `answer_signature`s; a change of pruning rule is named
-    once, not also as the setting the other rule uses."""
-    names = [name for name in SETTING_NAMES if name != "mode" and answered.get(name) != current.get(name)]
+    """The names (`SETTING_NAMES`) of what differs between two `answer_signature`s; a change of pruning rule or
+    strategy is named once, not also as a setting that only one side reads."""
+    settings = ("threshold", "keep_ratio")
+    names = [
+        name
+        for name in SETTING_NAMES
+        if name != "mode"
+        and answered.get(name) != current.get(name)
+        and (name not in settings or (name in answered and name in current))
+    ]
     if answered.get("mode") != current.get("mode"):
-        names = [name for name in names if name not in ("threshold", "keep_ratio")] + ["mode"]
+        names = [name for name in names if name not in settings] + ["mode"]
     return [name for name in SETTING_NAMES if name in names]
 
 
@@ -1560,6 +1825,22 @@ THRESHOLD_LABEL = "Threshold t"
 THRESHOLD_INFO = "A scored token (base view or tile) is kept iff its score < t."
 BUDGET_LABEL = "Token budget: share of the scored tokens kept"
 BUDGET_INFO = "Scored = base view + tiles, as in the table; row newlines are not counted and always kept."
+STRATEGY_INFO = (
+    "Which rule picks the kept tokens. The peers keep a token budget (no threshold); codebook_diverse also reads the "
+    "threshold (what it marks redundant is never kept beyond the minimum)."
+)
+COMPARE_PROMPT = "Upload an image (or pick an example) to compare two strategies on it."
+
+
+def strategy_choices(names) -> list[tuple[str, str]]:
+    """Dropdown choices: (label, name) for each strategy."""
+    return [(STRATEGY_LABELS.get(name, name), name) for name in names]
+
+
+def control_visibility(strategy: str, mode: str) -> tuple:
+    """Updates for [threshold slider, budget slider]: each shown when the strategy reads it under `mode`."""
+    reads_threshold = strategy_reads_threshold(strategy, mode) if strategy in STRATEGIES else mode != "budget"
+    return gr.Slider(visible=reads_threshold), gr.Slider(visible=mode == "budget")
 
 
 def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.Blocks:
@@ -1570,9 +1851,9 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
     # uploads and the example files it serves live, and the app's own example folder. Set once `image` exists.
     allowed_dirs: list[Path] = []
 
-    def on_preview(image, mode, threshold, keep_ratio, question):
+    def on_preview(image, mode, threshold, keep_ratio, question, strategy):
         try:
-            shown = preview(backend, image, mode, threshold, keep_ratio, question, allowed_dirs)
+            shown = preview(backend, image, mode, threshold, keep_ratio, question, allowed_dirs, strategy)
         except MissingImage:
             return None, None, UPLOAD_PROMPT, {}
         except Exception as exc:  # the preview runs on every slider move: report in place, no modal
@@ -1585,7 +1866,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             {"counts": shown.counts, "flops": shown.flops},
         )
 
-    def on_ask(image, question, mode, threshold, keep_ratio, max_new_tokens):
+    def on_ask(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy):
         """The page's first step of Ask: check the inputs. A user error is a message (a warning toast), not a failed
         event: it leaves every output as it was, where a failed answer would mark each one with an error badge. The
         hidden error stops the chain. Returns what the answer will be made with, for `on_answered`."""
@@ -1600,6 +1881,8 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                 question_required=True,
                 image_token=_image_token(backend),
                 allowed_dirs=allowed_dirs,
+                strategy=strategy,
+                strategies=backend.strategies("image"),
             )
         except InputError as exc:
             message = _user_error(exc).message
@@ -1607,11 +1890,13 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             raise gr.Error(message, visible=False, print_exception=False) from None
         except Exception as exc:
             raise _user_error(exc) from None
-        return answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens)
+        return answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy)
 
-    def on_answer(image, question, mode, threshold, keep_ratio, max_new_tokens):
+    def on_answer(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy):
         try:
-            result = answer(backend, image, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs)
+            result = answer(
+                backend, image, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs, strategy
+            )
         except Exception as exc:
             raise _user_error(exc) from None
         shown, made = result.preview, result.generations
@@ -1623,31 +1908,65 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             *generation_outputs(made),
         )
 
-    def on_answered(image, question, mode, threshold, keep_ratio, max_new_tokens, asked):
+    def on_answered(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy, asked):
         """After an answer arrived: remember what it was made with, and if the controls moved meanwhile, mark it out
         of date and bring the overlays and counts (which the answer reset to its own settings) back to the controls."""
-        current = answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens)
+        current = answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy)
         refreshed = (
-            [gr.skip()] * 4 if current == asked else list(on_preview(image, mode, threshold, keep_ratio, question))
+            [gr.skip()] * 4
+            if current == asked
+            else list(on_preview(image, mode, threshold, keep_ratio, question, strategy))
         )
         return [asked, *freshness_updates(asked, current), *refreshed]
 
-    def on_controls_changed(image, question, mode, threshold, keep_ratio, max_new_tokens, answered):
+    def on_controls_changed(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy, answered):
         return freshness_updates(
-            answered, answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens)
+            answered, answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy)
         )
 
-    def on_mode(mode):
-        """Only the active rule's control is shown (the other keeps its value for when the rule is switched back)."""
-        return gr.Slider(visible=mode != "budget"), gr.Slider(visible=mode == "budget")
+    def on_mode(mode, strategy):
+        """Only the controls the strategy reads under the rule are shown (a hidden one keeps its value)."""
+        return control_visibility(strategy, mode)
+
+    def on_strategy(strategy, mode):
+        """Offer only the rules the strategy defines (a peer has a budget only), then show the controls it reads."""
+        if strategy not in STRATEGIES:
+            return gr.skip(), gr.skip(), gr.skip()
+        modes = strategy_modes(strategy)
+        mode = mode if mode in modes else "budget"
+        return gr.Radio(choices=list(modes), value=mode), *control_visibility(strategy, mode)
+
+    def on_compare(image, strategy_a, strategy_b, keep_ratio, threshold, question):
+        try:
+            shown = compare(backend, image, strategy_a, strategy_b, keep_ratio, threshold, question, allowed_dirs)
+        except MissingImage:
+            return None, None, None, None, COMPARE_PROMPT, {}
+        except Exception as exc:
+            return None, None, None, None, f"⚠️ {html.escape(_user_error(exc).message, quote=False)}", {}
+        names = shown.strategies
+        return (
+            gr.Image(value=overlays.save(shown.left.base_overlay), label=f"A: {names[0]}, base view"),
+            gr.Image(value=overlays.save(shown.left.tile_overlay), label=f"A: {names[0]}, high-res tiles"),
+            gr.Image(value=overlays.save(shown.right.base_overlay), label=f"B: {names[1]}, base view"),
+            gr.Image(value=overlays.save(shown.right.tile_overlay), label=f"B: {names[1]}, high-res tiles"),
+            shown.markdown,
+            {
+                "strategies": list(names),
+                "counts": [shown.left.counts, shown.right.counts],
+                "flops": [shown.left.flops, shown.right.flops],
+                "overlap": shown.overlap,
+            },
+        )
 
     with gr.Blocks(title="Redundancy-codebook token pruning", delete_cache=cache_cleanup()) as demo:
         gr.Markdown(
             "# Which visual tokens does a redundancy codebook drop?\n"
             "Each visual token of the image (base view and high-res tiles) is scored by its best cosine similarity "
             "to a codebook prototype, and dropped when the score reaches the threshold (or, with a budget, only the "
-            "least redundant share is kept). Row newlines are not scored and always kept. Move the controls: the "
-            "overlays are re-scored from cached features, without re-running the vision tower.\n\n"
+            "least redundant share is kept). Row newlines are not scored and always kept. Pick another **strategy** "
+            "to see a peer rule (FasterVLM, VisionZip, DivPrune, HiRED, baselines) at a token budget, or compare two "
+            "below. Move the controls: the overlays are re-scored from cached features, without re-running the "
+            "vision tower.\n\n"
             "**Legend:** clear = kept · dark = dropped · yellow = crop borders · magenta = a strip no tile token sees "
             "(the stock unpadding works in whole tokens)."
         )
@@ -1689,6 +2008,13 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                     max_length=MAX_QUESTION_CHARS,
                     elem_id="question",
                 )
+                strategy = gr.Dropdown(
+                    strategy_choices(backend.strategies("image")),
+                    value="codebook",
+                    label="Strategy",
+                    info=STRATEGY_INFO,
+                    elem_id="strategy",
+                )
                 mode = gr.Radio(["threshold", "budget"], value="threshold", label="Pruning rule", elem_id="mode")
                 threshold = gr.Slider(
                     -1.0,
@@ -1729,19 +2055,74 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                         full_answer = gr.Textbox(
                             label="Answer without pruning", interactive=False, elem_id="full-answer"
                         )
+        offered = backend.strategies("image")
+        gr.Markdown(
+            "## Compare two strategies at the same budget\n"
+            "The image above, pruned by two strategies to the same number of tokens. Both are re-scored from the "
+            "cached vision outputs (features and the tower's [CLS] attention): changing a strategy or the budget "
+            "never re-runs the vision tower."
+        )
+        with gr.Row():
+            compare_a = gr.Dropdown(
+                strategy_choices(offered), value="codebook", label="Strategy A", elem_id="compare-a", min_width=160
+            )
+            compare_b = gr.Dropdown(
+                strategy_choices(offered),
+                value="divprune" if "divprune" in offered else offered[-1],
+                label="Strategy B",
+                elem_id="compare-b",
+                min_width=160,
+            )
+            compare_budget = gr.Slider(
+                0.05,
+                1.0,
+                value=0.25,
+                step=0.05,
+                label="Token budget for both: share of the scored tokens kept",
+                elem_id="compare-budget",
+                min_width=160,
+            )
+        with gr.Row(equal_height=True):
+            compare_views = []
+            for side in ("A", "B"):
+                for view, label in (("base", "base view"), ("tile", "high-res tiles")):
+                    compare_views.append(
+                        gr.Image(
+                            label=f"{side}: {label}",
+                            type="filepath",
+                            interactive=False,
+                            elem_id=f"compare-{side.lower()}-{view}",
+                            elem_classes=["picture"],
+                            buttons=["fullscreen", "download"],
+                            min_width=120,
+                        )
+                    )
+        compare_counts = gr.Markdown(COMPARE_PROMPT, elem_id="compare-counts")
+        with gr.Accordion("Raw comparison", open=False):
+            compare_details = gr.JSON(label="counts, FLOPs and overlap")
         gr.Examples(example_rows, inputs=[image, question], label="Examples (drawn in code)")
         if backend.takes_video:
             video_events = build_video_section(
-                backend, allowed_dirs, overlays, image.GRADIO_CACHE, mode, threshold, keep_ratio, max_new_tokens
+                backend,
+                allowed_dirs,
+                overlays,
+                image.GRADIO_CACHE,
+                mode,
+                threshold,
+                keep_ratio,
+                max_new_tokens,
+                strategy,
             )
         else:
             video_events = []
         asked = gr.State(None)  # what the answer being made is made with
         answered = gr.State(None)  # what the answers on screen were made with
 
-        preview_inputs = [image, mode, threshold, keep_ratio, question]
+        preview_inputs = [image, mode, threshold, keep_ratio, question, strategy]
         preview_outputs = [base_view, tile_view, counts, details]
-        answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens]
+        answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens, strategy]
+        compare_inputs = [image, compare_a, compare_b, compare_budget, threshold, question]
+        compare_outputs = compare_views + [compare_counts, compare_details]
         answer_outputs = preview_outputs + [pruned_answer, pruned_time, full_answer, full_time]
         freshness_outputs = [answer_notice, pruned_answer, full_answer, pruned_time, full_time]
         private = {"api_visibility": "private", "preprocess": False, "show_progress": "hidden"}
@@ -1760,8 +2141,37 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                     preprocess=False,
                 )
             )
-        mode.change(on_mode, mode, [threshold, keep_ratio], queue=False, **private)
-        for control in (image, question, mode, threshold, keep_ratio, max_new_tokens):
+        mode.change(on_mode, [mode, strategy], [threshold, keep_ratio], queue=False, **private)
+        # A new strategy first brings the rule and the sliders in line with it (a peer has no threshold rule), then
+        # previews: previewing first would ask for a rule the strategy may not have.
+        events.append(
+            strategy.change(on_strategy, [strategy, mode], [mode, threshold, keep_ratio], queue=False, **private).then(
+                on_preview,
+                preview_inputs,
+                preview_outputs,
+                trigger_mode="always_last",
+                show_progress="hidden",
+                concurrency_limit=2,
+                concurrency_id="preview",
+                preprocess=False,
+                api_visibility="private",
+            )
+        )
+        for control in (image, compare_a, compare_b, compare_budget, threshold):
+            events.append(
+                control.change(
+                    on_compare,
+                    compare_inputs,
+                    compare_outputs,
+                    api_name="compare" if control is image else False,
+                    trigger_mode="always_last",
+                    show_progress="hidden",
+                    concurrency_limit=2,
+                    concurrency_id="preview",
+                    preprocess=False,
+                )
+            )
+        for control in (image, question, mode, threshold, keep_ratio, max_new_tokens, strategy):
             events.append(
                 control.change(
                     on_controls_changed,
@@ -1801,25 +2211,30 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
 VIDEO_UPLOAD_PROMPT = "Upload a video (an animated GIF, WebP or PNG) to see each frame's kept and dropped tokens."
 
 
-def build_video_section(backend, allowed_dirs, overlays, cache_dir, mode, threshold, keep_ratio, max_new_tokens):
+def build_video_section(
+    backend, allowed_dirs, overlays, cache_dir, mode, threshold, keep_ratio, max_new_tokens, strategy
+):
     """The video part of the page, for families that take videos: the upload, the strip of frames, the counts and the
-    answers; it shares the pruning controls. Returns its events (their payloads are checked like the image's)."""
+    answers; it shares the pruning controls (strategy included: those that read the tower's [CLS] attention cannot
+    rank pooled frame tokens, and say so). Returns its events (their payloads are checked like the image's)."""
     cache_dir = Path(cache_dir).resolve()
     if cache_dir not in allowed_dirs:
         allowed_dirs.append(cache_dir)
 
-    def on_video_preview(video, mode, threshold, keep_ratio, question):
+    def on_video_preview(video, mode, threshold, keep_ratio, question, strategy):
         try:
-            shown = preview_video(backend, video, mode, threshold, keep_ratio, question, allowed_dirs)
+            shown = preview_video(backend, video, mode, threshold, keep_ratio, question, allowed_dirs, strategy)
         except MissingImage:
             return None, VIDEO_UPLOAD_PROMPT, {}
         except Exception as exc:
             return None, f"⚠️ {html.escape(_user_error(exc).message, quote=False)}", {}
         return overlays.save(shown.strip), shown.markdown, {"counts": shown.counts, "flops": shown.flops}
 
-    def on_video_answer(video, question, mode, threshold, keep_ratio, max_new_tokens):
+    def on_video_answer(video, question, mode, threshold, keep_ratio, max_new_tokens, strategy):
         try:
-            result = answer_video(backend, video, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs)
+            result = answer_video(
+                backend, video, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs, strategy
+            )
         except Exception as exc:
             raise _user_error(exc) from None
         shown, made = result.preview, result.generations
@@ -1833,7 +2248,8 @@ def build_video_section(backend, allowed_dirs, overlays, cache_dir, mode, thresh
     gr.Markdown(
         "## Video\nThe frames (up to "
         f"{VIDEO_FRAMES}, spread evenly) as the model pools them: each frame's pooled tokens are scored like an "
-        "image's and dropped when redundant. Uses the pruning controls above."
+        "image's and dropped when redundant. Uses the pruning controls above (strategies that read the vision "
+        "tower's [CLS] attention do not apply to pooled frames)."
     )
     with gr.Row():
         with gr.Column(scale=1, min_width=240):
@@ -1865,10 +2281,10 @@ def build_video_section(backend, allowed_dirs, overlays, cache_dir, mode, thresh
                 with gr.Column(min_width=160):
                     video_full_time = gr.Markdown("**Without pruning**", elem_id="video-full-time")
                     video_full = gr.Textbox(label="Answer without pruning", interactive=False, elem_id="video-full")
-    preview_inputs = [video, mode, threshold, keep_ratio, video_question]
+    preview_inputs = [video, mode, threshold, keep_ratio, video_question, strategy]
     preview_outputs = [strip, video_counts, video_details]
     events = []
-    for control in (video, mode, threshold, keep_ratio):
+    for control in (video, mode, threshold, keep_ratio, strategy):
         events.append(
             control.change(
                 on_video_preview,
@@ -1882,7 +2298,7 @@ def build_video_section(backend, allowed_dirs, overlays, cache_dir, mode, thresh
                 preprocess=False,
             )
         )
-    answer_inputs = [video, video_question, mode, threshold, keep_ratio, max_new_tokens]
+    answer_inputs = [video, video_question, mode, threshold, keep_ratio, max_new_tokens, strategy]
     answer_outputs = preview_outputs + [video_pruned, video_pruned_time, video_full, video_full_time]
     for trigger, api_name in ((ask_video.click, "answer_video"), (video_question.submit, None)):
         events.append(

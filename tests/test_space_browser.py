@@ -478,3 +478,73 @@ def test_budget_mode_shows_only_its_slider_and_says_what_the_share_counts(served
     threshold = [e for e in browser.find_elements(By.CSS_SELECTOR, "#mode label") if e.text.strip() == "threshold"]
     threshold[0].click()
     wait_for(lambda: shown(browser, "threshold") and not shown(browser, "keep-ratio"), "only the threshold slider")
+
+
+# ------------------------------------------------------------------------------------------------ issue 9, strategies
+def choose(browser, elem_id: str, name: str) -> None:
+    """Open the dropdown `#elem_id` and click the option of the strategy `name` (options are labelled "name: ...")."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input").click()
+    option = wait_for(
+        lambda: [
+            o
+            for o in browser.find_elements(By.CSS_SELECTOR, "ul[role=listbox] li[role=option]")
+            if (o.get_attribute("aria-label") or "").split(":")[0].split(" (")[0] == name
+        ],
+        f"the option {name} of #{elem_id}",
+    )
+    option[0].click()
+
+
+def mode_choices(browser) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [label.text.strip() for label in browser.find_elements(By.CSS_SELECTOR, "#mode label")]
+
+
+def test_a_peer_strategy_offers_only_a_budget_and_shows_its_own_selection(served, browser, tmp_path):
+    upload_and_wait_for_counts(browser, served, half_noise(tmp_path / "peer.png", 200, 120))
+    assert mode_choices(browser) == ["threshold", "budget"]
+    choose(browser, "strategy", "divprune")
+    wait_for(lambda: mode_choices(browser) == ["budget"], "the budget rule alone")
+    wait_for(lambda: shown(browser, "keep-ratio") and not shown(browser, "threshold"), "only the budget slider")
+    text = wait_for(
+        lambda: (t := counts_of(browser)) and "Strategy: divprune" in t and "Kept" in t and t, "divprune's counts"
+    )
+    assert "⚠️" not in text
+    value = float(browser.find_element("css selector", "#keep-ratio input[type=number]").get_attribute("value"))
+    match = re.search(r"scored \(base \+ tiles\) (\d+) (\d+)", text)
+    assert match and int(match[1]) == round(value * int(match[2]))
+    # codebook_diverse reads the threshold as well as the budget: both sliders.
+    choose(browser, "strategy", "codebook_diverse")
+    wait_for(lambda: shown(browser, "keep-ratio") and shown(browser, "threshold"), "both sliders")
+    # Back to the codebook: its threshold rule is offered again.
+    choose(browser, "strategy", "codebook")
+    wait_for(lambda: mode_choices(browser) == ["threshold", "budget"], "both rules again")
+    save_page(browser, "space_strategy_selector.png")
+
+
+def test_two_strategies_side_by_side_at_one_budget(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    upload_and_wait_for_counts(browser, served, half_noise(tmp_path / "compare.png", 200, 120))
+
+    def table():
+        text = browser.find_element(By.CSS_SELECTOR, "#compare-counts").text
+        return text if "Jaccard" in text else None
+
+    first = wait_for(table, "the comparison table")
+    assert "A: codebook" in first and "B: divprune" in first
+    for view in ("a-base", "a-tile", "b-base", "b-tile"):
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f"#compare-{view} img"), f"the {view} overlay")
+    choose(browser, "compare-b", "hired")
+    second = wait_for(lambda: (t := table()) and "B: hired" in t and t, "the comparison with hired")
+    assert "A: codebook" in second
+    # The same budget for both: the scored row names one count for A and B.
+    scored = re.search(r"scored (\d+) / (\d+) \([\d.]+ %\) (\d+) / (\d+)", second)
+    assert scored and scored[1] == scored[3] and scored[2] == scored[4], second
+    set_slider(browser, "compare-budget", 0.5)
+    third = wait_for(lambda: (t := table()) and "50% of the scored tokens" in t and t, "the comparison at 50 %")
+    assert re.search(r"scored (\d+) / (\d+)", third)[1] != scored[1]
+    save_page(browser, "space_compare_strategies.png")

@@ -104,6 +104,27 @@ def test_each_family_is_served_from_its_checkpoint_with_overlays_and_counts_of_t
     assert "Kept" in shown.markdown and "FLOPs" in shown.markdown
 
 
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_each_family_compares_the_strategies_it_offers_with_the_models_own_selections(served_families, name):
+    """Every strategy a family's page offers, re-scored from the one cached encoding, keeps what the model's own
+    forward pass keeps with it; a family whose tower cannot rank by [CLS] attention does not offer those rules."""
+    backend = served_families[name]
+    offered = backend.strategies("image")
+    cls_rules = {"cls_attention", "visionzip", "hired"}
+    assert cls_rules.isdisjoint(offered) == (name == "llava-onevision-qwen2-7b-ov")
+    image = bright_noise(150, 90, 4)
+    for strategy_a, strategy_b in zip(offered, offered[1:] + offered[:1]):
+        result = app.compare(backend, image, strategy_a, strategy_b, 0.3, THRESHOLD)
+        for side, strategy in ((result.left, strategy_a), (result.right, strategy_b)):
+            keep = side.selection.keep_masks()[0].numpy()
+            settings = app.pruning_overrides("budget", THRESHOLD, 0.3, strategy)
+            assert np.array_equal(keep, model_keep_mask(backend, "image", image, **settings)), (name, strategy)
+        assert (result.left.tile_overlay is None) == (name == "llava-1.5-7b")
+    if name == "llava-onevision-qwen2-7b-ov":
+        with pytest.raises(app.InputError, match="'hired' strategy ranks tokens by the vision tower's \\[CLS\\]"):
+            app.compare(backend, image, "codebook", "hired", 0.3, THRESHOLD)
+
+
 def test_llava_one_view_is_drawn_over_the_centre_crop_with_each_cell_as_the_model_kept_it(served_families):
     backend = served_families["llava-1.5-7b"]
     image = bright_noise(150, 90, 3)
@@ -244,7 +265,24 @@ def test_a_served_video_family_takes_an_uploaded_video_end_to_end_and_refuses_pa
     assert answer[3] and answer[5] and "prompt of" in answer[4]
     # A path outside the upload cache and the examples: the one generic message, for the video input too.
     for api_name, data in (
-        ("preview_video", [{"path": path, "meta": {"_type": "gradio.FileData"}}, "budget", THRESHOLD, 0.4, ""]),
-        ("answer_video", [{"path": path}, "what ?", "budget", THRESHOLD, 0.4, 3]),
+        (
+            "preview_video",
+            [{"path": path, "meta": {"_type": "gradio.FileData"}}, "budget", THRESHOLD, 0.4, "", "codebook"],
+        ),
+        ("answer_video", [{"path": path}, "what ?", "budget", THRESHOLD, 0.4, 3, "codebook"]),
     ):
         assert call_raw(served_video, api_name, data) == ("error", app.UNREADABLE_VIDEO)
+    # The strategy selector reaches the video too: a peer that reads the features alone re-scores the cached frames,
+    # one that needs the tower's [CLS] attention is refused with the strategies that apply.
+    strip, markdown, details = client.predict(
+        gradio_client.handle_file(path), "budget", THRESHOLD, 0.4, "", "divprune", api_name="/preview_video"
+    )
+    expected = app.preview_video(
+        backend, path, "budget", THRESHOLD, 0.4, allowed_dirs=[tmp_path.resolve()], strategy="divprune"
+    )
+    assert details["counts"] == expected.counts and "divprune" in markdown
+    _, refused, _ = client.predict(
+        gradio_client.handle_file(path), "budget", THRESHOLD, 0.4, "", "cls_attention", api_name="/preview_video"
+    )
+    assert "'cls_attention' strategy ranks tokens by the vision tower's [CLS] attention" in refused
+    assert "choose one of: codebook, codebook_diverse, divprune, random, uniform" in refused

@@ -1,5 +1,6 @@
 """The Space's pure functions: inputs checked with clear messages, overlays, counts, FLOPs, cached re-scoring."""
 
+import contextlib
 import logging
 import os
 import re
@@ -100,15 +101,23 @@ def test_overlay_pixels_show_the_kept_and_dropped_tokens(backend):
     assert np.median(np.abs(overlay[state == KEPT] - original[state == KEPT])) < 5
 
 
-def test_moving_the_slider_rescores_without_rerunning_the_vision_tower(backend, monkeypatch):
+@contextlib.contextmanager
+def tower_passes(backend):
+    """Count the vision tower's forward passes inside the block."""
     calls = []
-    original = backend.model.get_image_features
+    handle = backend.model.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
 
-    monkeypatch.setattr(backend.model, "get_image_features", counting)
+def test_moving_the_slider_rescores_without_rerunning_the_vision_tower(backend):
+    with tower_passes(backend) as calls:
+        _slider_moves(backend, calls)
+
+
+def _slider_moves(backend, calls):
     image = half_flat(140, 100, seed=7)
     kept = []
     for threshold in (0.5, 0.8, 0.9, 0.95, 1.0):
@@ -158,7 +167,13 @@ def test_cached_features_are_counted_in_bytes_and_hold_no_pixels(backend):
     app.preview(backend, image, "threshold", 0.9, 0.25)
     encoded = backend.cache.get(app.image_key(image))
     geometry_bytes = sum(getattr(encoded.geometry, name).nbytes for name in ("view", "crop", "row", "col", "boxes"))
-    assert encoded.nbytes == encoded.packed.nbytes + encoded.image_sizes.nbytes + geometry_bytes
+    tensors = [encoded.packed, encoded.newline, encoded.crop_ids]
+    # The tower signals every offered strategy reads are cached too, and counted: [CLS] rows and keys per layer, and
+    # the projector inputs.
+    signals = encoded.signals
+    assert set(signals) == {"cls_attention", "keys", "projector_inputs"}
+    tensors += [*signals["cls_attention"].values(), *signals["keys"].values(), signals["projector_inputs"]]
+    assert encoded.nbytes == sum(t.nbytes for t in tensors) + geometry_bytes
     assert not any(isinstance(value, Image.Image) for value in vars(encoded).values())
 
 
@@ -336,7 +351,24 @@ def test_bad_settings_get_a_clear_message():
         app.pruning_overrides("budget", 0.5, 0.0)
     with pytest.raises(app.InputError, match="Unknown pruning mode"):
         app.pruning_overrides("random", 0.5, 0.5)
-    assert app.pruning_overrides("budget", 0.5, 0.3) == {"pruning_mode": "budget", "keep_ratio": 0.3}
+    assert app.pruning_overrides("budget", 0.5, 0.3) == {
+        "pruning_strategy": "codebook",
+        "pruning_mode": "budget",
+        "keep_ratio": 0.3,
+    }
+    with pytest.raises(app.InputError, match="'divprune' strategy keeps a token budget and has no threshold"):
+        app.pruning_overrides("threshold", 0.5, 0.3, "divprune")
+    with pytest.raises(app.InputError, match="Unknown pruning strategy 'fastest'; choose one of: codebook, "):
+        app.pruning_overrides("budget", 0.5, 0.3, "fastest")
+    with pytest.raises(app.InputError, match="The strategy must be one of the listed names; got list"):
+        app.pruning_overrides("budget", 0.5, 0.3, ["divprune"])
+    # A peer gets its budget; the codebook-then-diverse rule reads the threshold as well.
+    assert app.pruning_overrides("budget", 0.5, 0.3, "divprune") == {
+        "pruning_strategy": "divprune",
+        "pruning_mode": "budget",
+        "keep_ratio": 0.3,
+    }
+    assert app.pruning_overrides("budget", 0.5, 0.3, "codebook_diverse")["codebook_threshold"] == 0.5
 
 
 def test_image_paths_are_confined_to_the_allowed_folders_with_one_message(tmp_path):
@@ -454,6 +486,7 @@ SIGNATURE = {
         ({"image": None}, ["image"]),
         ({"question": "and now ?", "max_new_tokens": 5}, ["question", "max_new_tokens"]),
         ({"mode": "budget", "threshold": 0.5}, ["mode"]),  # named once, as the rule
+        ({"strategy": "divprune", "mode": "budget"}, ["strategy", "mode"]),
     ],
 )
 def test_answers_are_compared_with_the_controls_they_were_made_with(changes, changed):
@@ -474,6 +507,21 @@ def test_answers_are_compared_with_the_controls_they_were_made_with(changes, cha
         assert STALE == "stale"
 
 
+@pytest.mark.parametrize(
+    "changes, changed",
+    [
+        ({"threshold": 0.5}, ["threshold"]),  # codebook_diverse drops what the codebook's threshold marks redundant
+        ({"keep_ratio": 0.5}, ["keep_ratio"]),
+        # divprune reads no threshold: only the strategy is named, not the threshold that only the old one read
+        ({"strategy": "divprune", "threshold": 0.5}, ["strategy"]),
+    ],
+)
+def test_a_budget_strategy_that_reads_the_threshold_is_out_of_date_when_it_moves(changes, changed):
+    answered = app.answer_signature(**{**SIGNATURE, "mode": "budget", "strategy": "codebook_diverse"})
+    current = app.answer_signature(**{**SIGNATURE, "mode": "budget", "strategy": "codebook_diverse", **changes})
+    assert app.changed_settings(answered, current) == changed
+
+
 def test_with_no_answer_yet_nothing_is_marked():
     import gradio as gr
 
@@ -492,14 +540,14 @@ def test_an_answer_made_while_the_controls_moved_arrives_marked_and_the_overlays
     demo = app.build_demo(backend, examples_dir=tmp_path / "examples")
     on_answered = page_step(demo, "on_answered")
     image = str(sorted((tmp_path / "examples").glob("*.png"))[0])
-    controls = [image, "what is it ?", "threshold", 0.9, 0.25, 8]
+    controls = [image, "what is it ?", "threshold", 0.9, 0.25, 8, "codebook"]
     asked = app.answer_signature(*controls)
     # Unchanged while the answer was made: remembered, unmarked, the answer's own overlays left in place.
     remembered, notice, *_, base, tile, counts, details = on_answered(*controls, asked)
     assert remembered == asked and notice.visible is False
     assert all(isinstance(update, type(gr.skip())) for update in (base, tile, counts, details))
     # The threshold moved meanwhile: marked, and the preview redone for the controls as they are now.
-    moved = [image, "what is it ?", "threshold", 0.5, 0.25, 8]
+    moved = [image, "what is it ?", "threshold", 0.5, 0.25, 8, "codebook"]
     remembered, notice, pruned, *_, base, tile, counts, details = on_answered(*moved, asked)
     assert remembered == asked and notice.visible is True and "the threshold" in notice.value
     assert app.STALE_CLASS in pruned.elem_classes
@@ -511,11 +559,15 @@ def test_asking_with_a_missing_input_warns_and_stops_without_marking_outputs(bac
 
     on_ask = page_step(app.build_demo(backend, examples_dir=tmp_path / "examples"), "on_ask")
     with pytest.warns(UserWarning, match="pick an example"), pytest.raises(gr.Error) as stop:
-        on_ask(None, "what is it ?", "threshold", 0.9, 0.25, 8)
+        on_ask(None, "what is it ?", "threshold", 0.9, 0.25, 8, "codebook")
     # The error only stops the chain before /answer: invisible, and no traceback printed for it.
     assert stop.value.visible is False and stop.value.print_exception is False
     with pytest.warns(UserWarning, match="image placeholder \\(&lt;image&gt;\\)"), pytest.raises(gr.Error):
-        on_ask(half_flat(40, 40), "what <image> is", "threshold", 0.9, 0.25, 8)  # escaped: the toast is HTML
+        on_ask(
+            half_flat(40, 40), "what <image> is", "threshold", 0.9, 0.25, 8, "codebook"
+        )  # escaped: the toast is HTML
+    with pytest.warns(UserWarning, match="'hired' strategy keeps a token budget"), pytest.raises(gr.Error):
+        on_ask(half_flat(40, 40), "what is it ?", "threshold", 0.9, 0.25, 8, "hired")
 
 
 def test_the_out_of_date_notice_names_what_changed():
@@ -550,7 +602,7 @@ def test_validated_inputs_come_back_typed():
     inputs = app.validate_inputs(half_flat(20, 20), "  what ?  ", "threshold", 1, 0.5, 4.0)
     assert (inputs.question, inputs.threshold, inputs.max_new_tokens) == ("what ?", 1.0, 4)
     assert isinstance(inputs.max_new_tokens, int) and inputs.image.mode == "RGB"
-    assert inputs.overrides == {"pruning_mode": "threshold", "codebook_threshold": 1.0}
+    assert inputs.overrides == {"pruning_strategy": "codebook", "pruning_mode": "threshold", "codebook_threshold": 1.0}
 
 
 def test_example_images_are_drawn_in_code_and_show_kept_and_dropped_tokens(backend, tmp_path):
@@ -628,7 +680,7 @@ def test_zerogpu_calls_carry_only_picklable_values_and_never_the_model(backend, 
     monkeypatch.setattr(app, "_on_served_gpu", fake_gpu_worker)
     monkeypatch.setitem(app._SERVED, "backend", backend)
     result = app.answer(backend, half_flat(160, 96, seed=21), "what is it ?", "budget", 0.9, 0.5, 3)
-    assert crossings == ["vision_features", "generate_both"]
+    assert crossings == ["family_features", "generate_both"]
     assert (
         result.generations.pruned_text and result.preview.counts["all"]["kept"] < result.preview.counts["all"]["total"]
     )
@@ -646,3 +698,134 @@ def test_a_saved_checkpoint_is_served_as_a_real_model(tmp_path):
     assert served.default_threshold == pytest.approx(0.85)
     shown = app.preview(served, half_flat(150, 90, seed=5), "threshold", 0.85, 0.25)
     assert 0 < shown.counts["all"]["kept"] < shown.counts["all"]["total"]
+
+
+# ---------------------------------------------------------------------------------------------------- strategies
+PEERS = ["codebook_diverse", "cls_attention", "visionzip", "divprune", "hired", "random", "uniform"]
+
+
+def test_the_demo_offers_every_strategy_for_images(backend):
+    assert backend.strategies("image") == ("codebook", *PEERS)
+
+
+@pytest.mark.parametrize("strategy", PEERS)
+def test_each_strategy_previews_what_the_model_keeps_when_it_answers(backend, strategy):
+    """The overlay re-scored from the cached encoding shows the tokens the model drops in `generate` with that
+    strategy: same kept indices (and the same count of merged tokens), at the budget asked for."""
+    image = half_flat(150, 90, seed=50)
+    shown = app.preview(backend, image, "budget", 0.9, 0.5, "", None, strategy)
+    with backend.model.record_selections() as made:
+        app.generate_both(backend, image, "what ?", app.pruning_overrides("budget", 0.9, 0.5, strategy), 2)
+    (selection,) = made
+    assert selection.strategy == strategy
+    assert selection.kept_indices[0].tolist() == shown.selection.kept_indices[0].tolist()
+    scored = shown.counts["scored"]
+    if strategy != "codebook_diverse":  # it keeps no redundant token beyond the minimum: at most the budget
+        assert scored["kept"] == round(0.5 * scored["total"])
+    assert f"**Strategy:** {app.STRATEGY_LABELS[strategy]}" in shown.markdown
+
+
+def test_visionzip_reports_its_merged_tokens(backend):
+    shown = app.preview(backend, half_flat(150, 90, seed=51), "budget", 0.9, 0.8, "", None, "visionzip")
+    selection = shown.selection
+    own = backend.cache.get(app.image_key(half_flat(150, 90, seed=51))).packed[selection.kept_indices[0]]
+    merged = int((selection.merged_features[0] != own).any(-1).sum())
+    assert merged > 0 and shown.counts["merged"] == merged
+    assert f"{merged} of the kept tokens are contextual tokens carrying merged features" in shown.markdown
+
+
+def naive_overlap(kept_a: list[int], kept_b: list[int], scored: list[int]) -> dict:
+    a, b, scored = set(kept_a) & set(scored), set(kept_b) & set(scored), set(scored)
+    union = a | b
+    return {
+        "both": len(a & b),
+        "only_a": len(a - b),
+        "only_b": len(b - a),
+        "neither": len(scored - union),
+        "jaccard": len(a & b) / len(union) if union else 1.0,
+    }
+
+
+@pytest.mark.parametrize("pair", [("codebook", "divprune"), ("cls_attention", "hired"), ("visionzip", "random")])
+def test_two_strategies_compared_at_one_budget_show_each_ones_selection_and_their_overlap(backend, pair):
+    image = half_flat(150, 90, seed=52)
+    with tower_passes(backend) as calls:
+        result = app.compare(backend, image, *pair, 0.4, 0.9, "what ?")
+        again = app.compare(backend, image, *reversed(pair), 0.2, 0.9, "what ?")
+    assert len(calls) <= 1, "both strategies, both budgets: one tower pass at most (none once the image is cached)"
+    for side, strategy in zip((result.left, result.right), pair):
+        alone = app.preview(backend, image, "budget", 0.9, 0.4, "what ?", None, strategy)
+        assert side.counts == alone.counts and side.flops == alone.flops
+        assert side.selection.kept_indices[0].tolist() == alone.selection.kept_indices[0].tolist()
+        assert np.array_equal(np.asarray(side.base_overlay), np.asarray(alone.base_overlay))
+    newline = backend.cache.get(app.image_key(image)).newline
+    scored = (~newline).nonzero().squeeze(-1).tolist()
+    kept = [side.selection.kept_indices[0].tolist() for side in (result.left, result.right)]
+    want = naive_overlap(*kept, scored)
+    assert result.overlap["jaccard"] == pytest.approx(want.pop("jaccard"))
+    assert {k: result.overlap[k] for k in want} == want
+    assert f"| tokens | A: {pair[0]} | B: {pair[1]} |" in result.markdown
+    assert f"Jaccard overlap of the kept sets **{result.overlap['jaccard']:.2f}**" in result.markdown
+    assert (
+        again.strategies == tuple(reversed(pair))
+        and again.left.counts["scored"]["kept"] < result.left.counts["scored"]["kept"]
+    )
+
+
+def test_a_comparison_of_a_strategy_with_itself_agrees_fully(backend):
+    result = app.compare(backend, half_flat(150, 90, seed=53), "divprune", "divprune", 0.3, 0.9)
+    assert result.overlap["jaccard"] == 1.0 and result.overlap["only_a"] == result.overlap["only_b"] == 0
+
+
+def test_comparison_inputs_are_checked_like_every_other(backend):
+    image = half_flat(40, 40)
+    with pytest.raises(app.InputError, match="Unknown pruning strategy 'fastest'"):
+        app.compare(backend, image, "codebook", "fastest", 0.3, 0.9)
+    with pytest.raises(app.InputError, match=r"The token budget must lie in \(0, 1\]; got 1.5"):
+        app.compare(backend, image, "codebook", "divprune", 1.5, 0.9)
+    with pytest.raises(app.InputError, match="The threshold must be a finite number"):
+        app.compare(backend, image, "codebook_diverse", "divprune", 0.3, float("nan"))
+    with pytest.raises(app.MissingImage):
+        app.compare(backend, None, "codebook", "divprune", 0.3, 0.9)
+
+
+def test_requests_for_one_new_image_at_once_run_the_tower_once(backend):
+    import threading
+
+    image = half_flat(150, 90, seed=54)
+    start = threading.Barrier(3, timeout=30)
+    errors = []
+
+    def request(run):
+        try:
+            start.wait()
+            run()
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    runs = [
+        lambda: app.preview(backend, image, "threshold", 0.9, 0.3),
+        lambda: app.compare(backend, image, "codebook", "hired", 0.3, 0.9),
+        lambda: app.preview(backend, image, "budget", 0.9, 0.3, "", None, "visionzip"),
+    ]
+    with tower_passes(backend) as calls:
+        threads = [threading.Thread(target=request, args=(run,)) for run in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not errors, errors
+    assert len(calls) == 1
+
+
+def test_the_strategy_control_offers_only_the_rules_a_strategy_has(backend, tmp_path):
+    demo = app.build_demo(backend, examples_dir=tmp_path / "examples")
+    on_strategy = page_step(demo, "on_strategy")
+    mode, threshold, budget = on_strategy("divprune", "threshold")
+    assert mode.choices == [("budget", "budget")] and mode.value == "budget"
+    assert threshold.visible is False and budget.visible is True
+    mode, threshold, budget = on_strategy("codebook_diverse", "budget")  # reads the codebook's threshold too
+    assert mode.value == "budget" and threshold.visible is True and budget.visible is True
+    mode, threshold, budget = on_strategy("codebook", "budget")
+    assert [c[1] for c in mode.choices] == ["threshold", "budget"] and mode.value == "budget"
+    assert threshold.visible is False and budget.visible is True

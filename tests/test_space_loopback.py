@@ -126,10 +126,11 @@ def test_bad_inputs_come_back_as_messages(client, tmp_path):
     assert result[0] is None and "9000x6000 pixels" in result[2]
 
 
-def test_only_the_two_endpoints_are_public(client):
-    """The page's own steps (the check before Ask, the out-of-date marks, the rule's slider) are not API endpoints."""
+def test_only_the_three_endpoints_are_public(client):
+    """The page's own steps (the check before Ask, the out-of-date marks, the rule's slider, the strategy's rules) are
+    not API endpoints."""
     api = client.view_api(return_format="dict", print_info=False)
-    assert sorted(api["named_endpoints"]) == ["/answer", "/preview"]
+    assert sorted(api["named_endpoints"]) == ["/answer", "/compare", "/preview"]
     assert not api["unnamed_endpoints"]
 
 
@@ -198,12 +199,14 @@ def test_two_concurrent_clients_get_their_own_results(served, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- security
-ANSWER_ARGS = ["what is it ?", "threshold", 0.9, 0.25, 3]  # everything /answer takes after the image
-PREVIEW_ARGS = ["threshold", 0.9, 0.25, ""]  # everything /preview takes after the image
+ANSWER_ARGS = ["what is it ?", "threshold", 0.9, 0.25, 3, "codebook"]  # everything /answer takes after the image
+PREVIEW_ARGS = ["threshold", 0.9, 0.25, "", "codebook"]  # everything /preview takes after the image
+COMPARE_ARGS = ["codebook", "divprune", 0.25, 0.9, ""]  # everything /compare takes after the image
 
 
 def endpoint_data(api_name: str, image) -> list:
-    return [image, *ANSWER_ARGS] if api_name == "answer" else [image, *PREVIEW_ARGS]
+    rest = {"answer": ANSWER_ARGS, "preview": PREVIEW_ARGS, "compare": COMPARE_ARGS}[api_name]
+    return [image, *rest]
 
 
 def secret_picture(directory: Path) -> tuple[Path, np.ndarray]:
@@ -241,7 +244,7 @@ def test_the_leak_check_sees_a_picture_that_is_served_back(served, tmp_path):
     assert max(correlation(picture, pixels) for picture in returned_pictures(served.url, outputs)) > 0.6
 
 
-@pytest.mark.parametrize("api_name", ["preview", "answer"])
+@pytest.mark.parametrize("api_name", ["preview", "answer", "compare"])
 @pytest.mark.parametrize("with_meta", [False, True], ids=["no-meta", "meta"])
 def test_a_path_outside_the_allowed_folders_is_refused_and_its_pixels_never_come_back(
     served, tmp_path, api_name, with_meta
@@ -255,7 +258,7 @@ def test_a_path_outside_the_allowed_folders_is_refused_and_its_pixels_never_come
     assert not any(correlation(picture, pixels) > 0.5 for picture in returned_pictures(served.url, result))
 
 
-@pytest.mark.parametrize("api_name", ["preview", "answer"])
+@pytest.mark.parametrize("api_name", ["preview", "answer", "compare"])
 def test_dot_dot_and_symlink_escapes_from_the_allowed_folders_are_refused(served, tmp_path, api_name):
     secret, _ = secret_picture(tmp_path / "outside")
     links = []
@@ -298,10 +301,10 @@ def test_every_refused_or_unreadable_path_gets_the_same_message(served, tmp_path
         "/dev/zero",
     ]
     for path in paths:
-        for api_name in ("preview", "answer"):
+        for api_name in ("preview", "answer", "compare"):
             event, result = call_raw(served.url, api_name, endpoint_data(api_name, {"path": str(path)}))
-            if event == "complete":  # the preview reports what it found in place
-                event, result = "error", result[2].removeprefix("⚠️ ")
+            if event == "complete":  # the preview and the comparison report what they found in place
+                event, result = "error", result[2 if api_name == "preview" else 4].removeprefix("⚠️ ")
             assert (event, result) == ("error", app.UNREADABLE_IMAGE), (path, api_name)
 
 
@@ -332,67 +335,110 @@ IMAGE_FORM_START = "The image must be a file uploaded to this Space"
 BAD_INPUTS = {
     "image token in the question": (
         "answer",
-        '[IMAGE, "what is <image> here", "threshold", 0.9, 0.25, 3]',
+        '[IMAGE, "what is <image> here", "threshold", 0.9, 0.25, 3, "codebook"]',
         "image placeholder (<image>)",
     ),
     "image token, preview": (
         "preview",
-        '[IMAGE, "threshold", 0.9, 0.25, "a <image>"]',
+        '[IMAGE, "threshold", 0.9, 0.25, "a <image>", "codebook"]',
         "image placeholder (&lt;image&gt;)",
     ),
     "max_new_tokens NaN": (
         "answer",
-        '[IMAGE, "what", "threshold", 0.9, 0.25, NaN]',
+        '[IMAGE, "what", "threshold", 0.9, 0.25, NaN, "codebook"]',
         "max_new_tokens must be a finite number; got nan",
     ),
     "threshold infinite": (
         "preview",
-        '[IMAGE, "threshold", Infinity, 0.25, ""]',
+        '[IMAGE, "threshold", Infinity, 0.25, "", "codebook"]',
         "The threshold must be a finite number; got inf",
     ),
-    "lone surrogate": ("answer", '[IMAGE, "what \\ud800 is it", "threshold", 0.9, 0.25, 3]', "contains U+D800"),
-    "lone surrogate, preview": ("preview", '[IMAGE, "threshold", 0.9, 0.25, "\\udfff"]', "contains U+DFFF"),
+    "lone surrogate": (
+        "answer",
+        '[IMAGE, "what \\ud800 is it", "threshold", 0.9, 0.25, 3, "codebook"]',
+        "contains U+D800",
+    ),
+    "lone surrogate, preview": ("preview", '[IMAGE, "threshold", 0.9, 0.25, "\\udfff", "codebook"]', "contains U+DFFF"),
     "threshold as text": (
         "answer",
-        '[IMAGE, "what", "threshold", "high", 0.25, 3]',
+        '[IMAGE, "what", "threshold", "high", 0.25, 3, "codebook"]',
         "The threshold must be a number; got str",
     ),
-    "budget as a bool": ("preview", '[IMAGE, "budget", 0.9, true, ""]', "The token budget must be a number; got bool"),
+    "budget as a bool": (
+        "preview",
+        '[IMAGE, "budget", 0.9, true, "", "codebook"]',
+        "The token budget must be a number; got bool",
+    ),
     "max_new_tokens fractional": (
         "answer",
-        '[IMAGE, "what", "threshold", 0.9, 0.25, 2.5]',
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 2.5, "codebook"]',
         "max_new_tokens must be a whole number",
     ),
     "max_new_tokens too many": (
         "answer",
-        '[IMAGE, "what", "threshold", 0.9, 0.25, 100000]',
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 100000, "codebook"]',
         "max_new_tokens must lie in [1, 128]",
     ),
-    "question as a number": ("answer", '[IMAGE, 42, "threshold", 0.9, 0.25, 3]', "The question must be text; got int"),
+    "question as a number": (
+        "answer",
+        '[IMAGE, 42, "threshold", 0.9, 0.25, 3, "codebook"]',
+        "The question must be text; got int",
+    ),
     "question as an object": (
         "preview",
-        '[IMAGE, "threshold", 0.9, 0.25, {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}]',
+        '[IMAGE, "threshold", 0.9, 0.25, {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "codebook"]',
         "The question must be text; got dict",
     ),
-    "mode unknown": ("preview", '[IMAGE, "random", 0.9, 0.25, ""]', "Unknown pruning mode 'random'"),
-    "image as a number": ("answer", '[7, "what", "threshold", 0.9, 0.25, 3]', IMAGE_FORM_START),
+    "mode unknown": ("preview", '[IMAGE, "random", 0.9, 0.25, "", "codebook"]', "Unknown pruning mode 'random'"),
+    "image as a number": ("answer", '[7, "what", "threshold", 0.9, 0.25, 3, "codebook"]', IMAGE_FORM_START),
     "image as a URL": (
         "preview",
-        '[{"path": "https://example.com/a.png", "meta": {"_type": "gradio.FileData"}}, "threshold", 0.9, 0.25, ""]',
+        '[{"path": "https://example.com/a.png", "meta": {"_type": "gradio.FileData"}}, "threshold", 0.9, 0.25, "", "codebook"]',
         "this Space does not download images",
     ),
-    "image missing": ("answer", '[null, "what", "threshold", 0.9, 0.25, 3]', "Upload an image"),
-    "question missing": ("answer", '[IMAGE, null, "threshold", 0.9, 0.25, 3]', "Type a question"),
+    "image missing": ("answer", '[null, "what", "threshold", 0.9, 0.25, 3, "codebook"]', "Upload an image"),
+    "question missing": ("answer", '[IMAGE, null, "threshold", 0.9, 0.25, 3, "codebook"]', "Type a question"),
     "too few inputs": (
         "answer",
         '[IMAGE, "what"]',
-        "This endpoint takes 6 inputs, in this order: image, question, mode, threshold, keep_ratio, max_new_tokens; "
-        "got 2.",
+        "This endpoint takes 7 inputs, in this order: image, question, mode, threshold, keep_ratio, max_new_tokens, "
+        "strategy; got 2.",
     ),
     "too many inputs": (
         "preview",
-        '[IMAGE, "threshold", 0.9, 0.25, "", 3]',
-        "This endpoint takes 5 inputs, in this order: image, mode, threshold, keep_ratio, question; got 6.",
+        '[IMAGE, "threshold", 0.9, 0.25, "", "codebook", 3]',
+        "This endpoint takes 6 inputs, in this order: image, mode, threshold, keep_ratio, question, strategy; got 7.",
+    ),
+    "strategy unknown": (
+        "preview",
+        '[IMAGE, "budget", 0.9, 0.25, "", "fastest"]',
+        "Unknown pruning strategy 'fastest'",
+    ),
+    "strategy without the rule": (
+        "answer",
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 3, "divprune"]',
+        "The 'divprune' strategy keeps a token budget and has no threshold",
+    ),
+    "strategy as an object": (
+        "answer",
+        '[IMAGE, "what", "budget", 0.9, 0.25, 3, {"path": "/etc/hostname"}]',
+        "The strategy must be one of the listed names; got dict",
+    ),
+    "compare strategy unknown": (
+        "compare",
+        '[IMAGE, "codebook", "fastest", 0.25, 0.9, ""]',
+        "Unknown pruning strategy 'fastest'",
+    ),
+    "compare budget zero": (
+        "compare",
+        '[IMAGE, "codebook", "divprune", 0, 0.9, ""]',
+        "The token budget must lie in (0, 1]; got 0",
+    ),
+    "compare too few inputs": (
+        "compare",
+        '[IMAGE, "codebook"]',
+        "This endpoint takes 6 inputs, in this order: image, strategy_a, strategy_b, keep_ratio, threshold, question; "
+        "got 2.",
     ),
 }
 
@@ -403,9 +449,10 @@ def test_each_bad_input_gets_a_message_that_names_it(served, case):
     example = sorted(served.examples.glob("*.png"))[0]
     data = data.replace("IMAGE", '{"path": "%s"}' % example)
     event, result = call_raw(served.url, api_name, body='{"data": %s}' % data)
-    if event == "complete":  # the preview reports in place (it runs on every slider move)
-        assert result[0] is None and result[3] == {}, result
-        event, result = "error", result[2]
+    if event == "complete":  # the preview and the comparison report in place (they run on every slider move)
+        message_at = 4 if api_name == "compare" else 2
+        assert result[0] is None and result[message_at + 1] == {}, result
+        event, result = "error", result[message_at]
     assert event == "error" and result and message in result, result
     assert "Something went wrong" not in result
 
@@ -415,7 +462,7 @@ def test_request_bodies_over_the_limit_are_refused_before_they_are_parsed(served
 
     limit = app.max_request_bytes()
     base = served.url.rstrip("/")
-    over = ('{"data": [null, "threshold", 0.9, 0.25, "' + "x" * limit + '"]}').encode()
+    over = ('{"data": [null, "threshold", 0.9, 0.25, "' + "x" * limit + '", "codebook"]}').encode()
     routes = ["/gradio_api/call/preview", "/gradio_api/call/answer", "/gradio_api/queue/join"]
     for route in routes:
         declared = httpx.post(base + route, content=over, headers={"Content-Type": "application/json"}, timeout=30)
@@ -425,7 +472,7 @@ def test_request_bodies_over_the_limit_are_refused_before_they_are_parsed(served
         streamed = httpx.post(base + route, content=chunks, headers={"Content-Type": "application/json"}, timeout=30)
         assert streamed.status_code == 413 and "Request body too large" in streamed.text, (route, streamed.text)
     # Just under the limit the body is parsed, and the question then refused by the endpoint's own check.
-    under = '{"data": [null, "threshold", 0.9, 0.25, "' + "x" * 2000 + '"]}'
+    under = '{"data": [null, "threshold", 0.9, 0.25, "' + "x" * 2000 + '", "codebook"]}'
     assert call_raw(served.url, "preview", body=under) == (
         "complete",
         [None, None, "⚠️ The question is 2000 characters long; keep it under 1000.", {}],
