@@ -568,8 +568,8 @@ STRATEGY_LABELS = {
     "visionzip": "visionzip: dominant + merged tokens (VisionZip)",
     "divprune": "divprune: max-min diversity (DivPrune)",
     "hired": "hired: [CLS]-attention budget over crops (HiRED)",
-    "random": "random (baseline)",
-    "uniform": "uniform grid (baseline)",
+    "random": "random: a seeded random subset (baseline)",
+    "uniform": "uniform: a strided grid (baseline)",
 }
 
 
@@ -1615,18 +1615,20 @@ def changed_settings(answered: dict, current: dict) -> list[str]:
     return [name for name in SETTING_NAMES if name in names]
 
 
-def stale_notice(changed: list[str]) -> str:
-    """The line above out-of-date answers: what changed since they were made, and what to do."""
-    what = [SETTING_NAMES[name] for name in changed]
+def stale_notice(changed: list[str], medium: str = "image") -> str:
+    """The line above out-of-date answers: what changed since they were made, and what to do. `medium`: what the
+    answers are about (`"image"` or `"video"`; the signature's `image` entry holds either)."""
+    what = [f"the {medium}" if name == "image" else SETTING_NAMES[name] for name in changed]
     listed = what[0] if len(what) == 1 else ", ".join(what[:-1]) + " and " + what[-1]
     verb = "has" if len(what) == 1 else "have"
+    ask = "Ask about the video" if medium == "video" else "Ask"
     return (
-        f"⚠️ **Out of date:** {listed} {verb} changed since these answers. Press **Ask** to answer with the current "
-        "settings."
+        f"⚠️ **Out of date:** {listed} {verb} changed since these answers. Press **{ask}** to answer with the "
+        "current settings."
     )
 
 
-def freshness_updates(answered: dict | None, current: dict) -> list:
+def freshness_updates(answered: dict | None, current: dict, medium: str = "image") -> list:
     """Updates for [notice, pruned answer, full answer, pruned time, full time]: the answers marked out of date (greyed,
     relabelled, the notice shown) when `current` differs from what they were made with, unmarked when it matches."""
     if answered is None:  # nothing answered yet: nothing to mark
@@ -1635,7 +1637,7 @@ def freshness_updates(answered: dict | None, current: dict) -> list:
     classes = [STALE_CLASS] if changed else []
     suffix = " (out of date)" if changed else ""
     return [
-        gr.Markdown(value=stale_notice(changed) if changed else "", visible=bool(changed)),
+        gr.Markdown(value=stale_notice(changed, medium) if changed else "", visible=bool(changed)),
         gr.Textbox(label=f"Answer with pruning{suffix}", elem_classes=classes),
         gr.Textbox(label=f"Answer without pruning{suffix}", elem_classes=classes),
         gr.Markdown(elem_classes=classes),
@@ -2243,7 +2245,14 @@ def build_video_section(
             shown.markdown,
             {"counts": shown.counts, "flops": shown.flops},
             *generation_outputs(made),
+            # What these answers were made with (a session state: not part of the API's outputs).
+            answer_signature(video, question, mode, threshold, keep_ratio, max_new_tokens, strategy),
         )
+
+    def on_video_controls_changed(video, question, mode, threshold, keep_ratio, max_new_tokens, strategy, answered):
+        """The video answers on screen marked out of date (or current again) as the controls move, as the image's."""
+        current = answer_signature(video, question, mode, threshold, keep_ratio, max_new_tokens, strategy)
+        return freshness_updates(answered, current, medium="video")
 
     gr.Markdown(
         "## Video\nThe frames (up to "
@@ -2274,6 +2283,7 @@ def build_video_section(
             video_counts = gr.Markdown(VIDEO_UPLOAD_PROMPT, elem_id="video-counts")
             with gr.Accordion("Raw video counts", open=False):
                 video_details = gr.JSON(label="counts and FLOPs")
+            video_answer_notice = gr.Markdown(visible=False, elem_id="video-answer-notice")
             with gr.Row():
                 with gr.Column(min_width=160):
                     video_pruned_time = gr.Markdown("**With pruning**", elem_id="video-pruned-time")
@@ -2299,18 +2309,35 @@ def build_video_section(
             )
         )
     answer_inputs = [video, video_question, mode, threshold, keep_ratio, max_new_tokens, strategy]
-    answer_outputs = preview_outputs + [video_pruned, video_pruned_time, video_full, video_full_time]
+    answered = gr.State(None)  # what the video answers on screen were made with
+    answer_outputs = preview_outputs + [video_pruned, video_pruned_time, video_full, video_full_time, answered]
+    freshness_outputs = [video_answer_notice, video_pruned, video_full, video_pruned_time, video_full_time]
+    private = {"api_visibility": "private", "preprocess": False, "show_progress": "hidden"}
     for trigger, api_name in ((ask_video.click, "answer_video"), (video_question.submit, None)):
+        made = trigger(
+            on_video_answer,
+            answer_inputs,
+            answer_outputs,
+            api_name=api_name or False,
+            api_visibility="public" if api_name else "private",
+            concurrency_limit=1,
+            concurrency_id="answer",
+            preprocess=False,
+        )
+        # Controls moved while the answer was made: it arrives marked.
+        settled = made.success(
+            on_video_controls_changed, answer_inputs + [answered], freshness_outputs, queue=False, **private
+        )
+        events += [made, settled]
+    for control in (video, video_question, mode, threshold, keep_ratio, max_new_tokens, strategy):
         events.append(
-            trigger(
-                on_video_answer,
-                answer_inputs,
-                answer_outputs,
-                api_name=api_name or False,
-                api_visibility="public" if api_name else "private",
-                concurrency_limit=1,
-                concurrency_id="answer",
-                preprocess=False,
+            control.change(
+                on_video_controls_changed,
+                answer_inputs + [answered],
+                freshness_outputs,
+                queue=False,
+                trigger_mode="always_last",
+                **private,
             )
         )
     return events

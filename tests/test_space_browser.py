@@ -481,20 +481,26 @@ def test_budget_mode_shows_only_its_slider_and_says_what_the_share_counts(served
 
 
 # ------------------------------------------------------------------------------------------------ issue 9, strategies
-def choose(browser, elem_id: str, name: str) -> None:
-    """Open the dropdown `#elem_id` and click the option of the strategy `name` (options are labelled "name: ...")."""
+def choose(browser, elem_id: str, name: str) -> list[str]:
+    """Open the dropdown `#elem_id` and click the option of the strategy `name` (each labelled "name: what it does");
+    returns the names of every option it offered."""
     from selenium.webdriver.common.by import By
 
+    def named(option) -> str:
+        return (option.get_attribute("aria-label") or "").split(":")[0]
+
     browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input").click()
-    option = wait_for(
-        lambda: [
-            o
-            for o in browser.find_elements(By.CSS_SELECTOR, "ul[role=listbox] li[role=option]")
-            if (o.get_attribute("aria-label") or "").split(":")[0].split(" (")[0] == name
-        ],
+    options = wait_for(
+        lambda: (
+            (o := browser.find_elements(By.CSS_SELECTOR, "ul[role=listbox] li[role=option]"))
+            and any(named(option) == name for option in o)
+            and o
+        ),
         f"the option {name} of #{elem_id}",
     )
-    option[0].click()
+    offered = [named(option) for option in options]
+    next(option for option in options if named(option) == name).click()
+    return offered
 
 
 def mode_choices(browser) -> list[str]:
@@ -548,3 +554,79 @@ def test_two_strategies_side_by_side_at_one_budget(served, browser, tmp_path):
     third = wait_for(lambda: (t := table()) and "50% of the scored tokens" in t and t, "the comparison at 50 %")
     assert re.search(r"scored (\d+) / (\d+)", third)[1] != scored[1]
     save_page(browser, "space_compare_strategies.png")
+
+
+# ------------------------------------------------------------------------------------------------ the video section
+@pytest.fixture(scope="module")
+def served_video_family(tmp_path_factory):
+    """The Hub-shaped LLaVA-OneVision checkpoint served with a codebook from its own features (as in
+    `test_space_families`), so the page has its video section."""
+    import torch
+    from hub_fixtures import build_stock_checkpoint
+    from test_space_families import bright_noise
+
+    from llava_codebook import RedundancyCodebook, load_pruned_model
+    from spaces_app import app
+
+    root = tmp_path_factory.mktemp("browser-video-family")
+    checkpoint = build_stock_checkpoint("llava-onevision-qwen2-7b-ov", root / "model")
+    model = load_pruned_model(checkpoint, dtype=torch.float32, pruning_strategy="none")
+    processor = app.load_processor(str(checkpoint), _family_of(model))
+    call = processor.image_processor(images=[bright_noise(150, 90, 1)], return_tensors="pt")
+    with torch.no_grad():
+        features = model.model.encode_for_pruning("image", dict(call)).packed[0]
+    RedundancyCodebook(features[::3].detach().clone()).save_pretrained(root / "codebook")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache-video")))
+        backend = app.load_backend(str(checkpoint), str(root / "codebook"))
+        assert backend.takes_video and not backend.is_demo
+        demo = app.build_demo(backend, examples_dir=tmp_path_factory.mktemp("examples"))
+        url = launch_on_a_free_port(demo, **app.launch_options())
+        try:
+            yield url
+        finally:
+            demo.close()
+
+
+def _family_of(model):
+    from llava_codebook.families import family_for_model_type
+
+    return family_for_model_type(model.config.model_type)
+
+
+def test_a_video_upload_shows_its_frames_answers_and_marks_them_out_of_date(served_video_family, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from test_space_families import bright_noise, write_gif
+
+    clip = write_gif(tmp_path / "clip.gif", [bright_noise(80, 60, 60 + i) for i in range(4)])
+    browser.get(served_video_family)
+    upload = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#input-video input[type=file]"), "video upload")
+    upload[0].send_keys(clip)
+
+    def video_counts():
+        return browser.find_element(By.CSS_SELECTOR, "#video-counts").text
+
+    text = wait_for(lambda: (t := video_counts()) and "Kept" in t and t, "the video's counts")
+    assert "4 frames, each pooled to" in text and "scored" in text
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#video-strip img"), "the strip of frames")
+    browser.find_element(By.CSS_SELECTOR, "#video-question textarea").send_keys("what happens ?")
+    browser.find_element(By.CSS_SELECTOR, "#ask-video").click()
+    wait_for(
+        lambda: "prompt of" in browser.find_element(By.CSS_SELECTOR, "#video-pruned-time").text,
+        "the video answers",
+    )
+    assert not shown(browser, "video-answer-notice")
+    # A peer strategy that needs the tower's [CLS] attention is not even offered here (SigLIP); switching to one that
+    # reads the features re-scores the frames and marks the answers out of date.
+    offered = choose(browser, "strategy", "divprune")
+    assert offered == ["codebook", "codebook_diverse", "divprune", "random", "uniform"]
+    wait_for(lambda: "Strategy: divprune" in video_counts(), "the video re-scored with divprune")
+    notice = wait_for(
+        lambda: (
+            shown(browser, "video-answer-notice") and browser.find_element(By.CSS_SELECTOR, "#video-answer-notice").text
+        ),
+        "the out-of-date notice of the video answers",
+    )
+    assert "the strategy" in notice and "Ask about the video" in notice
+    assert "(out of date)" in browser.find_element(By.CSS_SELECTOR, "#video-pruned").text
+    save_page(browser, "space_video_section.png")

@@ -286,3 +286,28 @@ def test_a_served_video_family_takes_an_uploaded_video_end_to_end_and_refuses_pa
     )
     assert "'cls_attention' strategy ranks tokens by the vision tower's [CLS] attention" in refused
     assert "choose one of: codebook, codebook_diverse, divprune, random, uniform" in refused
+
+
+def test_video_answers_are_marked_out_of_date_when_a_control_they_were_made_with_moves(served_families, tmp_path):
+    import gradio as gr
+
+    backend = served_families["llava-onevision-qwen2-7b-ov"]
+    examples = tmp_path / "examples"
+    demo = app.build_demo(backend, examples_dir=examples)
+    steps = {fn.name: fn.fn for fn in demo.fns.values()}
+    path = write_gif(examples / "clip.gif", [bright_noise(80, 60, 40 + i) for i in range(3)])
+    controls = [{"path": path}, "what is it ?", "budget", THRESHOLD, 0.4, 3, "codebook"]
+    *outputs, made_with = steps["on_video_answer"](*controls)
+    assert outputs[3] and made_with == app.answer_signature(*controls)
+    mark = steps["on_video_controls_changed"]
+    notice, pruned, *_ = mark(*controls, made_with)
+    assert notice.visible is False and not pruned.elem_classes
+    notice, pruned, full, *_ = mark(*controls[:4], 0.6, *controls[5:], made_with)
+    assert notice.visible and "the token budget has changed" in notice.value and "**Ask about the video**" in notice.value
+    assert app.STALE_CLASS in pruned.elem_classes and pruned.label == "Answer with pruning (out of date)"
+    notice, *_ = mark({"path": str(examples / "other.gif")}, *controls[1:], made_with)
+    assert "the video has changed" in notice.value
+    notice, *_ = mark(*controls[:6], "divprune", made_with)
+    assert "the strategy has changed" in notice.value
+    # Nothing answered yet: nothing to mark.
+    assert all(isinstance(update, type(gr.skip())) for update in mark(*controls, None))
