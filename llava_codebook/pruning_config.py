@@ -171,6 +171,7 @@ PRUNING_FIELDS_DOC = r"""
     pruning_mode (`str`, *optional*, defaults to `"threshold"`):
         `"threshold"` keeps token *i* iff `max_k cos(z_i, C_k) < codebook_threshold` (the kept count varies per
         image); `"budget"` keeps the `keep_tokens` (or `round(keep_ratio * L)`) lowest-scoring tokens of each image.
+        A call that passes `keep_tokens` or `keep_ratio` without `pruning_mode` runs in budget mode.
     codebook_threshold (`float`, *optional*, defaults to 0.11):
         Cosine threshold of threshold mode, in `[-1, 1]`. Higher keeps more tokens.
     keep_ratio (`float`, *optional*, defaults to 0.25):

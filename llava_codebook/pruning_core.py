@@ -579,6 +579,10 @@ class PruningModelMixin(PruningMixin):
         if overrides.get("keep_ratio") is not None and overrides.get("keep_tokens") is None:
             # A share asked for in this call is the budget of this call, even where the config fixes a token count.
             values["keep_tokens"] = None
+        budget_given = overrides.get("keep_tokens") is not None or overrides.get("keep_ratio") is not None
+        if budget_given and overrides.get("pruning_mode") is None:
+            # A budget asked for in this call means budget mode, whatever mode the config is in.
+            values["pruning_mode"] = "budget"
         pruning = overrides.get("pruning")
         if pruning is True and values["pruning_strategy"] == "none":
             values["pruning_strategy"] = "codebook"

@@ -381,6 +381,15 @@ def test_threshold_mode_belongs_to_the_codebook_and_a_peer_in_it_is_refused_at_s
         tiny_model.generate(**inputs, pruning_strategy="divprune", **GREEDY)
     with pytest.raises(ValueError, match="'hired' has no threshold mode"):
         LlavaNextCodebookConfig(pruning_strategy="hired")
+    with pytest.raises(ValueError, match="'divprune' has no threshold mode"):  # asked for explicitly: refused
+        tiny_model.generate(**inputs, pruning_strategy="divprune", pruning_mode="threshold", keep_tokens=4, **GREEDY)
+    # A budget given in the call means budget mode, on a config in threshold mode too.
+    out = tiny_model.generate(
+        **inputs, pruning_strategy="divprune", keep_tokens=4, return_dict_in_generate=True, **GREEDY
+    )
+    assert out.visual_token_selection.strategy == "divprune"
+    assert (out.visual_token_selection.num_kept - out.visual_token_selection.newline_mask[0].sum()).tolist() == [4]
+    assert tiny_model.config.pruning_mode == "threshold"
     tiny_model.config.pruning_mode = "budget"
     out = tiny_model.generate(
         **inputs, pruning_strategy="divprune", keep_tokens=4, return_dict_in_generate=True, **GREEDY
