@@ -1845,6 +1845,18 @@ def control_visibility(strategy: str, mode: str) -> tuple:
     return gr.Slider(visible=reads_threshold), gr.Slider(visible=mode == "budget")
 
 
+# How the page's events queue: previews (run on every slider move, the latest one wins) two at a time, answers (a
+# generation each) one at a time. Both take the image payload unprocessed: `check_image` reads it.
+PREVIEW_EVENT = {
+    "trigger_mode": "always_last",
+    "show_progress": "hidden",
+    "concurrency_limit": 2,
+    "concurrency_id": "preview",
+    "preprocess": False,
+}
+ANSWER_EVENT = {"concurrency_limit": 1, "concurrency_id": "answer", "preprocess": False}
+
+
 def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.Blocks:
     examples_dir = Path(examples_dir or Path(tempfile.gettempdir()) / "llava-codebook-space-examples")
     overlays = OverlayFiles()
@@ -2136,11 +2148,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                     preview_inputs,
                     preview_outputs,
                     api_name="preview" if control is image else False,
-                    trigger_mode="always_last",
-                    show_progress="hidden",
-                    concurrency_limit=2,
-                    concurrency_id="preview",
-                    preprocess=False,
+                    **PREVIEW_EVENT,
                 )
             )
         mode.change(on_mode, [mode, strategy], [threshold, keep_ratio], queue=False, **private)
@@ -2151,11 +2159,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                 on_preview,
                 preview_inputs,
                 preview_outputs,
-                trigger_mode="always_last",
-                show_progress="hidden",
-                concurrency_limit=2,
-                concurrency_id="preview",
-                preprocess=False,
+                **PREVIEW_EVENT,
                 api_visibility="private",
             )
         )
@@ -2166,11 +2170,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                     compare_inputs,
                     compare_outputs,
                     api_name="compare" if control is image else False,
-                    trigger_mode="always_last",
-                    show_progress="hidden",
-                    concurrency_limit=2,
-                    concurrency_id="preview",
-                    preprocess=False,
+                    **PREVIEW_EVENT,
                 )
             )
         for control in (image, question, mode, threshold, keep_ratio, max_new_tokens, strategy):
@@ -2192,9 +2192,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                 answer_outputs,
                 api_name=api_name or False,
                 api_visibility="public" if api_name else "private",
-                concurrency_limit=1,
-                concurrency_id="answer",
-                preprocess=False,
+                **ANSWER_EVENT,
             )
             settled = answered_now.success(
                 on_answered,
@@ -2301,11 +2299,7 @@ def build_video_section(
                 preview_inputs,
                 preview_outputs,
                 api_name="preview_video" if control is video else False,
-                trigger_mode="always_last",
-                show_progress="hidden",
-                concurrency_limit=2,
-                concurrency_id="preview",
-                preprocess=False,
+                **PREVIEW_EVENT,
             )
         )
     answer_inputs = [video, video_question, mode, threshold, keep_ratio, max_new_tokens, strategy]
@@ -2320,9 +2314,7 @@ def build_video_section(
             answer_outputs,
             api_name=api_name or False,
             api_visibility="public" if api_name else "private",
-            concurrency_limit=1,
-            concurrency_id="answer",
-            preprocess=False,
+            **ANSWER_EVENT,
         )
         # Controls moved while the answer was made: it arrives marked.
         settled = made.success(
