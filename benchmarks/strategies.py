@@ -11,6 +11,7 @@ as a share of the plain vision tower + projector time measured in the same run; 
 with hooks vs without) is reported separately. Kept sets are compared pairwise (Jaccard over non-newline tokens).
 
     python benchmarks/strategies.py [--repeats 3] [--device cpu|cuda] [--dtype float32|bfloat16] [--out FILE]
+    python benchmarks/strategies.py --smoke   # tiny geometry, one round: checks the script runs (not a measurement)
 """
 
 import argparse
@@ -28,11 +29,9 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextImageProcessorP
 
 from llava_codebook import LlavaNextCodebookConfig, LlavaNextCodebookForConditionalGeneration, RedundancyCodebook
 from llava_codebook.processing_llava_next_codebook import LlavaNextCodebookProcessor
-from llava_codebook.signals import SignalRequest
-from llava_codebook.strategies import STRATEGIES, Segment
+from llava_codebook.strategies import STRATEGIES
 from llava_codebook.tiny import build_tiny_tokenizer
 
-BUDGETS = (576, 320, 160, 64)
 STRATEGY_NAMES = (
     "codebook",
     "codebook_diverse",
@@ -43,43 +42,74 @@ STRATEGY_NAMES = (
     "random",
     "uniform",
 )
-PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-NUM_PROTOTYPES = 969
+# The measured geometry (LLaVA-NeXT-7B), and a tiny one that only checks that the script runs (`--smoke`, used by
+# the test suite: no number it writes is a measurement).
+GEOMETRIES = {
+    "llava-next-7b": dict(
+        text_hidden=4096,
+        text_heads=(32, 8),
+        vision_hidden=1024,
+        vision_mlp=4096,
+        vision_layers=24,
+        vision_heads=16,
+        crop=336,
+        patch=14,
+        pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        prototypes=969,
+        side=672,
+        budgets=(576, 320, 160, 64),
+    ),
+    "smoke": dict(
+        text_hidden=64,
+        text_heads=(4, 2),
+        vision_hidden=32,
+        vision_mlp=64,
+        vision_layers=3,
+        vision_heads=2,
+        crop=56,
+        patch=14,
+        pinpoints=[[56, 112], [112, 56], [112, 112]],
+        prototypes=8,
+        side=112,
+        budgets=(16, 8, 4, 2),
+    ),
+}
 
 
-def build(device: str, dtype: torch.dtype):
+def build(device: str, dtype: torch.dtype, g: dict):
     torch.manual_seed(0)
     tokenizer = build_tiny_tokenizer()
     config = LlavaNextCodebookConfig(
         text_config=LlamaConfig(
             vocab_size=len(tokenizer),
-            hidden_size=4096,
+            hidden_size=g["text_hidden"],
             intermediate_size=256,
             num_hidden_layers=1,
-            num_attention_heads=32,
-            num_key_value_heads=8,
+            num_attention_heads=g["text_heads"][0],
+            num_key_value_heads=g["text_heads"][1],
         ),
         vision_config=CLIPVisionConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=336,
-            patch_size=14,
+            hidden_size=g["vision_hidden"],
+            intermediate_size=g["vision_mlp"],
+            num_hidden_layers=g["vision_layers"],
+            num_attention_heads=g["vision_heads"],
+            image_size=g["crop"],
+            patch_size=g["patch"],
             projection_dim=768,
         ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=PINPOINTS,
+        image_grid_pinpoints=g["pinpoints"],
         pruning_mode="budget",
     )
     model = LlavaNextCodebookForConditionalGeneration(config).eval().to(device=device, dtype=dtype)
-    model.load_codebook(RedundancyCodebook(torch.randn(NUM_PROTOTYPES, 4096)))
+    model.load_codebook(RedundancyCodebook(torch.randn(g["prototypes"], g["text_hidden"])))
+    crop = g["crop"]
     processor = LlavaNextCodebookProcessor(
         image_processor=LlavaNextImageProcessorPil(
-            size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=PINPOINTS
+            size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop}, image_grid_pinpoints=g["pinpoints"]
         ),
         tokenizer=tokenizer,
-        patch_size=14,
+        patch_size=g["patch"],
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
     )
@@ -95,21 +125,27 @@ def test_image(side: int = 672) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--out", default=None, help="defaults to benchmarks/results/strategies[-<device>].md")
-    args = parser.parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(__file__).parent
-        / "results"
-        / ("strategies.md" if device.type == "cpu" else f"strategies-{device.type}.md")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny geometry, one round: checks that the script runs (not a measurement)"
     )
+    args = parser.parse_args(argv)
+    g = GEOMETRIES["smoke" if args.smoke else "llava-next-7b"]
+    if args.smoke:
+        args.repeats = 1
+    budgets, prototypes, width = g["budgets"], g["prototypes"], g["text_hidden"]
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    name = "strategies-smoke" if args.smoke else "strategies"
+    if device.type != "cpu":
+        name += f"-{device.type}"
+    # A smoke run never lands beside the measured tables.
+    folder = Path(__file__).resolve().parents[1] / "results-local" if args.smoke else Path(__file__).parent / "results"
+    out = Path(args.out) if args.out else folder / f"{name}.md"
 
     def sync():
         if device.type == "cuda":
@@ -122,27 +158,24 @@ def main() -> None:
         sync()
         return time.perf_counter() - start, result
 
-    model, processor = build(args.device, dtype)
+    model, processor = build(args.device, dtype, g)
     base = model.model
-    inputs = processor(images=[test_image()], text=["<image>\nwhat does this image show ?"], return_tensors="pt")
+    inputs = processor(
+        images=[test_image(g["side"])], text=["<image>\nwhat does this image show ?"], return_tensors="pt"
+    )
     pixel_values = inputs["pixel_values"].to(device=device, dtype=dtype)
     image_sizes = inputs["image_sizes"].to(device)
-    settings0 = model.pruning_settings(pruning_mode="budget")
-    # One request covering every strategy's needs: [CLS] rows of layers -2 and 0, keys of -2, projector inputs.
-    request = SignalRequest(
-        cls_attention_layers=(settings0.cls_attention_layer, settings0.hired_budget_layer),
-        key_layers=(settings0.cls_attention_layer,),
-        projector_inputs=True,
-    )
 
     def plain():
         with torch.no_grad():
             return base.get_image_features(pixel_values, image_sizes, return_dict=True)
 
     def probed():
+        # One pass with every compared strategy's tower signals ([CLS] rows of layers -2 and 0, keys of -2, the
+        # projector inputs), as the Space encodes.
         call = {"pixel_values": pixel_values, "image_sizes": image_sizes}
         with torch.no_grad():
-            return base._encode_with_signals("image", call, request)
+            return base.encode_for_strategies("image", call, tuple(STRATEGY_NAMES))
 
     # The probes' own work (their hooks and the packing of what they captured), timed where it runs: a direct measure
     # that the difference between two tower passes on a loaded machine cannot give.
@@ -150,14 +183,7 @@ def main() -> None:
 
     plain()  # warm-up
     visual = probed()
-    features = visual.packed[0]
-    segment = Segment(
-        features=features,
-        newline=visual.newline[0].to(device),
-        crop_ids=visual.crop_ids[0].to(device),
-        crop_grid=visual.crop_grids[0],
-        signals=visual.extra["signals"][0],
-    )
+    (segment,) = visual.segments()
     newline = segment.newline
     n_visual, n_newline = int((~newline).sum()), int(newline.sum())
     # With a random codebook no absolute threshold means anything: codebook_diverse gets this image's median score,
@@ -168,7 +194,7 @@ def main() -> None:
         (name, budget): model.pruning_settings(
             pruning_strategy=name, pruning_mode="budget", keep_tokens=budget, codebook_threshold=median_score
         )
-        for budget in BUDGETS
+        for budget in budgets
         for name in STRATEGY_NAMES
     }
     kept_sets, counts = {}, {}
@@ -205,19 +231,33 @@ def main() -> None:
     def share(name, budget):
         return shares[name, budget]
 
+    tower_flops = _tower_flops(
+        crops=int(visual.num_crops[0]),
+        sequence=(g["crop"] // g["patch"]) ** 2 + 1,
+        layers=g["vision_layers"],
+        width=g["vision_hidden"],
+        mlp=g["vision_mlp"],
+        out=width,
+    )
     lines = [
-        "# Strategies benchmark",
+        "# Strategies benchmark"
+        + (" (SMOKE RUN: tiny geometry, checks that the script runs; not a measurement)" if args.smoke else ""),
         "",
         f"Command: `python benchmarks/strategies.py --repeats {args.repeats} --device {args.device} "
-        f"--dtype {args.dtype}`",
+        f"--dtype {args.dtype}{' --smoke' if args.smoke else ''}`",
         "",
         f"Machine: {_machine(device)}; torch {torch.__version__}, Python {platform.python_version()}; "
         f"{torch.get_num_threads()} torch threads.",
         "",
-        "Model: random weights at LLaVA-NeXT-7B geometry: CLIP-L/336 vision tower (1024 x 24 layers, 16 heads, "
-        "14 px patches), projector 1024 -> 4096 -> 4096, sdpa attention, "
-        f"{args.dtype}; one 672x672 image (half noise, half flat): {n_visual} visual tokens + {n_newline} row "
-        f"newlines over 5 crops; codebook of {NUM_PROTOTYPES} random prototypes (4096-d). Budgets count visual "
+        (
+            f"Model: the tiny smoke geometry ({g})"
+            if args.smoke
+            else "Model: random weights at LLaVA-NeXT-7B geometry: CLIP-L/336 vision tower (1024 x 24 layers, 16 "
+            "heads, 14 px patches), projector 1024 -> 4096 -> 4096, sdpa attention"
+        )
+        + f", {args.dtype}; one {g['side']}x{g['side']} image (half noise, half flat): {n_visual} visual tokens + "
+        f"{n_newline} row newlines over {visual.num_crops[0]} crops; codebook of {prototypes} random prototypes "
+        f"({width}-d). Budgets count visual "
         f"tokens (newlines kept on top). `codebook_diverse` uses codebook_threshold = {median_score:.4f}, this "
         "image's median codebook score, so half its tokens count as redundant.",
         "",
@@ -232,23 +272,23 @@ def main() -> None:
         "",
         "## Selection time, as a share of the vision tower + projector time",
         "",
-        "| strategy | " + " | ".join(f"{b} kept" for b in BUDGETS) + " |",
-        "|---|" + "---|" * len(BUDGETS),
+        "| strategy | " + " | ".join(f"{b} kept" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
     ]
     for name in STRATEGY_NAMES:
-        cells = [f"{selection_times[name, b] * 1e3:.1f} ms ({share(name, b):.2%})" for b in BUDGETS]
+        cells = [f"{selection_times[name, b] * 1e3:.1f} ms ({share(name, b):.2%})" for b in budgets]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     lines += ["", "Kept visual tokens (+ newlines):", ""]
-    lines.append("| strategy | " + " | ".join(str(b) for b in BUDGETS) + " |")
-    lines.append("|---|" + "---|" * len(BUDGETS))
+    lines.append("| strategy | " + " | ".join(str(b) for b in budgets) + " |")
+    lines.append("|---|" + "---|" * len(budgets))
     for name in STRATEGY_NAMES:
         lines.append(
-            f"| `{name}` | " + " | ".join(f"{counts[name, b][0]} + {counts[name, b][1]}" for b in BUDGETS) + " |"
+            f"| `{name}` | " + " | ".join(f"{counts[name, b][0]} + {counts[name, b][1]}" for b in budgets) + " |"
         )
 
-    ratios = {b: selection_times["divprune", b] / selection_times["codebook", b] for b in BUDGETS}
-    worst = max(STRATEGY_NAMES, key=lambda n: max(share(n, b) for b in BUDGETS))
-    over = sorted({n for n in STRATEGY_NAMES for b in BUDGETS if share(n, b) > 0.02})
+    ratios = {b: selection_times["divprune", b] / selection_times["codebook", b] for b in budgets}
+    worst = max(STRATEGY_NAMES, key=lambda n: max(share(n, b) for b in budgets))
+    over = sorted({n for n in STRATEGY_NAMES for b in budgets if share(n, b) > 0.02})
     lines += [
         "",
         "## Targets",
@@ -256,24 +296,24 @@ def main() -> None:
         "- Codebook selection >= 10x cheaper than DivPrune on the same features: "
         + ("**met**" if min(ratios.values()) >= 10 else "**not met**")
         + " (DivPrune / codebook time: "
-        + ", ".join(f"{ratios[b]:.1f}x at {b}" for b in BUDGETS)
+        + ", ".join(f"{ratios[b]:.1f}x at {b}" for b in budgets)
         + ").",
         "- Every strategy's selection <= 2 % of the vision tower: "
         + ("**met**" if not over else f"**not met** by {', '.join(f'`{n}`' for n in over)}")
-        + f" (largest: `{worst}`, {max(share(worst, b) for b in BUDGETS):.2%}).",
+        + f" (largest: `{worst}`, {max(share(worst, b) for b in budgets):.2%}).",
         "",
         f"Arithmetic behind both: DivPrune's pairwise cosine distances cost `n^2 x D` and the codebook's scores "
-        f"`n x K x D`, a ratio of `n / K` = {n_visual} / {NUM_PROTOTYPES} = {n_visual / NUM_PROTOTYPES:.1f} "
+        f"`n x K x D`, a ratio of `n / K` = {n_visual} / {prototypes} = {n_visual / prototypes:.1f} "
         "whatever the hardware, so where both are bound by their matrix product the codebook is about that much "
-        f"cheaper, not 10x. The vision tower costs about {_tower_flops() / 1e12:.2f} TFLOP here, DivPrune's "
-        f"product {2 * n_visual**2 * 4096 / 1e9:.0f} GFLOP ({2 * n_visual**2 * 4096 / _tower_flops():.1%}) "
-        f"and the codebook's {2 * n_visual * NUM_PROTOTYPES * 4096 / 1e9:.0f} GFLOP "
-        f"({2 * n_visual * NUM_PROTOTYPES * 4096 / _tower_flops():.1%}). On a GPU DivPrune also runs `k` "
+        f"cheaper, not 10x. The vision tower costs about {tower_flops / 1e12:.2f} TFLOP here, DivPrune's "
+        f"product {2 * n_visual**2 * width / 1e9:.0f} GFLOP ({2 * n_visual**2 * width / tower_flops:.1%}) "
+        f"and the codebook's {2 * n_visual * prototypes * width / 1e9:.0f} GFLOP "
+        f"({2 * n_visual * prototypes * width / tower_flops:.1%}). On a GPU DivPrune also runs `k` "
         "sequential greedy steps of a few small kernels each, latency a single product does not have.",
         "",
         "## Kept-set overlap (Jaccard over visual tokens)",
     ]
-    for budget in BUDGETS:
+    for budget in budgets:
         lines += ["", f"{budget} kept:", "", "| | " + " | ".join(f"`{n}`" for n in STRATEGY_NAMES) + " |"]
         lines.append("|---|" + "---|" * len(STRATEGY_NAMES))
         for a in STRATEGY_NAMES:
@@ -312,10 +352,11 @@ def _instrument_probes(sync) -> list[float]:
     return spent
 
 
-def _tower_flops(crops: int = 5, sequence: int = 577, layers: int = 24, width: int = 1024, mlp: int = 4096) -> float:
-    """Multiply-adds x 2 of the CLIP-L tower over the crops (projections, MLP, attention) plus the projector."""
+def _tower_flops(crops: int, sequence: int, layers: int, width: int, mlp: int, out: int) -> float:
+    """Multiply-adds x 2 of a CLIP tower over the crops (projections, MLP, attention) plus the two-layer projector to
+    `out`."""
     per_token = 2 * (4 * width * width + 2 * width * mlp + 2 * sequence * width)
-    projector = 2 * (width * 4096 + 4096 * 4096)
+    projector = 2 * (width * out + out * out)
     return crops * sequence * (layers * per_token) + crops * (sequence - 1) * projector
 
 
