@@ -886,22 +886,33 @@ def preview(
 ) -> Preview:
     """Overlays and counts for the current settings; the vision tower runs only the first time an image is seen.
     With `allowed_dirs`, an image given as a path must lie in one of those folders (see `locate_image`)."""
-    inputs = validate_inputs(
+    return show_selection(
+        backend, _image_inputs(backend, image, question, mode, threshold, keep_ratio, None, allowed_dirs, strategy)
+    )
+
+
+def _image_token(backend: Backend) -> str:
+    return getattr(backend.processor, "image_token", None) or "<image>"
+
+
+def _image_inputs(
+    backend, image, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs, strategy, required=False
+) -> Inputs:
+    """`validate_inputs` for an image request to this backend: its image placeholder, the strategies it serves for
+    images (the image twin of `_video_inputs`)."""
+    return validate_inputs(
         image,
         question,
         mode,
         threshold,
         keep_ratio,
+        max_new_tokens,
+        question_required=required,
         image_token=_image_token(backend),
         allowed_dirs=allowed_dirs,
         strategy=strategy,
         strategies=backend.strategies("image"),
     )
-    return show_selection(backend, inputs)
-
-
-def _image_token(backend: Backend) -> str:
-    return getattr(backend.processor, "image_token", None) or "<image>"
 
 
 @dataclass
@@ -942,14 +953,6 @@ def _nested_nbytes(value) -> int:
     return 0
 
 
-def _to_cpu(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    return value
-
-
 def family_features(backend: Backend, modality: str, call: dict):
     """The family's own encoding of one image or video, with the tower signals every strategy the Space offers for
     it needs (`encode_for_strategies`): `(packed, newline, crop_ids, crop_grid, signals)` on the CPU. `call` holds
@@ -967,7 +970,7 @@ def family_features(backend: Backend, modality: str, call: dict):
         segment.newline.cpu(),
         segment.crop_ids.cpu(),
         segment.crop_grid,
-        _to_cpu(segment.signals),
+        _to_device(segment.signals, torch.device("cpu")),
     )
 
 
@@ -1008,17 +1011,16 @@ def score_visual(backend: Backend, encoded: EncodedVisual, overrides: dict):
     on a GPU: its merged tokens go through the model's projector, so that selection runs on the model's device."""
     settings = backend.model.pruning_settings(**overrides)
     if STRATEGIES[settings.pruning_strategy].merges and backend.model.device.type != "cpu":
-        return on_model_device(backend, select_cached, encoded, overrides, True)
-    return select_cached(backend, encoded, overrides, False)
+        return on_model_device(backend, select_cached, encoded, settings, True)
+    return select_cached(backend, encoded, settings, False)
 
 
-def select_cached(backend: Backend, encoded: EncodedVisual, overrides: dict, on_device: bool):
-    """`select_segments` on one cached encoding (moved to the model's device first with `on_device`); the
-    selection comes back on the CPU."""
+def select_cached(backend: Backend, encoded: EncodedVisual, settings, on_device: bool):
+    """`select_segments` on one cached encoding under `settings` (`pruning_settings`), moved to the model's device
+    first with `on_device`; the selection comes back on the CPU."""
     from llava_codebook.strategies import Segment
 
     device = backend.model.device if on_device else torch.device("cpu")
-    settings = backend.model.pruning_settings(**overrides)
     segment = Segment(
         encoded.packed.to(device),
         encoded.newline.to(device),
@@ -1125,7 +1127,8 @@ def shown_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def format_grid_counts(counts: dict, flops: dict, views: dict, family: str) -> str:
-    """The counts table of `draw_selection` for grid-drawn families: the same rows as `format_counts`, the views named by their grids."""
+    """The counts table of `draw_selection` for grid-drawn families: the same rows as `format_counts`, the views
+    named by their grids."""
     base, tile, scored, newline, every = (counts[k] for k in ("base", "tile", "scored", "newline", "all"))
     rows, cols = views["base"].shape
     lines = [
@@ -1342,18 +1345,8 @@ def answer(
     strategy: str = "codebook",
 ) -> Answer:
     """Check the inputs, show the selection (cached features), then answer with pruning and without."""
-    inputs = validate_inputs(
-        image,
-        question,
-        mode,
-        threshold,
-        keep_ratio,
-        max_new_tokens,
-        question_required=True,
-        image_token=_image_token(backend),
-        allowed_dirs=allowed_dirs,
-        strategy=strategy,
-        strategies=backend.strategies("image"),
+    inputs = _image_inputs(
+        backend, image, question, mode, threshold, keep_ratio, max_new_tokens, allowed_dirs, strategy, required=True
     )
     shown = show_selection(backend, inputs)
     generations = on_model_device(
@@ -1402,20 +1395,9 @@ def compare(
     image: overlays and counts of each, and how far their kept sets agree. Both are re-scored from the one cached
     encoding of the image (features and tower signals): the vision tower runs only the first time an image is seen.
     `threshold` is the codebook's, read by a strategy that drops codebook-redundant tokens first."""
-    available = backend.strategies("image")
-    strategy_a = check_strategy(strategy_a, available)
-    strategy_b = check_strategy(strategy_b, available)
-    inputs = validate_inputs(
-        image,
-        question,
-        "budget",
-        threshold,
-        keep_ratio,
-        image_token=_image_token(backend),
-        allowed_dirs=allowed_dirs,
-        strategy=strategy_a,
-        strategies=available,
-    )
+    strategy_b = check_strategy(strategy_b, backend.strategies("image"))
+    inputs = _image_inputs(backend, image, question, "budget", threshold, keep_ratio, None, allowed_dirs, strategy_a)
+    strategy_a = inputs.strategy
     encoded = encode_visual(backend, "image", inputs.image)
     shown = []
     for strategy in (strategy_a, strategy_b):
@@ -1885,18 +1867,17 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
         event: it leaves every output as it was, where a failed answer would mark each one with an error badge. The
         hidden error stops the chain. Returns what the answer will be made with, for `on_answered`."""
         try:
-            validate_inputs(
+            _image_inputs(
+                backend,
                 image,
                 question,
                 mode,
                 threshold,
                 keep_ratio,
                 max_new_tokens,
-                question_required=True,
-                image_token=_image_token(backend),
-                allowed_dirs=allowed_dirs,
-                strategy=strategy,
-                strategies=backend.strategies("image"),
+                allowed_dirs,
+                strategy,
+                required=True,
             )
         except InputError as exc:
             message = _user_error(exc).message

@@ -559,26 +559,15 @@ def test_two_strategies_side_by_side_at_one_budget(served, browser, tmp_path):
 # ------------------------------------------------------------------------------------------------ the video section
 @pytest.fixture(scope="module")
 def served_video_family(tmp_path_factory):
-    """The Hub-shaped LLaVA-OneVision checkpoint served with a codebook from its own features (as in
-    `test_space_families`), so the page has its video section."""
-    import torch
-    from hub_fixtures import build_stock_checkpoint
-    from test_space_families import bright_noise
+    """The Hub-shaped LLaVA-OneVision checkpoint served as `test_space_families` serves it, so the page has its video
+    section."""
+    from test_space_families import family_backend
 
-    from llava_codebook import RedundancyCodebook, load_pruned_model
     from spaces_app import app
 
-    root = tmp_path_factory.mktemp("browser-video-family")
-    checkpoint = build_stock_checkpoint("llava-onevision-qwen2-7b-ov", root / "model")
-    model = load_pruned_model(checkpoint, dtype=torch.float32, pruning_strategy="none")
-    processor = app.load_processor(str(checkpoint), _family_of(model))
-    call = processor.image_processor(images=[bright_noise(150, 90, 1)], return_tensors="pt")
-    with torch.no_grad():
-        features = model.model.encode_for_pruning("image", dict(call)).packed[0]
-    RedundancyCodebook(features[::3].detach().clone()).save_pretrained(root / "codebook")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache-video")))
-        backend = app.load_backend(str(checkpoint), str(root / "codebook"))
+        backend = family_backend("llava-onevision-qwen2-7b-ov", tmp_path_factory.mktemp("browser-video-family"))
         assert backend.takes_video and not backend.is_demo
         demo = app.build_demo(backend, examples_dir=tmp_path_factory.mktemp("examples"))
         url = launch_on_a_free_port(demo, **app.launch_options())
@@ -586,12 +575,6 @@ def served_video_family(tmp_path_factory):
             yield url
         finally:
             demo.close()
-
-
-def _family_of(model):
-    from llava_codebook.families import family_for_model_type
-
-    return family_for_model_type(model.config.model_type)
 
 
 def test_a_video_upload_shows_its_frames_answers_and_marks_them_out_of_date(served_video_family, browser, tmp_path):

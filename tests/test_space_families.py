@@ -47,29 +47,28 @@ def write_gif(path: Path, frames: list[Image.Image]) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def served_families(tmp_path_factory):
-    """family -> Backend, loaded from the family's checkpoint with a codebook built from its own image features
-    (every third token of a picture), so that every image and video loses some tokens at `THRESHOLD`."""
-    root = tmp_path_factory.mktemp("space-families")
-    out = {}
-    for name in FAMILY_NAMES:
-        checkpoint = build_stock_checkpoint(name, root / name)
-        model = load_pruned_model(checkpoint, dtype=torch.float32, pruning_strategy="none")
-        backend_probe = app.load_processor(str(checkpoint), _family(model))
-        call = backend_probe.image_processor(images=[bright_noise(150, 90, 1)], return_tensors="pt")
-        with torch.no_grad():
-            features = model.model.encode_for_pruning("image", dict(call)).packed[0]
-        codebook_dir = root / f"{name}-codebook"
-        RedundancyCodebook(features[::3].detach().clone()).save_pretrained(codebook_dir)
-        out[name] = app.load_backend(str(checkpoint), str(codebook_dir))
-    return out
-
-
-def _family(model):
+def family_backend(name: str, root: Path) -> "app.Backend":
+    """The Space's backend for family `name`, loaded from its Hub-shaped checkpoint under `root` with a codebook built
+    from its own image features (every third token of a picture), so that every image and video loses some tokens at
+    `THRESHOLD`: what `MODEL_ID=... CODEBOOK_REPO=...` would serve."""
     from llava_codebook.families import family_for_model_type
 
-    return family_for_model_type(model.config.model_type)
+    checkpoint = build_stock_checkpoint(name, root / name)
+    model = load_pruned_model(checkpoint, dtype=torch.float32, pruning_strategy="none")
+    processor = app.load_processor(str(checkpoint), family_for_model_type(model.config.model_type))
+    call = processor.image_processor(images=[bright_noise(150, 90, 1)], return_tensors="pt")
+    with torch.no_grad():
+        features = model.model.encode_for_pruning("image", dict(call)).packed[0]
+    codebook_dir = root / f"{name}-codebook"
+    RedundancyCodebook(features[::3].detach().clone()).save_pretrained(codebook_dir)
+    return app.load_backend(str(checkpoint), str(codebook_dir))
+
+
+@pytest.fixture(scope="module")
+def served_families(tmp_path_factory):
+    """family -> Backend (`family_backend`)."""
+    root = tmp_path_factory.mktemp("space-families")
+    return {name: family_backend(name, root) for name in FAMILY_NAMES}
 
 
 def model_keep_mask(backend, kind: str, media, question: str = "what is this ?", **overrides) -> np.ndarray:
@@ -303,7 +302,9 @@ def test_video_answers_are_marked_out_of_date_when_a_control_they_were_made_with
     notice, pruned, *_ = mark(*controls, made_with)
     assert notice.visible is False and not pruned.elem_classes
     notice, pruned, full, *_ = mark(*controls[:4], 0.6, *controls[5:], made_with)
-    assert notice.visible and "the token budget has changed" in notice.value and "**Ask about the video**" in notice.value
+    assert (
+        notice.visible and "the token budget has changed" in notice.value and "**Ask about the video**" in notice.value
+    )
     assert app.STALE_CLASS in pruned.elem_classes and pruned.label == "Answer with pruning (out of date)"
     notice, *_ = mark({"path": str(examples / "other.gif")}, *controls[1:], made_with)
     assert "the video has changed" in notice.value
