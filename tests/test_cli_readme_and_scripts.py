@@ -105,6 +105,7 @@ def fake_checkout(tmp_path):
     for script in ("setup-env.sh", "demo.sh"):
         shutil.copy(REPO_ROOT / "scripts" / script, root / "scripts")
     (root / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    (root / "constraints.txt").write_text("numpy==2.0.0\n")
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "python").write_text(FAKE_PYTHON)
@@ -124,32 +125,61 @@ def run_logged(root: Path, command: str, fail: bool = False) -> list[str]:
     return [line.strip() for line in log.read_text().splitlines()] if log.exists() else []
 
 
+def package_install(root: Path, extras: str = "") -> str:
+    """How setup-env.sh installs the package: from the lock, built with the locked build tools."""
+    target = f"{root}[{extras}]" if extras else str(root)
+    return f"-m pip install --quiet --constraint {root}/constraints.txt --no-build-isolation -e {target}"
+
+
 def setup_env(root: Path, extras: str, fail: bool = False) -> list[str]:
-    """Source setup-env.sh as demo.sh / test.sh do; returns the pip installs it ran."""
+    """Source setup-env.sh as demo.sh / test.sh do; returns the package installs it ran."""
     calls = run_logged(root, f'source "{root}/scripts/setup-env.sh" {extras}', fail)
-    return [call for call in calls if call.startswith("-m pip install --quiet -e")]
+    return [call for call in calls if call.startswith("-m pip install") and " -e " in call]
 
 
-def test_setup_env_installs_once_then_only_when_pyproject_or_extras_change(fake_checkout):
+def test_setup_env_installs_once_then_only_when_pyproject_lock_or_extras_change(fake_checkout):
     root = fake_checkout
-    assert setup_env(root, "space") == [f"-m pip install --quiet -e {root}[space]"]
+    assert setup_env(root, "space") == [package_install(root, "space")]
     assert setup_env(root, "space") == []  # the demo's second start: no pip at all
-    assert setup_env(root, "test") == [f"-m pip install --quiet -e {root}[test]"]
+    assert setup_env(root, "test") == [package_install(root, "test")]
     assert setup_env(root, "space") == []
     (root / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["numpy"]\n')
-    assert setup_env(root, "space") == [f"-m pip install --quiet -e {root}[space]"]
-    assert setup_env(root, "") == [f"-m pip install --quiet -e {root}"]
+    assert setup_env(root, "space") == [package_install(root, "space")]
+    assert setup_env(root, "") == [package_install(root)]
+    (root / "constraints.txt").write_text("numpy==2.0.1\n")  # a refreshed lock reinstalls
+    assert setup_env(root, "space") == [package_install(root, "space")]
+
+
+def test_setup_env_pins_the_build_tools_and_every_install_to_the_lock(fake_checkout):
+    calls = run_logged(fake_checkout, f'source "{fake_checkout}/scripts/setup-env.sh" test')
+    installs = [call for call in calls if "pip install" in call]
+    assert installs[0] == f"-m pip install --quiet --constraint {fake_checkout}/constraints.txt pip setuptools wheel"
+    assert all(f"--constraint {fake_checkout}/constraints.txt" in call for call in installs), installs
+
+
+def test_setup_env_refuses_to_install_without_the_lock(fake_checkout):
+    (fake_checkout / "constraints.txt").unlink()
+    log = fake_checkout / "calls.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_ID", "VIRTUAL_ENV")}
+    run = subprocess.run(
+        ["bash", "-c", f'source "{fake_checkout}/scripts/setup-env.sh" space'],
+        env={**env, "LOG": str(log)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0 and "constraints.txt is missing" in run.stderr
+    assert not log.exists()  # nothing was installed unpinned
 
 
 def test_setup_env_retries_after_a_failed_install(fake_checkout):
-    assert setup_env(fake_checkout, "space", fail=True) == []  # pip upgrade failed first: nothing stamped
-    assert setup_env(fake_checkout, "space") == [f"-m pip install --quiet -e {fake_checkout}[space]"]
+    assert setup_env(fake_checkout, "space", fail=True) == []  # the build tools' install failed: nothing stamped
+    assert setup_env(fake_checkout, "space") == [package_install(fake_checkout, "space")]
 
 
 def test_demo_installs_on_its_first_start_only_and_passes_options_to_the_app(fake_checkout):
     root = fake_checkout
     first = run_logged(root, f'bash "{root}/scripts/demo.sh"')
-    assert f"-m pip install --quiet -e {root}[space]" in first and first[-1] == f"{root}/spaces_app/app.py"
+    assert package_install(root, "space") in first and first[-1] == f"{root}/spaces_app/app.py"
     assert run_logged(root, f'bash "{root}/scripts/demo.sh" --port 7861') == [f"{root}/spaces_app/app.py --port 7861"]
     assert run_logged(root, f'bash "{root}/scripts/demo.sh" org/model --port 7861') == [
         f"{root}/spaces_app/app.py --port 7861 MODEL_ID=org/model"

@@ -2,8 +2,10 @@
 and a run through lmms-eval's own command line on the embedded tiny model with a local task suite (offline)."""
 
 import glob
+import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from llava_codebook.integrations.lmms_eval_model import (
     pruning_overrides,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TASK, SPLIT = "toy", "test"
 GREEDY = {"max_new_tokens": 4, "temperature": 0, "do_sample": False, "until": ["."]}
 
@@ -283,6 +286,19 @@ def test_with_several_processes_process_0_gathers_every_record(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
+def lmms_eval_failure(output: str) -> str | None:
+    """What a failed lmms-eval run printed about its failure, or `None` when it printed none.
+
+    lmms-eval 0.7.3 catches every error of a run (an import that fails, a model that does not load), logs it and still
+    exits 0, so the exit status alone says nothing: the run's own traceback and error line are the failure message.
+    """
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", output).splitlines()
+    marks = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line or "| ERROR" in line]
+    if not marks:
+        return None
+    return "\n".join(lines[marks[0] :][-80:])
+
+
 def run_lmms_eval(repo: Path, tasks: Path, out: Path, model_args: str) -> dict:
     env = {
         **os.environ,
@@ -312,14 +328,52 @@ def run_lmms_eval(repo: Path, tasks: Path, out: Path, model_args: str) -> dict:
         "WARNING",
     ]
     run = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=600, cwd=out)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    (results_file,) = glob.glob(str(out / "*" / "*_results.json"))
-    results = json.loads(Path(results_file).read_text())
+    failure = lmms_eval_failure(run.stdout + "\n" + run.stderr)
+    assert run.returncode == 0 and failure is None, (
+        f"lmms-eval failed (exit status {run.returncode}):\n{failure or run.stdout[-3000:] + run.stderr[-3000:]}"
+    )
+    results_files = glob.glob(str(out / "*" / "*_results.json"))
+    assert len(results_files) == 1, f"lmms-eval wrote {len(results_files)} results files; its output:\n" + (
+        run.stdout[-3000:] + run.stderr[-3000:]
+    )
+    results = json.loads(Path(results_files[0]).read_text())
     samples = {}
     for task in TASKS:
         (samples_file,) = glob.glob(str(out / "*" / f"*_samples_{task}.jsonl"))
         samples[task] = {row["doc_id"]: row for row in map(json.loads, Path(samples_file).read_text().splitlines())}
     return {"stdout": run.stdout, "results": results, "samples": samples}
+
+
+@pytest.mark.slow
+def test_a_failing_lmms_eval_run_fails_with_lmms_evals_own_error(tmp_path):
+    """lmms-eval exits 0 after an error: the run helper must still fail, with the error as its message (a model that
+    cannot be loaded stands in for any failure inside lmms-eval, an import error included)."""
+    tasks = write_tasks(tmp_path / "tasks")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(AssertionError) as failed:
+        run_lmms_eval(tmp_path / "no-such-model", tasks, out, "pruning_strategy=codebook")
+    message = str(failed.value)
+    assert message.startswith("lmms-eval failed") and "Traceback" in message and "no-such-model" in message
+
+
+def test_the_installed_filelock_is_what_lmms_eval_imports_and_the_eval_extra_bounds_it():
+    """lmms-eval 0.7.3's evaluator reaches into `filelock._api` (gone in filelock 4): the eval extra bounds filelock
+    below 4, and the installed filelock (what the lock and that bound give) has what lmms-eval uses."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    (bound,) = [
+        Requirement(r) for r in project["project"]["optional-dependencies"]["eval"] if r.startswith("filelock")
+    ]
+    assert not bound.specifier.contains("4.0.0") and bound.specifier.contains(version("filelock"))
+    api = importlib.import_module("filelock._api")
+    assert hasattr(api, "FileLockMeta") and hasattr(api, "BaseFileLock")
+    evaluator = (Path(importlib.util.find_spec("lmms_eval").origin).parent / "evaluator.py").read_text()
+    assert "import filelock._api" in evaluator  # what the bound protects; drop the bound when lmms-eval stops
 
 
 # Two runs of lmms-eval's command line: about 40 s on the shared 2-core machine (interpreter and lmms-eval start-up
@@ -362,7 +416,6 @@ def test_lmms_eval_command_line_end_to_end_at_two_budgets(tiny_repo, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- installation
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORDING_PYTHON = """#!/usr/bin/env bash
 if [ "$1" = "-c" ]; then exec {python} "$@"; fi
 echo "$*" >>"$LOG"
@@ -388,6 +441,7 @@ def test_setup_env_installs_lmms_eval_without_dependencies_for_the_eval_and_test
     (root / "scripts").mkdir(parents=True)
     shutil.copy(REPO_ROOT / "scripts" / "setup-env.sh", root / "scripts")
     shutil.copy(REPO_ROOT / "pyproject.toml", root)
+    shutil.copy(REPO_ROOT / "constraints.txt", root)
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "python").write_text(RECORDING_PYTHON.format(python=sys.executable))
@@ -407,10 +461,11 @@ def test_setup_env_installs_lmms_eval_without_dependencies_for_the_eval_and_test
         assert run.returncode == 0, run.stderr
         return [line for line in log.read_text().splitlines() if "install" in line] if log.exists() else []
 
+    lock = f"--constraint {root}/constraints.txt"
     assert installs("test")[-2:] == [
-        f"-m pip install --quiet -e {root}[test]",
-        "-m pip install --quiet --no-deps lmms-eval==0.7.3",
+        f"-m pip install --quiet {lock} --no-build-isolation -e {root}[test]",
+        f"-m pip install --quiet {lock} --no-deps lmms-eval==0.7.3",
     ]
-    assert installs("eval")[-1] == "-m pip install --quiet --no-deps lmms-eval==0.7.3"
+    assert installs("eval")[-1] == f"-m pip install --quiet {lock} --no-deps lmms-eval==0.7.3"
     assert not any("--no-deps" in call for call in installs("space"))
     assert installs("test") == []  # stamped: nothing runs again
