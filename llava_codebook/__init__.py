@@ -23,7 +23,7 @@ from .modeling_llava_onevision_codebook import (
     LlavaOnevisionCodebookModel,
 )
 from .processing_llava_next_codebook import LlavaNextCodebookProcessor
-from .pruning_core import IncompleteCheckpointError
+from .pruning_loading import IncompleteCheckpointError
 from .selection import codebook_similarity, select_tokens
 from .strategies import STRATEGIES
 

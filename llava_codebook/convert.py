@@ -12,7 +12,7 @@ from .families import Family, family_for_model_type
 from .loading import load_pruned_model
 from .output_dir import check_output_dir, write_output_dir
 from .processing_llava_next_codebook import LlavaNextCodebookProcessor
-from .pruning_core import SELF_REPO
+from .pruning_loading import SELF_REPO
 
 EMBEDDED_CODEBOOK = f"codebook/{CODEBOOK_FILENAME}"
 # What a llava-hf repo's processor consists of: tokenizer, image (and video) processor configs, chat template. A

@@ -3,7 +3,8 @@
 from transformers import PretrainedConfig
 
 from .families import family_for_config
-from .pruning_core import CODEBOOK_REFERENCE_FIELDS, PRUNING_FIELDS
+from .pruning_loading import CODEBOOK_REFERENCE_FIELDS
+from .pruning_settings import PRUNING_FIELDS
 
 CONFIG_OVERRIDES = PRUNING_FIELDS + CODEBOOK_REFERENCE_FIELDS
 _HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "force_download")

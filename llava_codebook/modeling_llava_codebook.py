@@ -12,13 +12,9 @@ from transformers import LlavaForConditionalGeneration, LlavaModel
 from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 
 from .configuration_llava_codebook import LlavaCodebookConfig
-from .pruning_core import (
-    PruningForConditionalGenerationMixin,
-    PruningModelMixin,
-    VisualInputs,
-    VisualTokenSelection,
-    register_stock_checkpoint_layout,
-)
+from .pruning_core import PruningForConditionalGenerationMixin, PruningModelMixin, VisualInputs
+from .pruning_loading import register_stock_checkpoint_layout
+from .pruning_settings import VisualTokenSelection
 
 register_stock_checkpoint_layout(LlavaCodebookConfig.model_type, "llava")
 # The stock base class's own key mapping, looked up by class name before the model type (see the LLaVA-NeXT family).

@@ -17,18 +17,14 @@ from transformers.models.llava_next.modeling_llava_next import (
 )
 
 from .configuration_llava_next_codebook import LlavaNextCodebookConfig
-from .pruning_core import (
+from .pruning_core import PruningForConditionalGenerationMixin, PruningModelMixin, VisualInputs
+from .pruning_loading import (
     CODEBOOK_REFERENCE_FIELDS,
-    PRUNING_FIELDS,
     SELF_REPO,
     IncompleteCheckpointError,
-    PruningForConditionalGenerationMixin,
-    PruningModelMixin,
-    PruningSettings,
-    VisualInputs,
-    VisualTokenSelection,
     register_stock_checkpoint_layout,
 )
+from .pruning_settings import PRUNING_FIELDS, PruningSettings, VisualTokenSelection
 from .strategies import Segment
 
 register_stock_checkpoint_layout(LlavaNextCodebookConfig.model_type, "llava_next")

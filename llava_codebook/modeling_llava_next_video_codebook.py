@@ -17,13 +17,9 @@ from transformers.models.llava_next_video.modeling_llava_next_video import (
 
 from .configuration_llava_next_video_codebook import LlavaNextVideoCodebookConfig
 from .modeling_llava_next_codebook import LlavaNextImageLayout
-from .pruning_core import (
-    PruningForConditionalGenerationMixin,
-    PruningModelMixin,
-    VisualInputs,
-    VisualTokenSelection,
-    register_stock_checkpoint_layout,
-)
+from .pruning_core import PruningForConditionalGenerationMixin, PruningModelMixin, VisualInputs
+from .pruning_loading import register_stock_checkpoint_layout
+from .pruning_settings import VisualTokenSelection
 
 register_stock_checkpoint_layout(LlavaNextVideoCodebookConfig.model_type, "llava_next_video")
 # The stock base class's own key mapping, looked up by class name before the model type (see the LLaVA-NeXT family).

@@ -23,13 +23,9 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 )
 
 from .configuration_llava_onevision_codebook import LlavaOnevisionCodebookConfig
-from .pruning_core import (
-    PruningForConditionalGenerationMixin,
-    PruningModelMixin,
-    VisualInputs,
-    VisualTokenSelection,
-    register_stock_checkpoint_layout,
-)
+from .pruning_core import PruningForConditionalGenerationMixin, PruningModelMixin, VisualInputs
+from .pruning_loading import register_stock_checkpoint_layout
+from .pruning_settings import VisualTokenSelection
 
 register_stock_checkpoint_layout(LlavaOnevisionCodebookConfig.model_type, "llava_onevision")
 # The stock base class's own key mapping, looked up by class name before the model type (see the LLaVA-NeXT family).

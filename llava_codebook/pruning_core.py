@@ -1,17 +1,12 @@
-"""The family-independent pruning core: every pruning-enabled LLaVA class is a stock class plus these mixins.
+"""The family-independent pruning core: every pruning-enabled class is a stock class plus these mixins.
 
-What lives here, once for every family:
-
-- loading that never loses a weight (`from_pretrained` refuses missing, unused or reshaped weights) and the stock
-  checkpoint key layout registered for the project's `model_type`s, so llava-hf repos load and save as the stock
-  class does;
-- the codebook reference (resolved after the weights, saved with the model when it lives in the model's own repo);
-- the settings in force for one call (config values, then per-call overrides), `pruning_disabled()` and
-  `record_selections()`, both per thread / asyncio task;
-- selection through the strategy registry (`strategies.py`) and the selection report;
-- prompt compaction: the placeholders of dropped tokens are removed from `input_ids` / `inputs_embeds` (with the mask,
-  position ids and labels), the batch is re-padded on the left, and the encoded, pruned visual features are handed
-  to the stock `forward` / `generate` as `mm_encoder_outputs`, so everything downstream sees one shorter prompt.
+What lives here, once for every family: encoding a call's visual inputs (with the vision-tower signals a strategy
+asks for), selection through the strategy registry (`strategies.py`), and prompt compaction: the placeholders of
+dropped tokens are removed from `input_ids` / `inputs_embeds` (with the mask, position ids and labels), the batch is
+re-padded on the left, and the encoded, pruned visual features are handed to the stock `forward` / `generate` as
+`mm_encoder_outputs`, so everything downstream sees one shorter prompt. Beside it: `pruning_loading.py` (strict
+checkpoint loading, the stock key layout, the codebook reference) and `pruning_settings.py` (the settings in force
+for a call, the per-thread switches, the selection report).
 
 What a family states (see `modeling_llava_next_codebook.py`): which modalities it prunes (`"image"`, `"video"`), how one
 modality is encoded into per-segment packed features with their row-newline masks (`encode_for_pruning`; a segment is
@@ -20,114 +15,26 @@ modality's features from a container other than the per-segment list the core ha
 `stock_encoder_outputs`. Nothing here knows a family's layout.
 """
 
-import contextlib
-import contextvars
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import ModelOutput
 
-from .codebook import RedundancyCodebook
-from .pruning_config import PRUNING_VALIDATORS, validate_pruning_settings
-from .signals import SignalRequest, capture_tower_signals, pack_tower_signals
-from .strategies import NEEDS_CODEBOOK, STRATEGIES, Segment
-
-PRUNING_FIELDS = tuple(PRUNING_VALIDATORS)
-OVERRIDE_NAMES = PRUNING_FIELDS + ("pruning",)
-CODEBOOK_REFERENCE_FIELDS = ("codebook_repo", "codebook_filename", "codebook_revision")
-_CODEBOOK_LOAD_KWARGS = ("cache_dir", "local_files_only", "token")
-SELF_REPO = "."  # `codebook_repo` value meaning "the repo this model was loaded from"
-# Base models (by id) with pruning switched off in the current thread / task; see `pruning_disabled`.
-_DISABLED: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
-    "llava_codebook_pruning_disabled", default=frozenset()
+from .pruning_loading import CODEBOOK_REFERENCE_FIELDS, CheckpointMixin, CodebookHolderMixin
+from .pruning_settings import (
+    PRUNING_FIELDS,
+    CodebookGenerateBeamDecoderOnlyOutput,
+    CodebookGenerateDecoderOnlyOutput,
+    PruningSettings,
+    SettingsMixin,
+    VisualTokenSelection,
 )
-# Open `record_selections()` blocks of the current thread / task: (id of the base model, list to append to).
-_RECORDERS: contextvars.ContextVar[tuple] = contextvars.ContextVar("llava_codebook_recorders", default=())
-
-
-@dataclass(frozen=True)
-class PruningSettings:
-    """The pruning knobs in force for one call: the config's values with any per-call overrides applied."""
-
-    pruning_strategy: str = "codebook"
-    pruning_mode: str = "threshold"
-    codebook_threshold: float = 0.11
-    keep_ratio: float = 0.25
-    keep_tokens: int | None = None
-    min_visual_tokens: int = 1
-    always_keep_newline: bool = True
-    position_mode: str = "contiguous"
-    pruning_seed: int = 0
-    cls_attention_layer: int = -2
-    visionzip_dominant_ratio: float = 0.84375
-    hired_base_share: float = 0.5
-    hired_budget_layer: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.pruning_strategy != "none"
-
-
-@dataclass
-class VisualTokenSelection(ModelOutput):
-    r"""
-    Which packed visual tokens of each visual segment (an image, or a video) reached the language model.
-
-    num_kept (`torch.LongTensor` of shape `(num_segments,)`):
-        Tokens kept per segment, row newlines included (what the language model receives).
-    num_total (`torch.LongTensor` of shape `(num_segments,)`):
-        Tokens the stock model would have given the language model for each segment.
-    kept_indices (`list[torch.LongTensor]`):
-        Per segment, ascending indices of the kept tokens in the stock packed order (for a LLaVA-NeXT image: base crop,
-        then the unpadded tile grid row by row, each row followed by its newline token; for a video: its pooled frames
-        in order, then the trailing newline where the family has one).
-    scores (`list[torch.FloatTensor]`, *optional*):
-        Per segment, the per-token score the strategy ranked by (codebook: the redundancy `max_k cos(z_i, C_k)`).
-    newline_mask (`list[torch.BoolTensor]`):
-        Per segment, which packed tokens are row-newline tokens.
-    modalities (`list[str]`):
-        Per segment, `"image"` or `"video"`, in the order the segments appear in the flattened batch.
-    strategy (`str`):
-        The `pruning_strategy` that chose the tokens.
-    merged_features (`list[torch.FloatTensor]`, *optional*):
-        For a merging strategy (`"visionzip"`), per segment the `[num_kept, D]` features handed to the language model
-        for the kept tokens (merged tokens differ from their own packed features); `None` when every kept token
-        carries its own features.
-    """
-
-    num_kept: torch.LongTensor | None = None
-    num_total: torch.LongTensor | None = None
-    kept_indices: list[torch.LongTensor] | None = None
-    scores: list[torch.FloatTensor] | None = None
-    newline_mask: list[torch.BoolTensor] | None = None
-    modalities: list[str] | None = None
-    strategy: str | None = None
-    merged_features: list[torch.FloatTensor | None] | None = None
-
-    def keep_masks(self) -> list[torch.BoolTensor]:
-        """Per segment, a bool mask over its packed tokens (True = kept)."""
-        masks = []
-        for indices, newline in zip(self.kept_indices, self.newline_mask):
-            mask = torch.zeros(newline.shape[0], dtype=torch.bool, device=indices.device)
-            mask[indices] = True
-            masks.append(mask)
-        return masks
-
-
-@dataclass
-class CodebookGenerateDecoderOnlyOutput(GenerateDecoderOnlyOutput):
-    visual_token_selection: VisualTokenSelection | None = None
-
-
-@dataclass
-class CodebookGenerateBeamDecoderOnlyOutput(GenerateBeamDecoderOnlyOutput):
-    visual_token_selection: VisualTokenSelection | None = None
+from .signals import SignalRequest, capture_tower_signals, pack_tower_signals
+from .strategies import STRATEGIES, Segment
 
 
 @dataclass
@@ -216,54 +123,7 @@ def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------- loading
-def register_stock_checkpoint_layout(model_type: str, stock_model_type: str) -> None:
-    """Load and save `model_type` checkpoints with the key layout of the stock `stock_model_type` class (either may
-    also be a class name: transformers looks class names up first).
-
-    Every llava-hf repo stores the legacy layout (`language_model.model.*`, `language_model.lm_head.weight`,
-    `vision_tower.*`, ...), which the stock class renames on load (and back on save) through transformers'
-    checkpoint-conversion table. That table skips custom-code classes unless their `model_type` is registered, so
-    without this call the language model of every real checkpoint would load as missing and be initialised at
-    random. A family's modeling file calls it when it is imported, which every load and save of its classes does
-    (the installed package and the remote-code copy alike): saving and loading stay symmetric.
-    """
-    register_checkpoint_conversion_mapping(
-        model_type, get_checkpoint_conversion_mapping(stock_model_type), overwrite=True
-    )
-
-
-class IncompleteCheckpointError(ValueError):
-    """Loading a checkpoint would have left weights of the model missing, unused, or of another shape."""
-
-
-def refuse_incomplete_load(model, info: dict, source) -> None:
-    """Raise `IncompleteCheckpointError` naming every key that a load did not fill exactly."""
-    problems = {
-        "missing (would be initialised at random)": sorted(info.get("missing_keys") or ()),
-        "unexpected (in the checkpoint, not used by the model)": sorted(info.get("unexpected_keys") or ()),
-        "of another shape": sorted(
-            f"{key} {tuple(saved)} vs {tuple(expected)}" for key, saved, expected in info.get("mismatched_keys") or ()
-        ),
-        "not converted": sorted(f"{key}: {err}" for key, err in (info.get("conversion_errors") or {}).items()),
-        "errors": list(info.get("error_msgs") or ()),
-    }
-    problems = {what: keys for what, keys in problems.items() if keys}
-    if not problems:
-        return
-    lines = []
-    for what, keys in problems.items():
-        shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
-        lines.append(f"  {what}: {shown}")
-    raise IncompleteCheckpointError(
-        f"Loading {str(source)!r} into {type(model).__name__} does not fill every weight exactly:\n"
-        + "\n".join(lines)
-        + "\nThe model was not returned, so no randomly initialised weight can be used by mistake. Load a checkpoint "
-        "of this model family (stock llava-hf layout or a repo written by this package) whose config matches its "
-        "weights; a stock checkpoint is loaded with `load_pruned_model(...)`."
-    )
-
-
+# ---------------------------------------------------------------------------------------------------------- wrappers
 def _pad_token_id(config) -> int:
     for candidate in (getattr(config, "pad_token_id", None), getattr(config.text_config, "pad_token_id", None)):
         if candidate is not None:
@@ -307,115 +167,16 @@ def _with_stock_signature(cls, body):
 
 
 # ----------------------------------------------------------------------------------------------------------- mixins
-class PruningMixin:
-    """Loading, saving, the codebook and the per-thread switches, shared by a family's base and generation model."""
-
-    @classmethod
-    def is_custom_code(cls) -> bool:
-        # The weights are initialised by the stock `_init_weights`, so transformers' shortcut for custom code (which
-        # treats every module without parameters of its own as initialised) must not apply: it skips CLIPAttention /
-        # CLIPMLP, whose init sets their projections, whenever a model is initialised from the meta device. The
-        # checkpoint key conversions stay exactly those the family registers.
-        return False
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Stock `from_pretrained`, refusing any checkpoint that does not fill every weight, then the codebook.
-
-        Raises `IncompleteCheckpointError` (a `ValueError`) naming the keys when any weight would be missing,
-        unused or of another shape, instead of returning a model with freshly initialised tensors.
-        """
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        # Shape mismatches are let through the stock loader only so that they are reported below together with the
-        # missing and unused keys; the model is never returned with them.
-        kwargs["ignore_mismatched_sizes"] = True
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        refuse_incomplete_load(model, info, pretrained_model_name_or_path)
-        # The codebook is not a weight: it is resolved from the config's reference once the weights are in place,
-        # so that meta-device initialisation cannot touch it.
-        base = model._pruning_base()
-        if base.config.pruning_strategy in NEEDS_CODEBOOK and base.config.codebook_repo is not None:
-            hub_kwargs = {key: kwargs[key] for key in _CODEBOOK_LOAD_KWARGS if key in kwargs}
-            if base.config.codebook_repo == SELF_REPO:
-                # The codebook ships inside this model's repo: resolve it at the revision the weights came from.
-                hub_kwargs["revision"] = base.config.codebook_revision or kwargs.get("revision")
-            base.load_codebook(**hub_kwargs)
-        return (model, info) if output_loading_info else model
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Stock `save_pretrained` (stock key layout), plus the codebook when it lives in the repo itself.
-
-        A model whose config says `codebook_repo="."` writes its codebook to `codebook_filename` inside
-        `save_directory`, so the saved (or pushed) repo is self-contained and loads and generates identically.
-        """
-        base = self._pruning_base()
-        embedded = base.config.codebook_repo == SELF_REPO
-        if embedded and base._codebook is None:
-            # Resolve it before anything is written: a repo whose config names a codebook it lacks is never written.
-            base.load_codebook()
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if embedded and kwargs.get("is_main_process", True):
-            root = Path(save_directory)
-            target = root / base.config.codebook_filename
-            if target.parent.resolve() == root.resolve():
-                # Beside the model's own config.json and card: only the tensor file.
-                base._codebook.save_file(target)
-            else:
-                base._codebook.save_pretrained(target.parent, filename=target.name)
-        return result
-
-    @contextlib.contextmanager
-    def pruning_disabled(self):
-        """Run the stock computation (no selection, no compaction) inside the `with` block.
-
-        The switch is per thread (and per asyncio task): a server answering one request without pruning does not
-        turn pruning off for a request served concurrently by the same model.
-        """
-        token = _DISABLED.set(_DISABLED.get() | {id(self._pruning_base())})
-        try:
-            yield self
-        finally:
-            _DISABLED.reset(token)
-
-    @contextlib.contextmanager
-    def record_selections(self):
-        """Collect the `VisualTokenSelection` of every pruned call made inside the `with` block, in call order.
-
-        For callers that never see the model's outputs, such as `pipeline("image-text-to-text", ...)`:
-
-        >>> with model.record_selections() as selections:  # doctest: +SKIP
-        ...     answers = pipe(images=image, text=prompt, max_new_tokens=20)
-        >>> selections[0].num_kept, selections[0].num_total  # doctest: +SKIP
-
-        Per thread (and asyncio task), like `pruning_disabled()`: concurrent requests do not see each other's.
-        """
-        log: list[VisualTokenSelection] = []
-        token = _RECORDERS.set(_RECORDERS.get() + ((id(self._pruning_base()), log),))
-        try:
-            yield log
-        finally:
-            _RECORDERS.reset(token)
-
-    @property
-    def _pruning_enabled(self) -> bool:
-        return id(self._pruning_base()) not in _DISABLED.get()
-
-    @property
-    def codebook(self) -> RedundancyCodebook | None:
-        return self._pruning_base()._codebook
-
-    def load_codebook(self, codebook=None, **hub_kwargs) -> RedundancyCodebook:
-        return self._pruning_base()._load_codebook(codebook, **hub_kwargs)
-
-    def pruning_settings(self, **overrides) -> PruningSettings:
-        return self._pruning_base()._pruning_settings(**overrides)
+class PruningMixin(CheckpointMixin, SettingsMixin):
+    """What a family's base and generation model share: strict loading and saving with the codebook
+    (`pruning_loading.py`), the per-thread switches and the settings in force (`pruning_settings.py`)."""
 
     def available_strategies(self, modality: str = "image") -> tuple[str, ...]:
         """The strategies this model can run on `modality` (see `PruningModelMixin.available_strategies`)."""
         return self._pruning_base().available_strategies(modality)
 
 
-class PruningModelMixin(PruningMixin):
+class PruningModelMixin(PruningMixin, CodebookHolderMixin):
     """The base model of a family (`XCodebookModel(PruningModelMixin, StockXModel)`): selection and compaction.
 
     A family sets `pruning_output_class` (its `ModelOutputWithPast` plus `visual_token_selection`),
@@ -437,11 +198,6 @@ class PruningModelMixin(PruningMixin):
         super().__init_subclass__(**kwargs)
         if "forward" not in cls.__dict__:
             cls.forward = _with_stock_signature(cls, PruningModelMixin._pruned_forward)
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._codebook: RedundancyCodebook | None = None
-        self._prototypes_on_device: dict = {}
 
     def _pruning_base(self):
         return self
@@ -533,63 +289,7 @@ class PruningModelMixin(PruningMixin):
         visual.signals = pack_tower_signals(captured, visual.num_crops, visual.pack_crop_values, drop_cls)
         return visual
 
-    # ------------------------------------------------------------------ codebook
-    def _load_codebook(
-        self, codebook: RedundancyCodebook | str | None = None, revision: str | None = None, **hub_kwargs
-    ) -> RedundancyCodebook:
-        """Attach a codebook: a `RedundancyCodebook`, a reference (Hub repo id / local dir), or, when `None`, the
-        reference in the config (`codebook_repo`, `codebook_filename`, `codebook_revision`). `hub_kwargs`
-        (`cache_dir`, `local_files_only`, `token`) go to the Hub download."""
-        if codebook is None or isinstance(codebook, str):
-            repo = codebook if codebook is not None else self.config.codebook_repo
-            if codebook is None:
-                revision = revision or self.config.codebook_revision
-            if repo == SELF_REPO:
-                repo = getattr(self.config, "_name_or_path", None) or None
-            if repo is None:
-                raise ValueError(
-                    "No codebook is configured: set `codebook_repo` in the config (a Hub repo id or a local "
-                    "directory), pass a codebook to `load_codebook`, or use `pruning=False` / pruning_strategy='none'."
-                )
-            codebook = RedundancyCodebook.from_pretrained(
-                repo, filename=self.config.codebook_filename, revision=revision, **hub_kwargs
-            )
-        codebook.check_compatible(self.config.text_config.hidden_size)
-        self._codebook = codebook
-        self._prototypes_on_device = {}
-        return codebook
-
-    def codebook_prototypes(self, device: torch.device) -> torch.Tensor:
-        """The codebook's rows on `device` (loaded from the config's reference on first use), cached per device."""
-        if self._codebook is None:
-            self._load_codebook()
-        key = str(device)
-        if key not in self._prototypes_on_device:
-            self._prototypes_on_device[key] = self._codebook.prototypes.to(device)
-        return self._prototypes_on_device[key]
-
-    # ------------------------------------------------------------------ settings and selection
-    def _pruning_settings(self, **overrides) -> PruningSettings:
-        """The settings in force: config values, then per-call overrides (`pruning=False` turns pruning off)."""
-        unknown = set(overrides) - set(OVERRIDE_NAMES)
-        if unknown:
-            raise TypeError(f"Unknown pruning arguments {sorted(unknown)}; expected some of {OVERRIDE_NAMES}.")
-        values = {name: getattr(self.config, name) for name in PRUNING_FIELDS}
-        values.update({k: v for k, v in overrides.items() if k in PRUNING_FIELDS and v is not None})
-        if overrides.get("keep_ratio") is not None and overrides.get("keep_tokens") is None:
-            # A share asked for in this call is the budget of this call, even where the config fixes a token count.
-            values["keep_tokens"] = None
-        budget_given = overrides.get("keep_tokens") is not None or overrides.get("keep_ratio") is not None
-        if budget_given and overrides.get("pruning_mode") is None:
-            # A budget asked for in this call means budget mode, whatever mode the config is in.
-            values["pruning_mode"] = "budget"
-        pruning = overrides.get("pruning")
-        if pruning is True and values["pruning_strategy"] == "none":
-            values["pruning_strategy"] = "codebook"
-        if pruning is False or not self._pruning_enabled:
-            values["pruning_strategy"] = "none"
-        return PruningSettings(**validate_pruning_settings(**values))
-
+    # ------------------------------------------------------------------ selection
     def select_segments(self, segments: list[Segment], settings: PruningSettings) -> VisualTokenSelection:
         """Run the strategy of `settings` on every segment of a call; returns the selection report."""
         result = STRATEGIES[settings.pruning_strategy](segments, settings, self)
@@ -629,7 +329,7 @@ class PruningModelMixin(PruningMixin):
                 "`model.load_codebook(repo_or_path, revision=...)` to switch codebooks, then call again."
             )
         overrides = {name: call.pop(name) for name in PRUNING_FIELDS if name in call}
-        settings = self._pruning_settings(pruning=pruning, **overrides)
+        settings = self.pruning_settings(pruning=pruning, **overrides)
         if not settings.active:
             return None
         input_ids, inputs_embeds = call.get("input_ids"), call.get("inputs_embeds")
@@ -685,9 +385,7 @@ class PruningModelMixin(PruningMixin):
         )
         call.update({name: value for name, value in compacted.items() if value is not None or name in call})
         call["mm_encoder_outputs"] = handoff
-        for owner, log in _RECORDERS.get():
-            if owner == id(self):
-                log.append(selection)
+        self.report_selection(selection)
         return selection
 
     def _pruned_forward(self, call: dict, pruning: bool | None):
@@ -801,12 +499,9 @@ class PruningForConditionalGenerationMixin(PruningMixin):
 
 
 __all__ = [
-    "IncompleteCheckpointError",
     "PruningForConditionalGenerationMixin",
+    "PruningMixin",
     "PruningModelMixin",
-    "PruningSettings",
     "VisualInputs",
-    "VisualTokenSelection",
     "compact_sequences",
-    "register_stock_checkpoint_layout",
 ]

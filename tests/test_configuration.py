@@ -114,7 +114,7 @@ def test_every_strategy_the_config_accepts_is_in_the_registry_and_vice_versa():
 )
 def test_strategy_parameters_are_validated_at_construction_on_assignment_and_per_call(field, value, message):
     from llava_codebook.pruning_config import PRUNING_VALIDATORS
-    from llava_codebook.pruning_core import PruningSettings
+    from llava_codebook.pruning_settings import PruningSettings
     from llava_codebook.tiny import build_tiny_model
 
     # A value of the wrong type is refused by the typed field itself (its message names the expected type).

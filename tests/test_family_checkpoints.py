@@ -21,7 +21,16 @@ from llava_codebook.convert import convert_checkpoint
 FAMILY_NAMES = list(OTHER_FAMILIES)
 # What a converted repo of each family must ship as remote code: its own configuration and modeling files and the
 # core they import, nothing of another family except what it reuses (NeXT-Video's images are LLaVA-NeXT's).
-CORE_FILES = {"pruning_core.py", "pruning_config.py", "strategies.py", "signals.py", "selection.py", "codebook.py"}
+CORE_FILES = {
+    "pruning_core.py",
+    "pruning_loading.py",
+    "pruning_settings.py",
+    "pruning_config.py",
+    "strategies.py",
+    "signals.py",
+    "selection.py",
+    "codebook.py",
+}
 SHIPPED = {
     "llava-1.5-7b": {"configuration_llava_codebook.py", "modeling_llava_codebook.py"},
     "llava-onevision-qwen2-7b-ov": {

@@ -28,6 +28,8 @@ REMOTE_FILES = [
     "selection.py",
     "pruning_config.py",
     "pruning_core.py",
+    "pruning_loading.py",
+    "pruning_settings.py",
     "strategies.py",
     "signals.py",
 ]

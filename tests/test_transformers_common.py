@@ -79,7 +79,7 @@ from llava_codebook import (
     LlavaNextCodebookModel,
     RedundancyCodebook,
 )
-from llava_codebook import pruning_core
+from llava_codebook import pruning_loading
 
 from transformers_upstream import GenerationTesterMixin, UpstreamTestsUnavailable, import_upstream
 
@@ -342,7 +342,7 @@ def control(name: str) -> Outcome:
 @contextlib.contextmanager
 def strict_loading_relaxed():
     """Loading as stock transformers does it: the project's refusal of incomplete checkpoints switched off."""
-    with mock.patch.object(pruning_core, "refuse_incomplete_load", lambda *args, **kwargs: None):
+    with mock.patch.object(pruning_loading, "refuse_incomplete_load", lambda *args, **kwargs: None):
         yield
 
 

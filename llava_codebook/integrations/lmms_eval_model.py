@@ -46,7 +46,8 @@ from loguru import logger
 from PIL import Image
 
 from ..loading import load_pruned_model
-from ..pruning_core import CODEBOOK_REFERENCE_FIELDS, PRUNING_FIELDS
+from ..pruning_loading import CODEBOOK_REFERENCE_FIELDS
+from ..pruning_settings import PRUNING_FIELDS
 from .accounting import RowAccount, account_rows
 
 PRUNING_ARGS = PRUNING_FIELDS + CODEBOOK_REFERENCE_FIELDS
