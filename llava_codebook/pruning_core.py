@@ -100,6 +100,11 @@ class VisualInputs:
         ]
 
 
+# Per-token inputs of the stock forward besides ids, mask, positions and labels (`[B, S]`, 0 = text), compacted with
+# the prompt so they stay aligned with it (Qwen-VL's `mm_token_type_ids`: which tokens are image or video tokens).
+TOKEN_ALIGNED_INPUTS = ("mm_token_type_ids", "token_type_ids")
+
+
 def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -> dict:
     """Drop the `False` positions of every `[B, S, ...]` tensor and left-pad the rows back to one length.
 
@@ -207,6 +212,30 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
         """Encode `modality`'s inputs of `call` (popping them), or return `None` when the call has none."""
         raise NotImplementedError
 
+    def kept_encoder_output(
+        self, visual: VisualInputs, keep: list[torch.Tensor], merged: list[torch.Tensor | None]
+    ) -> ModelOutput:
+        """`visual.handoff` carrying only the kept tokens of each segment (`keep[i]`: `[L_i]` bool), what the stock
+        `forward` then receives as `mm_encoder_outputs[modality]`. A merging strategy's features (`merged[i]`, else
+        `None`) replace the kept tokens' own. A family whose encoder output carries further per-token features (a
+        list per segment, e.g. Qwen3-VL's deepstack features) drops the same tokens from them here."""
+        visual.handoff.pooler_output = [
+            features[mask.to(features.device)] if own is None else own
+            for features, mask, own in zip(visual.packed, keep, merged)
+        ]
+        return visual.handoff
+
+    def prompt_position_ids(self, call: dict, attention_mask: torch.Tensor, settings: PruningSettings):
+        """The position ids of the full (unpruned) prompt that the kept tokens carry into the compacted one, or `None`
+        to let the stock model number the compacted prompt itself (`position_mode="contiguous"`).
+
+        The default numbers the real tokens `0, 1, ...` (`position_mode="original"`). A family whose stock model
+        derives positions from the full prompt's layout (M-RoPE's `[3, B, S]` grid positions) returns those, and has
+        no contiguous mode: the compacted prompt no longer holds the layout they are derived from."""
+        if settings.position_mode != "original":
+            return None
+        return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
     def stock_encoder_outputs(self, mm_encoder_outputs: dict) -> dict:
         """`mm_encoder_outputs` in the container the stock `forward` reads, called before every stock forward.
 
@@ -251,6 +280,25 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
                 continue
             names.append(name)
         return tuple(names)
+
+    def _refuse_strategy_it_cannot_run(self, settings: PruningSettings) -> None:
+        """Raise, before anything is encoded, when the strategy runs on none of this model's modalities (one that
+        runs on images but not on pooled video frames is refused later, and only for a call with a video)."""
+        name = settings.pruning_strategy
+        runs_on = {modality: self.available_strategies(modality) for modality in self.pruning_modalities}
+        if any(name in names for names in runs_on.values()):
+            return
+        if STRATEGIES[name].signal_request(settings).cls_attention_layers and not self.vision_tower_has_cls_token():
+            reason = (
+                "it ranks tokens by [CLS] attention, but this model's vision tower has no [CLS] token (e.g. SigLIP)"
+            )
+        else:
+            reason = "it reads signals from inside the vision tower, which this model cannot map onto its visual tokens"
+        offered = sorted({n for names in runs_on.values() for n in names}, key=list(STRATEGIES).index)
+        raise ValueError(
+            f"pruning_strategy={name!r} cannot run on {type(self).__name__}: {reason}. Use one of the strategies it "
+            f"can run: {', '.join(repr(n) for n in offered)}."
+        )
 
     def encode_for_strategies(
         self, modality: str, call: dict, strategies: tuple[str, ...] | None = None
@@ -332,6 +380,7 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
         settings = self.pruning_settings(pruning=pruning, **overrides)
         if not settings.active:
             return None
+        self._refuse_strategy_it_cannot_run(settings)
         input_ids, inputs_embeds = call.get("input_ids"), call.get("inputs_embeds")
         request = STRATEGIES[settings.pruning_strategy].signal_request(settings)
         encoded = [self._encode_with_signals(modality, call, request) for modality in self.pruning_modalities]
@@ -362,27 +411,37 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
             own = [next(masks) for _ in visual.packed]
             kept_features = [next(merged) for _ in visual.packed]
             keep[placeholder[visual.modality]] = torch.cat(own).to(keep.device)
-            # A merging strategy hands over its own features for the kept tokens; the others keep theirs.
-            visual.handoff.pooler_output = [
-                f[m.to(f.device)] if mf is None else mf for f, m, mf in zip(visual.packed, own, kept_features)
-            ]
-            handoff[visual.modality] = visual.handoff
+            handoff[visual.modality] = self.kept_encoder_output(visual, own, kept_features)
         attention_mask, position_ids = call.get("attention_mask"), call.get("position_ids")
         if attention_mask is None:
             attention_mask = torch.ones(keep.shape, dtype=torch.long, device=keep.device)
-        if position_ids is None and settings.position_mode == "original":
-            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        if position_ids is None:
+            position_ids = self.prompt_position_ids(call, attention_mask, settings)
+        # Position ids may carry rope axes in front (`[axes, B, S]`, M-RoPE): they are compacted along the sequence
+        # like every other per-token tensor, each kept token keeping its values on every axis.
+        axes_first = position_ids is not None and position_ids.dim() == 3
+        aligned = {name: call[name] for name in TOKEN_ALIGNED_INPUTS if call.get(name) is not None}
         compacted = compact_sequences(
             keep,
             {
                 "input_ids": input_ids,
                 "inputs_embeds": inputs_embeds,
                 "attention_mask": attention_mask,
-                "position_ids": position_ids,
+                "position_ids": position_ids.movedim(0, -1) if axes_first else position_ids,
                 "labels": call.get("labels"),
+                **aligned,
             },
-            {"input_ids": pad_token_id, "inputs_embeds": 0.0, "attention_mask": 0, "position_ids": 0, "labels": -100},
+            {
+                "input_ids": pad_token_id,
+                "inputs_embeds": 0.0,
+                "attention_mask": 0,
+                "position_ids": 0,
+                "labels": -100,
+                **dict.fromkeys(aligned, 0),
+            },
         )
+        if axes_first:
+            compacted["position_ids"] = compacted["position_ids"].movedim(-1, 0)
         call.update({name: value for name, value in compacted.items() if value is not None or name in call})
         call["mm_encoder_outputs"] = handoff
         self.report_selection(selection)
