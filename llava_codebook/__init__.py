@@ -1,10 +1,14 @@
-"""llava-codebook: redundancy-codebook visual token pruning for the LLaVA model families on the Hugging Face Hub."""
+"""llava-codebook: redundancy-codebook visual token pruning for the LLaVA and Qwen-VL model families on the Hugging Face
+Hub."""
 
 from .codebook import CodebookError, CodebookNotFoundError, RedundancyCodebook
 from .configuration_llava_codebook import LlavaCodebookConfig
 from .configuration_llava_next_codebook import LlavaNextCodebookConfig
 from .configuration_llava_next_video_codebook import LlavaNextVideoCodebookConfig
 from .configuration_llava_onevision_codebook import LlavaOnevisionCodebookConfig
+from .configuration_qwen2_5_vl_codebook import Qwen2_5_VLCodebookConfig
+from .configuration_qwen2_vl_codebook import Qwen2VLCodebookConfig
+from .configuration_qwen3_vl_codebook import Qwen3VLCodebookConfig
 from .families import FAMILIES, UnsupportedModelError
 from .loading import load_pruned_model
 from .modeling_llava_codebook import LlavaCodebookForConditionalGeneration, LlavaCodebookModel
@@ -22,6 +26,9 @@ from .modeling_llava_onevision_codebook import (
     LlavaOnevisionCodebookForConditionalGeneration,
     LlavaOnevisionCodebookModel,
 )
+from .modeling_qwen2_5_vl_codebook import Qwen2_5_VLCodebookForConditionalGeneration, Qwen2_5_VLCodebookModel
+from .modeling_qwen2_vl_codebook import Qwen2VLCodebookForConditionalGeneration, Qwen2VLCodebookModel
+from .modeling_qwen3_vl_codebook import Qwen3VLCodebookForConditionalGeneration, Qwen3VLCodebookModel
 from .processing_llava_next_codebook import LlavaNextCodebookProcessor
 from .pruning_loading import IncompleteCheckpointError
 from .selection import codebook_similarity, select_tokens
@@ -76,6 +83,15 @@ __all__ = [
     "LlavaOnevisionCodebookForConditionalGeneration",
     "LlavaOnevisionCodebookModel",
     "PruningSettings",
+    "Qwen2VLCodebookConfig",
+    "Qwen2VLCodebookForConditionalGeneration",
+    "Qwen2VLCodebookModel",
+    "Qwen2_5_VLCodebookConfig",
+    "Qwen2_5_VLCodebookForConditionalGeneration",
+    "Qwen2_5_VLCodebookModel",
+    "Qwen3VLCodebookConfig",
+    "Qwen3VLCodebookForConditionalGeneration",
+    "Qwen3VLCodebookModel",
     "RedundancyCodebook",
     "UnsupportedModelError",
     "VisualTokenSelection",

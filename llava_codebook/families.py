@@ -8,12 +8,22 @@ family. Not shipped as remote code (a converted repo carries only its own family
 
 from dataclasses import dataclass
 
-from transformers import LlavaNextVideoProcessor, LlavaOnevisionProcessor, LlavaProcessor
+from transformers import (
+    LlavaNextVideoProcessor,
+    LlavaOnevisionProcessor,
+    LlavaProcessor,
+    Qwen2_5_VLProcessor,
+    Qwen2VLProcessor,
+    Qwen3VLProcessor,
+)
 
 from .configuration_llava_codebook import LlavaCodebookConfig
 from .configuration_llava_next_codebook import LlavaNextCodebookConfig
 from .configuration_llava_next_video_codebook import LlavaNextVideoCodebookConfig
 from .configuration_llava_onevision_codebook import LlavaOnevisionCodebookConfig
+from .configuration_qwen2_5_vl_codebook import Qwen2_5_VLCodebookConfig
+from .configuration_qwen2_vl_codebook import Qwen2VLCodebookConfig
+from .configuration_qwen3_vl_codebook import Qwen3VLCodebookConfig
 from .modeling_llava_codebook import LlavaCodebookForConditionalGeneration, LlavaCodebookModel
 from .modeling_llava_next_codebook import LlavaNextCodebookForConditionalGeneration, LlavaNextCodebookModel
 from .modeling_llava_next_video_codebook import (
@@ -24,7 +34,15 @@ from .modeling_llava_onevision_codebook import (
     LlavaOnevisionCodebookForConditionalGeneration,
     LlavaOnevisionCodebookModel,
 )
+from .modeling_qwen2_5_vl_codebook import Qwen2_5_VLCodebookForConditionalGeneration, Qwen2_5_VLCodebookModel
+from .modeling_qwen2_vl_codebook import Qwen2VLCodebookForConditionalGeneration, Qwen2VLCodebookModel
+from .modeling_qwen3_vl_codebook import Qwen3VLCodebookForConditionalGeneration, Qwen3VLCodebookModel
 from .processing_llava_next_codebook import LlavaNextCodebookProcessor
+
+QWEN_PRUNED_TOKENS = (
+    "each merged visual token (a 2 x 2 block of patches) of an image and of each temporal patch of a video, every kept "
+    "token keeping its 3-D (M-RoPE) position"
+)
 
 
 @dataclass(frozen=True)
@@ -96,12 +114,39 @@ FAMILIES: dict[str, Family] = {
             LlavaNextVideoProcessor,
             "each packed visual token of an image (base view and AnyRes tiles) and each pooled frame token of a video",
         ),
+        Family(
+            "Qwen2-VL",
+            "qwen2_vl",
+            Qwen2VLCodebookConfig,
+            Qwen2VLCodebookModel,
+            Qwen2VLCodebookForConditionalGeneration,
+            Qwen2VLProcessor,
+            QWEN_PRUNED_TOKENS,
+        ),
+        Family(
+            "Qwen2.5-VL",
+            "qwen2_5_vl",
+            Qwen2_5_VLCodebookConfig,
+            Qwen2_5_VLCodebookModel,
+            Qwen2_5_VLCodebookForConditionalGeneration,
+            Qwen2_5_VLProcessor,
+            QWEN_PRUNED_TOKENS,
+        ),
+        Family(
+            "Qwen3-VL",
+            "qwen3_vl",
+            Qwen3VLCodebookConfig,
+            Qwen3VLCodebookModel,
+            Qwen3VLCodebookForConditionalGeneration,
+            Qwen3VLProcessor,
+            QWEN_PRUNED_TOKENS,
+        ),
     )
 }
 
 
 class UnsupportedModelError(ValueError):
-    """The checkpoint's `model_type` is not one of the supported LLaVA families."""
+    """The checkpoint's `model_type` is not one of the supported model families."""
 
 
 def family_for_model_type(model_type: str | None, source: str | None = None) -> Family:

@@ -258,3 +258,27 @@ class PruningConfigMixin:
         validate_pruning_settings(**{name: getattr(self, name) for name in PRUNING_VALIDATORS})
         check_codebook_filename(self.codebook_filename)
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+@dataclass
+class LayoutPositionsConfigMixin:
+    """For a family whose stock model derives position ids from the full prompt's layout (Qwen-VL's M-RoPE: an image
+    token's (t, h, w) is its place in the image grid): a pruned prompt keeps those positions, so `position_mode` is
+    `"original"`, and `"contiguous"` (renumbering the kept tokens) is refused; no renumbered prompt has a layout."""
+
+    position_mode: Literal["contiguous", "original"] = "original"
+
+    def __setattr__(self, name, value):
+        if name == "position_mode" and value != "original":
+            check_layout_position_mode(value, type(self).__name__)
+        super().__setattr__(name, value)
+
+
+def check_layout_position_mode(value, owner: str) -> None:
+    """Refuse any `position_mode` but `"original"` for a family whose positions come from the prompt's layout."""
+    if value != "original":
+        raise ValueError(
+            f"position_mode={value!r} is not available for {owner}: its model gives each visual token the 3-D (t, h, "
+            "w) position of its place in the image or video grid (M-RoPE), which a pruned prompt keeps; renumbering "
+            "the kept tokens would give positions of no grid. Use position_mode='original' (the default here)."
+        )

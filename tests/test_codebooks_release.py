@@ -193,7 +193,7 @@ def base_models(tmp_path, monkeypatch):
             "vision_feature_layer": -1,
             "text_config": {"model_type": "qwen2", "hidden_size": 8},
         },
-        "org/qwen2-vl": {"model_type": "qwen2_vl", "text_config": {"hidden_size": 8}},
+        "org/idefics3": {"model_type": "idefics3", "text_config": {"hidden_size": 8}},
     }
     for repo, config in configs.items():
         seed_hub_cache(cache, repo, {"config.json": json.dumps(config).encode()})
@@ -231,10 +231,10 @@ def test_import_seed_refuses_a_base_model_of_an_unsupported_family_or_one_it_can
     source = _seed_file(tmp_path, torch.randn(3, 8))
     line = error_line(
         CliRunner().invoke(
-            app, ["import-seed", str(source), "--base-model", "org/qwen2-vl", "--out", str(tmp_path / "q")]
+            app, ["import-seed", str(source), "--base-model", "org/idefics3", "--out", str(tmp_path / "q")]
         )
     )
-    assert "model_type 'qwen2_vl'" in line and "llava_onevision" in line
+    assert "model_type 'idefics3'" in line and "llava_onevision" in line
     line = error_line(
         CliRunner().invoke(
             app, ["import-seed", str(source), "--base-model", "org/missing", "--out", str(tmp_path / "m")]

@@ -268,6 +268,8 @@ def test_the_release_per_frame_video_rule_matches_an_independent_computation_on_
 def test_load_pruned_model_refuses_a_model_type_it_does_not_support(tmp_path):
     import json
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
-    with pytest.raises(UnsupportedModelError, match=r"model_type 'qwen2_vl'.*llava_onevision \(LLaVA-OneVision\)"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
+    with pytest.raises(
+        UnsupportedModelError, match=r"model_type 'idefics3'.*llava_onevision \(LLaVA-OneVision\).*qwen3_vl"
+    ):
         load_pruned_model(str(tmp_path))

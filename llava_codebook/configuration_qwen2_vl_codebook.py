@@ -1,0 +1,30 @@
+"""Configuration of a Qwen2-VL model that prunes redundant visual tokens before the language model sees them."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import Qwen2VLConfig
+
+from .pruning_config import PRUNING_FIELDS_DOC, LayoutPositionsConfigMixin, PruningConfigMixin
+
+
+@strict
+class Qwen2VLCodebookConfig(LayoutPositionsConfigMixin, PruningConfigMixin, Qwen2VLConfig):
+    __doc__ = (
+        "A stock `Qwen2VLConfig` plus the pruning settings below (`llava_codebook.pruning_config`). Kept tokens keep "
+        'the 3-D (M-RoPE) positions of the full prompt, so `position_mode` is always `"original"`.'
+        + PRUNING_FIELDS_DOC
+        + r"""
+    Example:
+
+    ```python
+    >>> from llava_codebook import Qwen2VLCodebookConfig
+
+    >>> config = Qwen2VLCodebookConfig(codebook_repo="org/codebook-qwen2-vl", pruning_mode="budget", keep_ratio=0.25)
+    >>> config.model_type, config.position_mode
+    ('qwen2_vl_codebook', 'original')
+    ```"""
+    )
+
+    model_type = "qwen2_vl_codebook"
+
+
+__all__ = ["Qwen2VLCodebookConfig"]
