@@ -28,8 +28,9 @@ text vocabulary (word level, made-up ids, real special tokens, real length; as i
 not kept (the head dimension is: the M-RoPE sections need it).
 
 The stock video processors need torchvision, which does not import beside torch 2.13 CPU: the processor is built
-with `QwenPilVideoProcessor` (`qwen_pil_video_processor`), which resizes, normalises and patchifies frames as the stock
-`Qwen2VLVideoProcessor` / `Qwen3VLVideoProcessor` do, and the saved processor config then names the stock class.
+with the package's PIL video processor (`llava_codebook.processors.qwen_frame_video_processor`), which resizes,
+normalises and patchifies frames as the stock `Qwen2VLVideoProcessor` / `Qwen3VLVideoProcessor` do, and the saved
+processor config then names the stock class.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hub_fixtures import UNKNOWN_WORD, WORDS, _expose_video_processor_base
+from hub_fixtures import UNKNOWN_WORD, WORDS
 
 SPECIAL_BASE = 151643  # <|endoftext|>: the first added token of every Qwen2 / Qwen2.5 / Qwen3 tokenizer
 # tokenizer.json added_tokens of Qwen2-VL (151643-151656, all special)
@@ -528,66 +529,12 @@ def image_processor_kwargs(name: str) -> dict:
 
 
 def qwen_pil_video_processor(name: str):
-    """A stand-in for the stock Qwen video processors (torchvision-only): each frame resized with `smart_resize` to a
-    multiple of patch x merge (bicubic, PIL), rescaled and normalised, the frame count padded to a multiple of the
-    temporal patch by repeating the last frame, and the patches laid out (t, h / merge, w / merge, merge, merge) as the
-    stock `patchify` does; returns `pixel_values_videos`, `video_grid_thw` and the frames' `video_metadata`."""
-    import numpy as np
-    import torch
-    from PIL import Image
-    from transformers.feature_extraction_utils import BatchFeature
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-    from transformers.video_utils import make_batched_metadata
+    """The package's PIL stand-in for the stock Qwen video processors (torchvision-only), configured as the
+    family's (`llava_codebook.processors.qwen_frame_video_processor`; held against the stock image processor in
+    `test_qwen_tools.py`)."""
+    from llava_codebook.processors import qwen_frame_video_processor
 
-    spec = _spec(name)
-    base = _expose_video_processor_base()
-    kwargs = image_processor_kwargs(name)
-    mean, std = np.asarray(spec.image_mean, np.float32), np.asarray(spec.image_std, np.float32)
-    patch, temporal, merge = spec.patch_size, kwargs["temporal_patch_size"], kwargs["merge_size"]
-
-    class QwenPilVideoProcessor(base):
-        model_input_names = ["pixel_values_videos", "video_grid_thw"]
-        patch_size, temporal_patch_size, merge_size = patch, temporal, merge
-        size = kwargs["size"]
-
-        def _merge_and_standardize_kwargs(self, **_):
-            return {"size": self.size, "patch_size": patch, "merge_size": merge, "temporal_patch_size": temporal}
-
-        def preprocess(self, videos, return_tensors=None, video_metadata=None, return_metadata=False, **_):
-            videos = [videos] if isinstance(videos, np.ndarray) and videos.ndim == 4 else list(videos)
-            if videos and isinstance(videos[0], Image.Image):
-                videos = [videos]
-            metadata = make_batched_metadata(videos, video_metadata=video_metadata)
-            flat, grids = [], []
-            for frames in videos:
-                frames = [f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f)) for f in frames]
-                height, width = frames[0].height, frames[0].width
-                h, w = smart_resize(height, width, patch * merge, self.size["shortest_edge"], self.size["longest_edge"])
-                pixels = np.stack(
-                    [
-                        (
-                            (np.asarray(f.convert("RGB").resize((w, h), Image.BICUBIC), np.float32) / 255.0 - mean)
-                            / std
-                        ).transpose(2, 0, 1)
-                        for f in frames
-                    ]
-                )
-                if pad := -len(pixels) % temporal:
-                    pixels = np.concatenate([pixels, np.repeat(pixels[-1:], pad, axis=0)])
-                t, gh, gw = len(pixels) // temporal, h // patch, w // patch
-                patches = pixels.reshape(t, temporal, 3, gh // merge, merge, patch, gw // merge, merge, patch)
-                patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-                flat.append(patches.reshape(t * gh * gw, 3 * temporal * patch * patch))
-                grids.append([t, gh, gw])
-            data = {
-                "pixel_values_videos": torch.tensor(np.concatenate(flat)),
-                "video_grid_thw": torch.tensor(grids),
-            }
-            if return_metadata:
-                data["video_metadata"] = metadata
-            return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
-
-    return QwenPilVideoProcessor()
+    return qwen_frame_video_processor(image_processor_kwargs(name), qwen3=_spec(name).architecture == "qwen3_vl")
 
 
 def build_stock_processor(name: str):

@@ -46,6 +46,8 @@ from loguru import logger
 from PIL import Image
 
 from ..loading import load_pruned_model
+from ..processors import load_processor
+from ..pruning_core import TOKEN_ALIGNED_INPUTS
 from ..pruning_loading import CODEBOOK_REFERENCE_FIELDS
 from ..pruning_settings import PRUNING_FIELDS
 from .accounting import RowAccount, account_rows
@@ -62,6 +64,23 @@ SUMMARY_KEYS = (
     "prefill_tflops",
     "prefill_tflops_unpruned",
 )
+
+
+@dataclass
+class Video:
+    """A video read from a file: its sampled frames and the `VideoMetadata` the reader gave (frame rate, indices)."""
+
+    frames: object
+    metadata: object = None
+
+
+def video_metadata(video) -> dict:
+    """The metadata a processor gets for `video`: the reader's, or for bare frames every frame at an unknown rate
+    (what the stock processors assume)."""
+    if isinstance(video, Video) and video.metadata is not None:
+        return video.metadata
+    frames = video.frames if isinstance(video, Video) else video
+    return {"total_num_frames": len(frames), "fps": None, "frames_indices": list(range(len(frames)))}
 
 
 @dataclass
@@ -231,9 +250,7 @@ class LlavaCodebook(lmms):
         else:
             self._device = self._model.device
 
-        from transformers import AutoProcessor
-
-        self.processor = AutoProcessor.from_pretrained(self.pretrained, **({"revision": revision} if revision else {}))
+        self.processor = load_processor(self.pretrained, revision=revision)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         if chat_template is not None and Path(str(chat_template)).is_file():
@@ -294,12 +311,12 @@ class LlavaCodebook(lmms):
             else:
                 raise ValueError(
                     f"llava_codebook takes images and videos; got a {type(visual).__name__} visual "
-                    f"({str(visual)[:80]!r}), e.g. audio, which LLaVA models do not take."
+                    f"({str(visual)[:80]!r}), e.g. audio, which these models do not take."
                 )
         if "video" in kinds and getattr(self.processor, "video_processor", None) is None:
             raise ValueError(
                 f"This task gives videos, but {type(self.processor).__name__} ({self.pretrained}) takes images only; "
-                "evaluate a family that takes videos (LLaVA-NeXT-Video, LLaVA-OneVision) on it."
+                "evaluate a family that takes videos (LLaVA-NeXT-Video, LLaVA-OneVision, Qwen-VL) on it."
             )
         images, videos = [], []
         for visual, kind in zip(visuals, kinds):
@@ -309,11 +326,12 @@ class LlavaCodebook(lmms):
                 videos.append(self._load_video(str(visual)) if isinstance(visual, (str, Path)) else visual)
         return images, videos
 
-    def _load_video(self, path: str):
+    def _load_video(self, path: str) -> "Video":
         from transformers.video_utils import load_video
 
-        frames, _ = load_video(path, num_frames=self.max_frames_num)
-        return frames
+        frames, metadata = load_video(path, num_frames=self.max_frames_num)
+        # The metadata (frame rate, which frames were sampled) is what Qwen-VL's processors time the video by.
+        return Video(frames, metadata)
 
     def _prompt(self, context: str, n_images: int, n_videos: int) -> str:
         image_token = getattr(self.processor, "image_token", "<image>")
@@ -334,7 +352,9 @@ class LlavaCodebook(lmms):
         if images:
             kwargs["images"] = images
         if videos:
-            kwargs["videos"] = videos
+            kwargs["videos"] = [v.frames if isinstance(v, Video) else v for v in videos]
+            if any(isinstance(v, Video) and v.metadata is not None for v in videos):
+                kwargs["video_metadata"] = [video_metadata(v) for v in videos]
         return self.processor(**kwargs).to(self.device, dtype=self.model.dtype)
 
     def _gather(self, records: list[VisualTokenCounts]) -> list[VisualTokenCounts]:
@@ -530,4 +550,14 @@ class LlavaCodebook(lmms):
             new_ids[b, width - row.shape[0] :] = row
             new_mask[b, width - row.shape[0] :] = 1
         inputs["input_ids"], inputs["attention_mask"] = new_ids, new_mask
+        # Per-token inputs (Qwen-VL's mm_token_type_ids) move with their tokens; a continuation token is text (0).
+        for name in TOKEN_ALIGNED_INPUTS:
+            if inputs.get(name) is None:
+                continue
+            values = inputs[name]
+            aligned = torch.zeros((len(rows), width), dtype=values.dtype, device=values.device)
+            for b, row in enumerate(rows):
+                own = values[b][mask[b]] if mask[b].any() else values.new_zeros(len(start))
+                aligned[b, width - row.shape[0] : width - row.shape[0] + own.shape[0]] = own
+            inputs[name] = aligned
         return inputs
