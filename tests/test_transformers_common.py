@@ -431,9 +431,14 @@ def _normalised(line: str) -> str:
     return re.sub(r"Codebook", "", line)
 
 
-def check_variant(variant: str, name: str, table: dict[str, Expected]) -> None:
-    reference = control(name)
-    outcome = run_upstream(VARIANTS[variant], name)
+def check_variant(
+    variant: str, name: str, table: dict[str, Expected], variants: dict | None = None, control_outcome=None
+) -> None:
+    """Run `variants[variant]`'s upstream test `name` (default: this module's LLaVA-NeXT variants) and hold it against
+    the control's outcome (default: this module's stock control), as the module docstring describes."""
+    variants = variants or VARIANTS
+    reference = control_outcome or control(name)
+    outcome = run_upstream(variants[variant], name)
     expected = table.get(name)
     same = outcome.status == reference.status and (
         outcome.status != "failed" or _normalised(outcome.error_line()) == _normalised(reference.error_line())
@@ -460,7 +465,7 @@ def check_variant(variant: str, name: str, table: dict[str, Expected]) -> None:
         )
     if expected.fix is not None and expected.recheck:
         # The bug must still be there: with only the by-design cause removed, the test still differs.
-        without_fix = run_under(expected.recheck, variant, name)
+        without_fix = run_under(expected.recheck, variant, name, variants)
         if without_fix.status == reference.status:
             pytest.fail(
                 f"{where}; classified as a project bug, but under {_names(expected.recheck)} alone it now ends as "
@@ -469,7 +474,7 @@ def check_variant(variant: str, name: str, table: dict[str, Expected]) -> None:
             )
     contexts = (*expected.recheck, *((expected.fix,) if expected.fix is not None else ()))
     if contexts:
-        rechecked = run_under(contexts, variant, name)
+        rechecked = run_under(contexts, variant, name, variants)
         if rechecked.status != reference.status:
             pytest.fail(
                 f"{where}; the classification ({expected.kind}) is not confirmed: under {_names(contexts)} it ends "
@@ -483,11 +488,11 @@ def _names(contexts) -> str:
     return " + ".join(context.__name__ for context in contexts)
 
 
-def run_under(contexts, variant: str, name: str) -> Outcome:
+def run_under(contexts, variant: str, name: str, variants: dict | None = None) -> Outcome:
     with contextlib.ExitStack() as stack:
         for context in contexts:
             stack.enter_context(context())
-        return run_upstream(VARIANTS[variant], name)
+        return run_upstream((variants or VARIANTS)[variant], name)
 
 
 # ------------------------------------------------------------------------------------------------------ session
