@@ -54,7 +54,8 @@ class RedundancyCodebook:
             after the multimodal projector), in the dtype they were built in.
         base_model: the model the codebook was built for (Hub id, optionally `@revision`).
         feature_space: where the rows live; only `"post-projector"` is used by the model.
-        vision_feature_layer: the vision tower layer whose hidden states fed the projector.
+        vision_feature_layer: the vision tower layer whose hidden states fed the projector (`None` where the tokens are
+            the vision tower's own merged output, as for Qwen-VL).
         build_parameters: every parameter of the build (thresholds, cluster sizes, image ids, ...).
         package_version: the llava-codebook version that wrote the codebook.
     """
@@ -258,7 +259,12 @@ or set these fields in a `llava_next_codebook` model's `config.json`:
                     info[key] = json.loads(meta[key])
                 except json.JSONDecodeError:
                     info[key] = meta[key]
-        info = {key: value for key, value in info.items() if value is not None or key == "base_model"}
+        # A stored null feature layer is a codebook of a model without one (Qwen-VL's merged tokens), not a missing value.
+        info = {
+            key: value
+            for key, value in info.items()
+            if value is not None or key in ("base_model", "vision_feature_layer")
+        }
         return cls(prototypes=prototypes, **info)
 
     @classmethod

@@ -254,7 +254,8 @@ def test_an_a_step_token_outside_the_vocabulary_is_refused():
 def test_presets_carry_the_release_pad_rows():
     names = {"llava-v1.5-7b": "llava-1.5", "llama3-llava-next-8B": "llava-next-llama3"}
     names["llava-onevision-qwen2-7b-ov"] = "llava-ov"
-    expected = {"llava-1.5": 0, "llava-next-llama3": 0, "llava-ov": 151643}
+    # qwen-vl has no release: its row is <|endoftext|>, Qwen's pad token.
+    expected = {"llava-1.5": 0, "llava-next-llama3": 0, "llava-ov": 151643, "qwen-vl": 151643}
     assert {name: preset.pad_token_id for name, preset in PRESETS.items()} == expected
     folder = SEED_CODEBOOKS / "pad_embs"
     if not folder.is_dir():
@@ -412,7 +413,8 @@ def _model_for(preset_name):
     return build_tiny_model(0), build_tiny_processor()
 
 
-@pytest.mark.parametrize("preset_name", sorted(PRESETS))
+# qwen-vl has no release recipe (it probes on the checkpoint's template): test_qwen_build.py builds with it.
+@pytest.mark.parametrize("preset_name", sorted(name for name in PRESETS if name != "qwen-vl"))
 def test_a_build_with_each_preset_records_the_release_recipe(preset_name, tmp_path):
     model, processor = _model_for(preset_name)
     preset = PRESETS[preset_name]

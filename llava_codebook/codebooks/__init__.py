@@ -41,7 +41,8 @@ from .divergence import topk_divergence
 from .dpcknn import dpc_knn
 from .hub import BaseModelUnreachableError, inspect_codebook, push_codebook, verify_against_base_model
 from .presets import PRESETS, RELEASE_PROBE_RANKS, RELEASE_PROMPT, BuildPreset, get_preset
-from .probe import ImageProbeResult, ProbeRunner, leave_one_out, single_token_probe
+from .probe import ImageProbeResult, ProbeLayout, ProbeRunner, leave_one_out, single_token_probe
+from .probe_mrope import MRopeProbeRunner, probe_runner
 from .release import import_release_codebook
 from .select import redundant_mask, select_in_image, select_prototype_clusters
 from .tiny_pipeline import build_tiny_pipeline_codebook
@@ -58,6 +59,8 @@ __all__ = [
     "CodebookBuildError",
     "ImageItem",
     "ImageProbeResult",
+    "MRopeProbeRunner",
+    "ProbeLayout",
     "ProbeRunner",
     "UnreadableImageError",
     "build_codebook",
@@ -71,6 +74,7 @@ __all__ = [
     "leave_one_out",
     "open_image_source",
     "pil_images",
+    "probe_runner",
     "push_codebook",
     "redundant_mask",
     "select_in_image",

@@ -31,6 +31,7 @@ from ..output_dir import replace_files
 from .data import ImageItem, UnreadableImageError, open_image_source
 from .presets import RELEASE_PROBE_RANKS, RELEASE_PROMPT, BuildPreset, get_preset
 from .probe import ProbeRunner, probe_images
+from .probe_mrope import probe_runner
 from .select import redundant_mask, select_in_image, select_prototype_clusters
 from .store import ResultStore, tensor_digest
 
@@ -301,6 +302,7 @@ def build_codebook(
     pad_embedding: torch.Tensor | None = None,
     pad_token_id: int | None = None,
     rank_by: str = "auto",
+    probe_grid: int = 16,
     base_model: str | None = None,
     base_model_revision: str | None = None,
     source: dict | None = None,
@@ -321,7 +323,8 @@ def build_codebook(
         num_images: use the first N images of the source (unreadable ones among them are skipped and counted).
         batch_size: language-model sequences per forward pass; `image_batch_size`: images encoded and probed
             together. Memory grows with these, not with the number of images.
-        probe_ranks / prompt / pad_embedding / rank_by: probe settings (see `ProbeRunner`). The rest of the probe
+        probe_ranks / prompt / pad_embedding / rank_by: probe settings (see `ProbeRunner`); `probe_grid`: the side, in
+            merged tokens, of the square view probed on a Qwen-VL model (see `probe_mrope.py`). The rest of the probe
             recipe (conversation, "A" step, pad row, ranking precision and ties, index-rank start) comes from the
             preset, the release's for its family (see `BuildPreset`); `pad_token_id` overrides the preset's pad row.
         base_model / base_model_revision: what the codebook declares it was built for (default: the model's
@@ -335,9 +338,10 @@ def build_codebook(
             raise ValueError("Give `out` (the codebook directory) or `work_dir` (where per-image probes are kept).")
         work_dir = Path(out) / "probes"
     items = images if _is_item_iterable(images) else open_image_source(images)
-    runner = ProbeRunner(
+    runner = probe_runner(
         model,
         processor,
+        probe_grid=probe_grid,
         prompt=prompt,
         conversation=preset_obj.conversation,
         probe_ranks=probe_ranks,
@@ -357,17 +361,15 @@ def build_codebook(
     fingerprint = {
         "base_model": base_model,
         "base_model_revision": base_model_revision,
-        "vision_feature_layer": model.config.vision_feature_layer,
-        "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
+        "vision_feature_layer": runner.feature_layer,
+        "vision_feature_select_strategy": runner.strategy,
         "prompt": prompt,
         "prompt_token_ids": runner.prompt_token_ids,
         "probe_ranks": runner.probe_ranks,
         "rank_by": rank_by,
         **recipe,
         # The weights that make the tokens: a work dir of another checkpoint with the same name is caught here.
-        "projector_sha256": tensor_digest(
-            torch.cat([p.flatten() for p in runner.base.multi_modal_projector.parameters()])
-        ),
+        "projector_sha256": tensor_digest(torch.cat([p.flatten() for p in runner.projector.parameters()])),
         "dtype": str(runner.dtype).removeprefix("torch."),
         "top_logits": preset_obj.top_logits,
         "pmax_top_logits": preset_obj.pmax_top_logits,
@@ -406,14 +408,14 @@ def build_codebook(
     codebook = RedundancyCodebook(
         prototypes=prototypes,
         base_model=f"{base_model}@{base_model_revision}" if base_model and base_model_revision else base_model,
-        vision_feature_layer=model.config.vision_feature_layer,
+        vision_feature_layer=runner.feature_layer,
         build_parameters={
             "method": "redundancy-codebook (single-token probe + leave-one-out + DPC-KNN), arXiv 2503.20540",
             "preset": preset_name,
             **preset_obj.to_dict(),
             "base_model_revision": base_model_revision,
-            "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
-            "crop": "base crop only (first crop of pixel_values)",
+            "vision_feature_select_strategy": runner.strategy,
+            "crop": runner.view,
             "prompt": prompt,
             "probe_ranks": runner.probe_ranks,
             "rank_by": rank_by,
@@ -455,6 +457,8 @@ def probe_recipe(runner: ProbeRunner) -> dict[str, Any]:
         "rank_dtype": runner.rank_dtype,
         "rank_ties": runner.rank_ties,
         "index_rank_start": runner.index_rank_start if runner.ranks_by_index else None,
+        # A square view of that many merged tokens a side (Qwen-VL); absent for the LLaVA families' base crop.
+        **({"probe_grid": runner.probe_grid} if hasattr(runner, "probe_grid") else {}),
     }
 
 

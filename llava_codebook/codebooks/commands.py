@@ -39,7 +39,9 @@ def _parse_ids(ids: Optional[str]):
 
 
 def build(
-    model: Annotated[str, typer.Option(help="Hub id or local directory of a LLaVA (1.5, NeXT, OneVision) checkpoint.")],
+    model: Annotated[
+        str, typer.Option(help="Hub id or local directory of a LLaVA (1.5, NeXT, OneVision) or Qwen-VL checkpoint.")
+    ],
     images: Annotated[str, typer.Option(help="A folder of images, or a `datasets` id / path.")],
     out: Annotated[Path, typer.Option(help="Directory to write the codebook to.")],
     num_images: Annotated[
@@ -55,7 +57,10 @@ def build(
     ] = None,
     streaming: Annotated[bool, typer.Option(help="Stream the dataset instead of downloading it whole.")] = True,
     preset: Annotated[
-        str, typer.Option(help="The release's thresholds and probe recipe: llava-1.5, llava-next-llama3 or llava-ov.")
+        str,
+        typer.Option(
+            help="Thresholds and probe recipe: llava-1.5, llava-next-llama3 or llava-ov (the release's), or qwen-vl."
+        ),
     ] = "llava-next-llama3",
     top1_prob_thres: Annotated[Optional[float], typer.Option(help="Override the preset's p_max threshold.")] = None,
     jsd_thres: Annotated[Optional[float], typer.Option(help="Override the preset's divergence threshold.")] = None,
@@ -104,6 +109,9 @@ def build(
         Optional[str],
         typer.Option(help="DPC-KNN precision: 'float64' (default), 'float32' or 'float16' (what the release passed)."),
     ] = None,
+    probe_grid: Annotated[
+        int, typer.Option(callback=_at_least_one, help="Qwen-VL: side of the square view probed, in merged tokens.")
+    ] = 16,
     batch_size: Annotated[
         int, typer.Option(callback=_at_least_one, help="Language-model sequences per forward pass.")
     ] = 96,
@@ -127,19 +135,21 @@ def build(
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Build a redundancy codebook for a LLaVA model from a folder of images or a `datasets` dataset.
+    """Build a redundancy codebook for a LLaVA or Qwen-VL model from a folder of images or a `datasets` dataset.
 
     Probes use the base crop only (the first crop of pixel_values, the whole image at the tower's resolution), as
-    the release does. The preset carries the release's recipe for its family (conversation, "A" step, pad row,
+    the release does; a Qwen-VL model is probed on the whole image resized to a square of --probe-grid merged tokens a
+    side, each token at its M-RoPE position. The preset carries the release's recipe for its family (conversation, "A" step, pad row,
     index ranking); the options above override it. Rerunning the same command resumes; other thresholds or another
     cluster dtype reuse the stored probes, another probe recipe is refused with what differs named. For several
     GPUs run it under `accelerate launch` (or torchrun): images are split across processes and merged at the end.
     Ctrl-C stops it with the number of finished images; rerunning the same command resumes from there.
     """
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     from ..output_dir import refuse_source_overlap
+    from ..processors import load_processor
     from .build import build_codebook, partial_state
     from .data import open_image_source
     from .presets import RELEASE_PROBE_RANKS, RELEASE_PROMPT, get_preset
@@ -178,7 +188,7 @@ def build(
         if directory is not None:
             refuse_source_overlap(directory, sources, replaces=False)
     torch_dtype = "auto" if dtype is DType.auto else getattr(torch, dtype.value)
-    processor = AutoProcessor.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+    processor = load_processor(model, revision=revision, trust_remote_code=trust_remote_code)
     with _transformers_progress_bars(progress):
         network = AutoModelForImageTextToText.from_pretrained(
             model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
@@ -197,6 +207,7 @@ def build(
         batch_size=batch_size,
         image_batch_size=image_batch_size,
         probe_ranks=ranks,
+        probe_grid=probe_grid,
         prompt=prompt or RELEASE_PROMPT,
         pad_embedding=pad,
         base_model=model,

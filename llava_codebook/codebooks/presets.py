@@ -194,11 +194,24 @@ PRESETS: dict[str, BuildPreset] = {
         pad_token_id=151643,
         index_rank_start=1,
     ),
+    # Qwen2-VL, Qwen2.5-VL, Qwen3-VL: no release exists. The probe runs on the checkpoint's own chat template, pads
+    # with <|endoftext|> (151643 in every Qwen2 / 2.5 / 3 tokenizer), ranks by index from 0 (no [CLS]); the
+    # thresholds are LLaVA-OneVision's (a Qwen2 language model), a starting point, not tuned for these models.
+    "qwen-vl": BuildPreset(
+        top1_prob_thres=0.08,
+        jsd_thres=1.8e-3,
+        cluster_size_thres=3,
+        prototype_cluster_nums=24,
+        min_unique_images=16,
+        conversation=CHECKPOINT_TEMPLATE,
+        pad_token_id=151643,
+    ),
 }
 
 
 def get_preset(name: str | BuildPreset, **overrides) -> BuildPreset:
-    """A named preset (`llava-1.5`, `llava-next-llama3`, `llava-ov`) with any fields overridden (None = keep)."""
+    """A named preset (`llava-1.5`, `llava-next-llama3`, `llava-ov`, `qwen-vl`) with any fields overridden (None =
+    keep)."""
     if isinstance(name, BuildPreset):
         preset = name
     elif name in PRESETS:

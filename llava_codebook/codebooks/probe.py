@@ -8,7 +8,9 @@ sequences of one length go through each forward pass (`batch_size` of them); thi
 
 Works with any LLaVA `...ForConditionalGeneration` exposing `.model.language_model`, `.model.vision_tower`,
 `.model.multi_modal_projector` and `.lm_head`: LLaVA-1.5 (`LlavaForConditionalGeneration`), LLaVA-NeXT and
-LLaVA-OneVision (SigLIP, no [CLS] token: ranked by raster index).
+LLaVA-OneVision (SigLIP, no [CLS] token: ranked by raster index). The Qwen-VL families, whose language model places
+visual tokens by where they lie in the image (M-RoPE), have their runner in `probe_mrope.py`; every probe sequence
+carries a `ProbeLayout` for it.
 
 Which view is probed: the first crop of the processor's `pixel_values`. For AnyRes processors (LLaVA-NeXT,
 OneVision) that is the base view, the whole image resized (aspect ratio not kept) to the tower's resolution, 336 px
@@ -89,6 +91,28 @@ class EncodedCrops(NamedTuple):
     tokens: torch.Tensor
     order: torch.Tensor
     similarity: torch.Tensor | None
+
+
+class ProbeLayout(NamedTuple):
+    """Where the visual tokens of `M` probe sequences `[M, L, D]` come from: `indices` `[M, L]` their raster indices in
+    the probed grid, `replaced` `[M, L]` which of them leave-one-out replaced by the pad embedding, `images` `[M]` the
+    image (of the batch being probed) each sequence is made from. A runner whose language model places visual tokens
+    by where they lie in the image (M-RoPE) reads it; the others ignore it."""
+
+    indices: torch.Tensor
+    replaced: torch.Tensor
+    images: torch.Tensor
+
+    def rows(self, rows) -> "ProbeLayout":
+        return ProbeLayout(self.indices[rows], self.replaced[rows], self.images[rows])
+
+    @classmethod
+    def cat(cls, layouts: Sequence["ProbeLayout"]) -> "ProbeLayout":
+        return cls(*(torch.cat(parts) for parts in zip(*layouts)))
+
+    @classmethod
+    def whole(cls, indices: torch.Tensor, images: torch.Tensor) -> "ProbeLayout":
+        return cls(indices, torch.zeros(indices.shape, dtype=torch.bool), images)
 
 
 @dataclass(frozen=True)
@@ -257,11 +281,8 @@ class ProbeRunner:
         if index_rank_start < 0:
             raise ValueError(f"index_rank_start must be >= 0, got {index_rank_start}.")
         self.model, self.processor = model, processor
-        self.base, self.language_model, self.lm_head = _parts(model)
         config = model.config
-        self.feature_layer = config.vision_feature_layer
-        self.strategy = config.vision_feature_select_strategy
-        self.side = config.vision_config.image_size // config.vision_config.patch_size
+        self._set_up_vision(model)
         if self.side < 3:
             raise ValueError(f"The crop is a {self.side}x{self.side} token grid; the 3x3 context probe needs >= 3x3.")
         self.batch_size, self.rank_by = batch_size, rank_by
@@ -272,8 +293,6 @@ class ProbeRunner:
         self.device, self.dtype = self.embeddings.weight.device, self.embeddings.weight.dtype
         vocab_size = self.embeddings.weight.shape[0]
 
-        # Whether the tower has a [CLS] token is a property of its architecture (CLIP has one, SigLIP has none).
-        self.has_cls = any(hasattr(module, "class_embedding") for module in self.base.vision_tower.modules())
         if rank_by == "cls" and not self.has_cls:
             raise ValueError("rank_by='cls' but the vision tower has no [CLS] token; use rank_by='index'.")
         self.ranks_by_index = rank_by == "index" or not self.has_cls
@@ -319,6 +338,24 @@ class ProbeRunner:
         self.pad_token_id = pad_token_id
 
     # ------------------------------------------------------------------ vision side
+    def _set_up_vision(self, model) -> None:
+        """The model's parts (`base`, `language_model`, `lm_head`), the feature settings, the probed grid's side and
+        whether the tower has a [CLS] token."""
+        self.base, self.language_model, self.lm_head = _parts(model)
+        config = model.config
+        self.feature_layer = config.vision_feature_layer
+        self.strategy = config.vision_feature_select_strategy
+        self.side = config.vision_config.image_size // config.vision_config.patch_size
+        # Whether the tower has a [CLS] token is a property of its architecture (CLIP has one, SigLIP has none).
+        self.has_cls = any(hasattr(module, "class_embedding") for module in self.base.vision_tower.modules())
+
+    @property
+    def projector(self) -> torch.nn.Module:
+        """The module whose weights make the probed tokens from the tower's features (part of a work dir's identity)."""
+        return self.base.multi_modal_projector
+
+    view = "base crop only (first crop of pixel_values)"  # what is probed, in words (the codebook's provenance)
+
     def pixel_values(self, images) -> torch.Tensor:
         """`[B, 3, H, W]` base crops (first crop of the processor's `pixel_values`) of PIL images."""
         image_processor = getattr(self.processor, "image_processor", self.processor)
@@ -379,15 +416,16 @@ class ProbeRunner:
 
     # ------------------------------------------------------------------ language side
     @torch.no_grad()
-    def first_token_logits(self, visual: torch.Tensor) -> torch.Tensor:
+    def first_token_logits(self, visual: torch.Tensor, layout: ProbeLayout | None = None) -> torch.Tensor:
         """`[M, V]` float32 first-token logits for `M` visual sequences `[M, L, D]` spliced into the prompt (the
-        second token's where the greedy first token is `skip_first_token`)."""
+        second token's where the greedy first token is `skip_first_token`); `layout` says where their tokens lie."""
         out = []
         for start in range(0, visual.shape[0], self.batch_size):
-            out.append(self._forward(visual[start : start + self.batch_size]))
+            rows = slice(start, start + self.batch_size)
+            out.append(self._forward(visual[rows], None if layout is None else layout.rows(rows)))
         return torch.cat(out) if out else torch.empty(0, self.lm_head.out_features)
 
-    def _forward(self, visual: torch.Tensor) -> torch.Tensor:
+    def _forward(self, visual: torch.Tensor, layout: ProbeLayout | None = None) -> torch.Tensor:
         m = visual.shape[0]
         embeds = torch.cat(
             [
@@ -397,16 +435,19 @@ class ProbeRunner:
             ],
             dim=1,
         )
-        logits = self._last_logits(embeds)
+        logits = self._last_logits(embeds, layout)
         if self.skip_token_id is not None:
             # The release generated greedily and, when the first token was "▁A", took the next step's logits.
             again = (logits.argmax(dim=-1) == self.skip_token_id).nonzero().squeeze(-1)
             if again.numel():
                 step = self.skip_embedding.expand(again.numel(), 1, -1)
-                logits[again] = self._last_logits(torch.cat([embeds[again.to(self.device)], step], dim=1))
+                logits[again] = self._last_logits(
+                    torch.cat([embeds[again.to(self.device)], step], dim=1),
+                    None if layout is None else layout.rows(again),
+                )
         return logits
 
-    def _last_logits(self, embeds: torch.Tensor) -> torch.Tensor:
+    def _last_logits(self, embeds: torch.Tensor, layout: ProbeLayout | None = None) -> torch.Tensor:
         hidden = self.language_model(inputs_embeds=embeds, use_cache=False).last_hidden_state[:, -1]
         return self.lm_head(hidden).float().cpu()
 
@@ -459,8 +500,12 @@ def single_token_probe(
     by_length: dict[int, list[int]] = {}
     for position, sequence in enumerate(sequences):
         by_length.setdefault(sequence.shape[0], []).append(position)
+    flat_groups = [groups[b][j] for b in range(batch) for j in range(probes)]
     for positions in by_length.values():  # sequences of one length share forward passes
-        logits[positions] = runner.first_token_logits(torch.stack([sequences[p] for p in positions]))
+        layout = ProbeLayout.whole(
+            torch.stack([flat_groups[p].cpu() for p in positions]), torch.tensor(positions) // probes
+        )
+        logits[positions] = runner.first_token_logits(torch.stack([sequences[p] for p in positions]), layout)
     top = logits.topk(min(runner.pmax_top_logits, logits.shape[-1]), dim=-1)
     probs = torch.softmax(top.values.double(), dim=-1).float()
     rows = {"tokens": [], "token_probes": [], "token_patch_indices": []}
@@ -495,10 +540,13 @@ def leave_one_out(runner: ProbeRunner, tokens: torch.Tensor, probe_indices: torc
     perturbed_ctx = intact_ctx.clone()
     target = (windows == probe_indices.flatten()[:, None]).to(tokens.device)
     perturbed_ctx[target] = pad
-    ctx_logits = runner.first_token_logits(torch.cat([intact_ctx, perturbed_ctx]))
+    ctx_layout = ProbeLayout.cat([ProbeLayout.whole(windows, image_of), ProbeLayout(windows, target.cpu(), image_of)])
+    ctx_logits = runner.first_token_logits(torch.cat([intact_ctx, perturbed_ctx]), ctx_layout)
     ctx = all_divergences(ctx_logits[: batch * probes], ctx_logits[batch * probes :], k=runner.top_logits)
 
-    intact_global = runner.first_token_logits(tokens)  # [B, V]: one intact run per image
+    every = torch.arange(tokens.shape[1])
+    # [B, V]: one intact run per image
+    intact_global = runner.first_token_logits(tokens, ProbeLayout.whole(every.expand(batch, -1), torch.arange(batch)))
     blocked = torch.zeros(batch * probes, tokens.shape[1], dtype=torch.bool)
     blocked[torch.arange(batch * probes)[:, None], windows] = True
     perturbed_global = []
@@ -506,7 +554,8 @@ def leave_one_out(runner: ProbeRunner, tokens: torch.Tensor, probe_indices: torc
         stop = min(start + runner.batch_size, batch * probes)
         sequences = tokens[image_of[start:stop].to(tokens.device)].clone()
         sequences[blocked[start:stop].to(tokens.device)] = pad
-        perturbed_global.append(runner.first_token_logits(sequences))
+        layout = ProbeLayout(every.expand(stop - start, -1), blocked[start:stop], image_of[start:stop])
+        perturbed_global.append(runner.first_token_logits(sequences, layout))
     global_ = all_divergences(intact_global[image_of], torch.cat(perturbed_global), k=runner.top_logits)
     return {
         f"{level}_{kind}": values[kind].reshape(batch, probes)

@@ -108,8 +108,9 @@ def import_release_codebook(
         config = base_model_config(reference, token=token)
         family = family_for_config(config, base_model)
         if vision_feature_layer is None:
-            default = family.config_class.__dataclass_fields__["vision_feature_layer"].default
-            vision_feature_layer = config.get("vision_feature_layer", default)
+            # Qwen-VL configs have no feature layer: their tokens are the vision merger's output.
+            field = family.config_class.__dataclass_fields__.get("vision_feature_layer")
+            vision_feature_layer = config.get("vision_feature_layer", field.default if field else None)
     elif vision_feature_layer is None:
         vision_feature_layer = -2
     prototypes, picked = load_release_tensor(path, key=key)
