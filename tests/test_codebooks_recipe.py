@@ -2,8 +2,8 @@
 
 Each rule is checked against an independent implementation written here from the release's code: its conversation
 templates and `tokenizer_image_token`, its generate-then-skip-"▁A" loop, its fp16 [CLS] cosine with `== topk[-1]`
-tie groups and its raster-index probes for towers without [CLS] (its DPC-KNN on fp16 tensors is checked in
-`test_codebooks_dpcknn_fp16`).
+tie groups and its raster-index probes for towers without [CLS] (its DPC-KNN on fp16 tensors and its per-image
+selection of tied groups are checked in `test_codebooks_dpcknn_fp16` and `test_codebooks_tied_groups`).
 """
 
 import re
@@ -383,6 +383,7 @@ def test_a_build_with_each_preset_records_the_release_recipe(preset_name, tmp_pa
     assert params["skip_first_token"] == skip
     assert params["skip_first_token_id"] == (tokenizer.convert_tokens_to_ids(skip) if skip else None)
     assert (params["rank_dtype"], params["rank_ties"], params["cluster_dtype"]) == ("float32", "split", "float64")
+    assert params["group_selection"] == "release"
     by_index = preset_name == "llava-ov"
     assert params["ranked_by"] == ("index" if by_index else "cls")
     assert params["index_rank_start"] == (1 if by_index else None)
@@ -401,8 +402,10 @@ def test_release_precision_options_are_recorded_and_part_of_the_resume_check(tmp
 
     monkeypatch.setattr(build_module, "probe_images", lambda *a, **k: pytest.fail("probed again"))
     wide = build_codebook(model, processor, pil_images(images), work_dir=tmp_path, preset="llava-next-llama3",
-                          preset_overrides={**release, "cluster_dtype": "float64"}, progress=False)  # fmt: skip
-    assert wide.summary.num_resumed == 4  # the clustering precision acts on stored probes
+                          preset_overrides={**release, "cluster_dtype": "float64", "group_selection": "unique"},
+                          progress=False)  # fmt: skip
+    assert wide.summary.num_resumed == 4  # the clustering precision and group selection act on stored probes
+    assert wide.codebook.build_parameters["group_selection"] == "unique"
     for change, named in (({"rank_ties": "split"}, "rank_ties"), ({"conversation": "checkpoint"}, "template_text")):
         with pytest.raises(WorkDirMismatchError, match=named):
             build_codebook(model, processor, pil_images(images), work_dir=tmp_path, preset="llava-next-llama3",
