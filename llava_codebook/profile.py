@@ -340,9 +340,9 @@ def run_profile(
 ) -> dict:
     """Profile `model_id` (a pruning-enabled repo or a stock checkpoint this package loads) and return the report."""
     from PIL import Image
-    from transformers import AutoProcessor
 
     from .loading import load_pruned_model
+    from .processors import load_processor
 
     if repeats < 1 or warmup < 0 or max_new_tokens < 2:
         raise ValueError("Need repeats >= 1, warmup >= 0 and max_new_tokens >= 2 (decode time needs two tokens).")
@@ -362,7 +362,7 @@ def run_profile(
     if attn_implementation:
         load_kwargs["attn_implementation"] = attn_implementation
     model = load_pruned_model(model_id, **load_kwargs).to(target).eval()
-    processor = AutoProcessor.from_pretrained(model_id)
+    processor = load_processor(model_id)
     text = _prompt(processor, prompt)
     inputs = []
     for path in paths:
