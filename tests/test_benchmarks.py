@@ -31,3 +31,27 @@ def test_the_strategies_benchmark_runs_and_writes_every_strategy_and_budget(tmp_
                 rf"^\| `{name}` \| 16 \+ \d+ \| 8 \+ \d+ \| 4 \+ \d+ \| 2 \+ \d+ \|$", table, re.MULTILINE
             ), name
     assert "## Targets" in table and "## Kept-set overlap" in table
+
+
+def test_the_strategies_benchmark_runs_at_the_qwen_geometry_with_the_strategies_qwen_offers(tmp_path):
+    out = tmp_path / "strategies-qwen.md"
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO_ROOT / "benchmarks" / "strategies.py"), "--smoke", "--geometry", "qwen2.5-vl-7b",
+            "--out", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.read_text()
+    assert "--geometry qwen2.5-vl-7b" in table and "'family': 'qwen2_5_vl'" in table
+    offered = ["codebook", "codebook_diverse", "divprune", "random", "uniform"]  # no [CLS] rule on the Qwen ViT
+    for name in STRATEGIES:
+        timings = re.search(rf"^\| `{name}` \| ([^\n]+) \|$", table, re.MULTILINE)
+        assert bool(timings) == (name in offered), name
+        if timings:
+            assert timings[1].count(" ms (") == 4, name
+    for name in ("codebook", "divprune", "random", "uniform"):  # merged tokens, no newlines: 16, 8, 4, 2 kept
+        assert re.search(rf"^\| `{name}` \| 16 \+ 0 \| 8 \+ 0 \| 4 \+ 0 \| 2 \+ 0 \|$", table, re.MULTILINE), name
