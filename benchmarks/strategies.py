@@ -167,7 +167,8 @@ def build_qwen(device: str, dtype: torch.dtype, g: dict):
     heads, kv_heads = g["text_heads"]
     config = Qwen2_5_VLCodebookConfig(
         text_config={
-            "vocab_size": 151936 if g["text_hidden"] > 1024 else 152000,
+            # Never run: a small table keeps memory to the tower (no prompt is tokenized here).
+            "vocab_size": 1024,
             "hidden_size": g["text_hidden"],
             "intermediate_size": 256,
             "num_hidden_layers": 1,
