@@ -370,3 +370,28 @@ def test_contiguous_positions_and_missing_token_types_are_refused_with_the_fix(f
     without_grid = {k: v for k, v in inputs.items() if k != "image_grid_thw"}
     with pytest.raises(ValueError, match="without `image_grid_thw`"):
         model(**without_grid, pruning_strategy="codebook", **PRUNE)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_selection_rerun_from_one_encoding_equals_the_models_own_for_every_offered_strategy(families, name):
+    """What the Space does: encode an image and a video once, then select again under any offered strategy; each must
+    keep exactly what the model keeps when it encodes for that strategy alone."""
+    model, _, processor = families[name]
+    inputs = encode(processor, cases(processor)["image_and_video_and_a_text_only_sample"])
+    attach_codebook_from(model, inputs)
+    call = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    with torch.no_grad():
+        segments = [
+            segment
+            for modality in ("image", "video")
+            for segment in model.model.encode_for_strategies(modality, dict(call)).segments()
+        ]
+    for strategy in model.available_strategies("image"):
+        settings = dict(pruning_mode="budget", keep_tokens=4, codebook_threshold=0.99, pruning_strategy=strategy)
+        with torch.no_grad():
+            own = model(**inputs, **settings).visual_token_selection
+            again = model.model.select_segments(segments, model.pruning_settings(**settings))
+        if strategy == "none":
+            assert own is None and again.num_kept.tolist() == again.num_total.tolist()
+            continue
+        assert [k.tolist() for k in again.kept_indices] == [k.tolist() for k in own.kept_indices], strategy
