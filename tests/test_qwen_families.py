@@ -395,3 +395,24 @@ def test_a_selection_rerun_from_one_encoding_equals_the_models_own_for_every_off
             assert own is None and again.num_kept.tolist() == again.num_total.tolist()
             continue
         assert [k.tolist() for k in again.kept_indices] == [k.tolist() for k in own.kept_indices], strategy
+
+
+def test_generate_from_inputs_embeds_alone_matches_the_stock_generate_on_the_masked_full_prompt(families):
+    """Without `input_ids` the stock `generate` has no layout to read and numbers the real tokens 0, 1, ... on every
+    axis; the pruned prompt keeps those numbers."""
+    model, stock, processor = families["qwen2.5-vl-7b"]
+    inputs = encode(processor, cases(processor)["image_and_video_and_a_text_only_sample"])
+    attach_codebook_from(model, inputs)
+    ids = inputs.pop("input_ids")
+    embeds = model.get_input_embeddings()(ids)
+    logits = dict(output_logits=True, return_dict_in_generate=True, **GREEDY)
+    out = model.generate(inputs_embeds=embeds, **inputs, pruning_strategy="codebook", **PRUNE, **logits)
+    selection = out.visual_token_selection
+    assert (selection.num_kept < selection.num_total).all()
+    mask = placeholder_keep_mask(model, {**inputs, "input_ids": ids}, selection)
+    numbered = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)
+    expected = stock.generate(
+        inputs_embeds=embeds, **{**inputs, "attention_mask": mask}, position_ids=numbered, **logits
+    )
+    assert torch.equal(out.sequences, expected.sequences)
+    assert_logits_close(out.logits, expected.logits)
