@@ -12,7 +12,9 @@ What a family states (see `modeling_llava_next_codebook.py`): which modalities i
 modality is encoded into per-segment packed features with their row-newline masks (`encode_for_pruning`; a segment is
 one image or one video), its output classes, and the wiring of its two classes. A family whose stock `forward` reads a
 modality's features from a container other than the per-segment list the core hands over says so in
-`stock_encoder_outputs`. Nothing here knows a family's layout.
+`stock_encoder_outputs`; one whose stock model derives positions from the full prompt's layout (Qwen-VL's M-RoPE)
+states them in `prompt_position_ids`; one whose encoder output carries further per-token features (Qwen3-VL's
+deepstack) prunes them in `kept_encoder_output`. Nothing here knows a family's layout.
 """
 
 import inspect
@@ -558,6 +560,7 @@ class PruningForConditionalGenerationMixin(PruningMixin):
 
 
 __all__ = [
+    "TOKEN_ALIGNED_INPUTS",
     "PruningForConditionalGenerationMixin",
     "PruningMixin",
     "PruningModelMixin",
