@@ -358,9 +358,15 @@ def main(argv=None) -> None:
         "image's median codebook score, so half its tokens count as redundant.",
         "",
         f"All timings come from this one run, in {args.repeats} rounds after one warm-up; each round times the plain "
-        "vision tower + projector (`get_image_features`), the same pass with every probe attached ([CLS] rows of "
-        "layers -2 and 0, keys of -2, projector inputs; paid only by the strategies that need them) and every "
-        "selection once, and a share is the median over rounds of selection time / that round's tower time. "
+        "vision tower + projector (`get_image_features`), the same pass with every probe attached "
+        + (
+            "(none here: no strategy this model offers reads the tower)"
+            if qwen
+            else "([CLS] rows of layers -2 and 0, keys of -2, projector inputs; paid only by the strategies that need "
+            "them)"
+        )
+        + " and every selection once, and a share is the median over rounds of selection time / that round's tower "
+        "time. "
         f"Vision tower + projector: median {tower:.3f} s (rounds: {', '.join(f'{t:.2f}' for t in tower_times)} s); "
         f"Probes: their own work (hooks + packing, timed inside them) is {probe_share:.2%} of the tower; the probed "
         f"pass measured whole was {probe_overhead:+.1%} against the plain one (median over rounds), a difference "
@@ -400,8 +406,11 @@ def main(argv=None) -> None:
         "",
         f"Arithmetic behind both: DivPrune's pairwise cosine distances cost `n^2 x D` and the codebook's scores "
         f"`n x K x D`, a ratio of `n / K` = {n_visual} / {prototypes} = {n_visual / prototypes:.1f} "
-        "whatever the hardware, so where both are bound by their matrix product the codebook is about that much "
-        f"cheaper, not 10x. The vision tower costs about {tower_flops / 1e12:.2f} TFLOP here, DivPrune's "
+        "whatever the hardware, so where both are bound by their matrix product DivPrune costs about that multiple "
+        "of the codebook"
+        + (", not 10x" if n_visual / prototypes < 10 else "")
+        + (" (below 1 here: the codebook's product is the larger one)" if n_visual < prototypes else "")
+        + f". The vision tower costs about {tower_flops / 1e12:.2f} TFLOP here, DivPrune's "
         f"product {2 * n_visual**2 * width / 1e9:.0f} GFLOP ({2 * n_visual**2 * width / tower_flops:.1%}) "
         f"and the codebook's {2 * n_visual * prototypes * width / 1e9:.0f} GFLOP "
         f"({2 * n_visual * prototypes * width / tower_flops:.1%}). On a GPU DivPrune also runs `k` "

@@ -75,7 +75,7 @@ def _print_version(value: bool) -> None:
 # columns. No pretty exceptions: tracebacks (with --debug) are plain and never print local variables (tokens).
 app = typer.Typer(
     cls=ReportingGroup,
-    help="Redundancy-codebook visual token pruning for LLaVA models (1.5, NeXT, OneVision, NeXT-Video).",
+    help="Redundancy-codebook visual token pruning for LLaVA (1.5, NeXT, OneVision, NeXT-Video) and Qwen-VL models.",
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -93,14 +93,15 @@ def _group(
         bool, typer.Option("--debug", envvar=DEBUG_ENV, help=f"Show tracebacks of errors (or set {DEBUG_ENV}=1).")
     ] = False,
 ) -> None:
-    """Redundancy-codebook visual token pruning for LLaVA models (1.5, NeXT, OneVision, NeXT-Video)."""
+    """Redundancy-codebook visual token pruning for LLaVA (1.5, NeXT, OneVision, NeXT-Video) and Qwen-VL models."""
     ctx.ensure_object(dict)["debug"] = debug
 
 
 @app.command()
 def convert(
     base: Annotated[
-        str, typer.Option(help="Stock checkpoint of a supported LLaVA family: Hub repo id or local directory.")
+        str,
+        typer.Option(help="Stock checkpoint of a supported LLaVA or Qwen-VL family: Hub repo id or local directory."),
     ],
     codebook: Annotated[
         str, typer.Option(help="Codebook: Hub repo id or local directory holding codebook.safetensors.")
@@ -118,7 +119,7 @@ def convert(
     create_pr: Annotated[bool, typer.Option(help="With --push-to: open a pull request instead of committing.")] = False,
     private: Annotated[Optional[bool], typer.Option(help="With --push-to: create the repo as private.")] = None,
 ) -> None:
-    """Make a pruning-enabled trust_remote_code repo from a stock LLaVA checkpoint (1.5, NeXT, OneVision, NeXT-Video) and a codebook."""
+    """Make a pruning-enabled trust_remote_code repo from a stock LLaVA or Qwen-VL checkpoint and a codebook."""
     from .convert import convert_checkpoint
 
     path = convert_checkpoint(

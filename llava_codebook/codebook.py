@@ -259,7 +259,7 @@ or set these fields in a `llava_next_codebook` model's `config.json`:
                     info[key] = json.loads(meta[key])
                 except json.JSONDecodeError:
                     info[key] = meta[key]
-        # A stored null feature layer is a codebook of a model without one (Qwen-VL's merged tokens), not a missing value.
+        # A stored null feature layer is a codebook of a model without one (Qwen-VL's merged tokens), not a gap.
         info = {
             key: value
             for key, value in info.items()

@@ -9,8 +9,8 @@ from .pruning_config import PRUNING_FIELDS_DOC, LayoutPositionsConfigMixin, Prun
 @strict
 class Qwen2_5_VLCodebookConfig(LayoutPositionsConfigMixin, PruningConfigMixin, Qwen2_5_VLConfig):
     __doc__ = (
-        "A stock `Qwen2_5_VLConfig` plus the pruning settings below (`llava_codebook.pruning_config`). Kept tokens keep "
-        'the 3-D (M-RoPE) positions of the full prompt, so `position_mode` is always `"original"`.'
+        "A stock `Qwen2_5_VLConfig` plus the pruning settings below (`llava_codebook.pruning_config`). Kept tokens "
+        'keep the 3-D (M-RoPE) positions of the full prompt, so `position_mode` is always `"original"`.'
         + PRUNING_FIELDS_DOC
         + r"""
     Example:
@@ -18,7 +18,7 @@ class Qwen2_5_VLCodebookConfig(LayoutPositionsConfigMixin, PruningConfigMixin, Q
     ```python
     >>> from llava_codebook import Qwen2_5_VLCodebookConfig
 
-    >>> config = Qwen2_5_VLCodebookConfig(codebook_repo="org/codebook-qwen2.5-vl", pruning_mode="budget", keep_ratio=0.25)
+    >>> config = Qwen2_5_VLCodebookConfig(codebook_repo="org/codebook-qwen2.5-vl", keep_ratio=0.25)
     >>> config.model_type, config.position_mode
     ('qwen2_5_vl_codebook', 'original')
     ```"""

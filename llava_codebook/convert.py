@@ -1,5 +1,5 @@
-"""Turn a stock checkpoint of a supported LLaVA family plus a codebook into a pruning-enabled, `trust_remote_code`
-model repo. The family is read from the checkpoint's `model_type` (`families.py`)."""
+"""Turn a stock checkpoint of a supported LLaVA or Qwen-VL family plus a codebook into a pruning-enabled,
+`trust_remote_code` model repo. The family is read from the checkpoint's `model_type` (`families.py`)."""
 
 import re
 import shutil
@@ -159,7 +159,8 @@ def convert_checkpoint(
 ) -> Path:
     """Write a pruning-enabled repo to `out` (and push it when `push_to` is given); returns `out`.
 
-    `base` is a stock checkpoint of a supported family (LLaVA 1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video),
+    `base` is a stock checkpoint of a supported family (LLaVA 1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL),
     read from its `model_type`. The repo ships that family's remote-code files only, and its processor: LLaVA-NeXT's
     pruning-aware one, or for the other families the base checkpoint's own processor files, copied unchanged.
 

@@ -1,4 +1,5 @@
-"""Load any supported LLaVA checkpoint (a stock llava-hf repo or a pruning-enabled one) into its pruning-aware class."""
+"""Load any supported checkpoint (a stock llava-hf or Qwen-VL repo, or a pruning-enabled one) into its pruning-aware
+class."""
 
 from transformers import PretrainedConfig
 
@@ -14,7 +15,8 @@ def load_pruned_model(model_id: str, **kwargs):
     """Load `model_id` into the pruning-aware generation class of its family, with pruning settings as arguments.
 
     `model_id` is a Hub id or local directory of a stock checkpoint of a supported family (LLaVA 1.5, LLaVA-NeXT,
-    LLaVA-OneVision, LLaVA-NeXT-Video; e.g. `llava-hf/llava-1.5-7b-hf`) or of a pruning-enabled repo; the family is
+    LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2-VL, Qwen2.5-VL, Qwen3-VL; e.g. `llava-hf/llava-1.5-7b-hf`,
+    `Qwen/Qwen2.5-VL-7B-Instruct`) or of a pruning-enabled repo; the family is
     read from its config's `model_type` (`llava_codebook.families`), and any other type is refused with the list of
     supported ones. Config fields (`codebook_repo`, `codebook_threshold`, `pruning_mode`, ...) override what the
     checkpoint's config says; every other argument (`dtype`, `device_map`, `revision`, ...) goes to `from_pretrained`.
