@@ -97,8 +97,9 @@ def probe_hub(timeout: float = PROBE_TIMEOUT_S) -> str | None:
 def _cached(reference: Reference) -> bool:
     if reference.needs_hub or reference.repo_type != "model" or reference.filename is None:
         return False
+    repo_id, _, pinned = str(reference.value).partition("@")  # codebooks declare base models as org/name@revision
     found = try_to_load_from_cache(
-        _repo_id(str(reference.value)), reference.filename, revision=reference.revision, repo_type=reference.repo_type
+        repo_id, reference.filename, revision=reference.revision or pinned or None, repo_type=reference.repo_type
     )
     return isinstance(found, str)
 
