@@ -2,9 +2,10 @@
 
 What lives here, once for every family: encoding a call's visual inputs (with the vision-tower signals a strategy
 asks for), selection through the strategy registry (`strategies.py`), and prompt compaction: the placeholders of
-dropped tokens are removed from `input_ids` / `inputs_embeds` (with the mask, position ids and labels), the batch is
-re-padded on the left, and the encoded, pruned visual features are handed to the stock `forward` / `generate` as
-`mm_encoder_outputs`, so everything downstream sees one shorter prompt. Beside it: `pruning_loading.py` (strict
+dropped tokens and the padding (positions the attention mask zeroes) are removed from `input_ids` / `inputs_embeds`
+(with the mask, position ids and labels), so each row is its real tokens only, the batch is re-padded on the left to
+its longest row, and the encoded, pruned visual features are handed to the stock `forward` / `generate` as
+`mm_encoder_outputs`, so everything downstream sees one prompt no wider than it needs to be. Beside it: `pruning_loading.py` (strict
 checkpoint loading, the stock key layout, the codebook reference) and `pruning_settings.py` (the settings in force
 for a call, the per-thread switches, the selection report).
 
@@ -121,6 +122,45 @@ def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -
         compacted[rows.to(tensor.device), cols.to(tensor.device)] = tensor[keep.to(tensor.device)]
         out[name] = compacted
     return out
+
+
+def real_tokens(placeholders: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None):
+    """`[B, S]` bool: the positions that are part of a row's prompt, i.e. not padding (the attention mask's zeros).
+
+    Compaction drops padding with the dropped placeholders, so that a row keeps its real tokens only and the batch is
+    as wide as its longest pruned row, whichever side (or sides) the caller padded. A label on a padding position
+    would be lost with it, so it must be the ignored -100.
+    """
+    if attention_mask is None:
+        return torch.ones_like(placeholders, dtype=torch.bool)
+    if attention_mask.dim() != 2 or attention_mask.shape != placeholders.shape:
+        raise ValueError(
+            f"Pruning needs a 2-D `attention_mask` of the prompt's shape {tuple(placeholders.shape)} (1 = token, "
+            f"0 = padding), got shape {tuple(attention_mask.shape)}; pass the mask the processor returns."
+        )
+    present = (attention_mask != 0).to(placeholders.device)
+    if labels is not None:
+        lost = (~present & (labels.to(present.device) != -100)).nonzero()
+        if lost.numel():
+            row, column = lost[0].tolist()
+            raise ValueError(
+                f"labels[{row}, {column}] is {int(labels[row, column])} on a padding position (attention_mask 0): "
+                "pruning drops padding from the prompt, and that label with it. Set the labels of padding to -100 "
+                "(`labels.masked_fill(attention_mask == 0, -100)`), as the stock loss ignores them then too."
+            )
+    return present
+
+
+def prompt_order(encoded: list[VisualInputs], placeholders: dict) -> list[int]:
+    """The segments of `encoded` (listed modality by modality) sorted by where they start in the flattened
+    (row-major) prompt: the order a reader of the batch meets the images and videos."""
+    starts = []
+    for visual in encoded:
+        positions = placeholders[visual.modality].flatten().nonzero().squeeze(-1)
+        lengths = torch.tensor([features.shape[0] for features in visual.packed], device=positions.device)
+        firsts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+        starts += positions[firsts].tolist()
+    return sorted(range(len(starts)), key=starts.__getitem__)
 
 
 # ---------------------------------------------------------------------------------------------------------- wrappers
@@ -353,21 +393,27 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
                 )
             placeholder[visual.modality] = mask
         segments = [segment for visual in encoded for segment in visual.segments()]
-        selection = self.select_segments(segments, settings)
-        keep = torch.ones_like(next(iter(placeholder.values())))
-        masks = iter(selection.keep_masks())
-        merged = iter(selection.merged_features or [None] * len(segments))
+        order = prompt_order(encoded, placeholder)
+        selection = self.select_segments([segments[i] for i in order], settings)
+        # The selection lists segments in prompt order; each modality's hand-off lists its own in their order.
+        masks, merged = selection.keep_masks(), selection.merged_features or [None] * len(segments)
+        rank = {segment: position for position, segment in enumerate(order)}
+        attention_mask, position_ids, labels = call.get("attention_mask"), call.get("position_ids"), call.get("labels")
+        keep = real_tokens(next(iter(placeholder.values())), attention_mask, labels)
         handoff = dict(call.get("mm_encoder_outputs") or {})
+        first = 0
         for visual in encoded:
-            own = [next(masks) for _ in visual.packed]
-            kept_features = [next(merged) for _ in visual.packed]
+            own = [masks[rank[first + i]] for i in range(len(visual.packed))]
+            kept_features = [merged[rank[first + i]] for i in range(len(visual.packed))]
+            first += len(visual.packed)
+            # Placeholders follow the selection alone (a kept one stays even where the caller masked it), so the
+            # prompt holds exactly one placeholder per handed-over feature.
             keep[placeholder[visual.modality]] = torch.cat(own).to(keep.device)
             # A merging strategy hands over its own features for the kept tokens; the others keep theirs.
             visual.handoff.pooler_output = [
                 f[m.to(f.device)] if mf is None else mf for f, m, mf in zip(visual.packed, own, kept_features)
             ]
             handoff[visual.modality] = visual.handoff
-        attention_mask, position_ids = call.get("attention_mask"), call.get("position_ids")
         if attention_mask is None:
             attention_mask = torch.ones(keep.shape, dtype=torch.long, device=keep.device)
         if position_ids is None and settings.position_mode == "original":
@@ -379,7 +425,7 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
                 "inputs_embeds": inputs_embeds,
                 "attention_mask": attention_mask,
                 "position_ids": position_ids,
-                "labels": call.get("labels"),
+                "labels": labels,
             },
             {"input_ids": pad_token_id, "inputs_embeds": 0.0, "attention_mask": 0, "position_ids": 0, "labels": -100},
         )
