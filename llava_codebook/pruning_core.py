@@ -5,9 +5,9 @@ asks for), selection through the strategy registry (`strategies.py`), and prompt
 dropped tokens and the padding (positions the attention mask zeroes) are removed from `input_ids` / `inputs_embeds`
 (with the mask, position ids and labels), so each row is its real tokens only, the batch is re-padded on the left to
 its longest row, and the encoded, pruned visual features are handed to the stock `forward` / `generate` as
-`mm_encoder_outputs`, so everything downstream sees one prompt no wider than it needs to be. Beside it: `pruning_loading.py` (strict
-checkpoint loading, the stock key layout, the codebook reference) and `pruning_settings.py` (the settings in force
-for a call, the per-thread switches, the selection report).
+`mm_encoder_outputs`, so everything downstream sees one prompt no wider than it needs to be. Beside it:
+`pruning_loading.py` (strict checkpoint loading, the stock key layout, the codebook reference) and
+`pruning_settings.py` (the settings in force for a call, the per-thread switches, the selection report).
 
 What a family states (see `modeling_llava_next_codebook.py`): which modalities it prunes (`"image"`, `"video"`), how one
 modality is encoded into per-segment packed features with their row-newline masks (`encode_for_pruning`; a segment is
