@@ -4,6 +4,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from .profile_prompts import Prompt
+
 MiB = 2**20
 
 COLUMNS = (
@@ -109,11 +111,12 @@ def width_tables(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render_markdown(report: dict, title: str = "Efficiency profile") -> str:
+def render_markdown(report: dict, title: str = "Efficiency profile", level: int = 1) -> str:
+    """The report as Markdown, its title a heading of `level` (2 where it is one section of a longer page)."""
     settings, model = report["settings"], report["model"]
     prompts = settings["prompts"]
-    kinds = ["text only" if not p["images"] else f"{len(p['images'])} image(s)" for p in prompts]
-    lines = [f"# {title}", ""]
+    kinds = [Prompt(p["text"], tuple(p["images"])).kind for p in prompts]
+    lines = [f"{'#' * level} {title}", ""]
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
     lines += [
@@ -139,7 +142,7 @@ def render_markdown(report: dict, title: str = "Efficiency profile") -> str:
         "",
         COLUMN_NOTES,
         "",
-        "## Prefill width per batch",
+        f"{'#' * (level + 1)} Prefill width per batch",
         "",
         "The width the language model's prefill ran at, per batch: after pruning, each row is its real tokens only, "
         "re-padded on the left to the longest row.",
