@@ -496,6 +496,21 @@ class PruningForConditionalGenerationMixin(PruningMixin):
                 return int(candidate if not isinstance(candidate, (list, tuple)) else candidate[0])
         return _pad_token_id(self.config)
 
+    def _padding_mask(self, kwargs) -> torch.Tensor | None:
+        """The attention mask the stock `generate` infers when none is given: the pad tokens of `input_ids` masked,
+        where the pad token is set, occurs and is no EOS token; else `None` (every token is real)."""
+        input_ids = kwargs.get("input_ids")
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        pad = kwargs.get("pad_token_id", generation_config.pad_token_id)
+        eos = kwargs.get("eos_token_id", generation_config.eos_token_id)
+        if input_ids is None or pad is None:
+            return None
+        pads = torch.tensor(pad if isinstance(pad, (list, tuple)) else [pad], device=input_ids.device)
+        eos = [] if eos is None else (list(eos) if isinstance(eos, (list, tuple)) else [eos])
+        if not torch.isin(input_ids, pads).any() or any(int(p) in eos for p in pads):
+            return None
+        return (~torch.isin(input_ids, pads)).long()
+
     def _pruned_forward(self, call: dict, pruning: bool | None):
         """Stock `forward`, with the visual inputs pruned first. `input_ids`, `attention_mask`, `position_ids` and
         `labels` are compacted together, so the logits and the loss cover the kept tokens only. Accepts the pruning
@@ -520,6 +535,9 @@ class PruningForConditionalGenerationMixin(PruningMixin):
         if kwargs.get("input_ids") is None and isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
             kwargs["input_ids"], inputs = inputs, None
         input_ids = kwargs.get("input_ids")
+        if kwargs.get("attention_mask") is None and (mask := self._padding_mask(kwargs)) is not None:
+            # The stock `generate` would infer this mask from the pad tokens; compaction needs it first, to drop them.
+            kwargs["attention_mask"] = mask
         selection = self.model.prune_call(kwargs, pruning, self._generation_pad_token_id(kwargs))
         with self.pruning_disabled():
             output = super().generate(inputs, **kwargs)

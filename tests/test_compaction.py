@@ -299,3 +299,16 @@ def test_the_selection_lists_segments_in_prompt_order_and_accounting_agrees(fami
     accounts = account_rows(model, ids, inputs["attention_mask"], selection)
     assert [a.visual_tokens_kept for a in accounts] == [kept[0], kept[1], kept[2] + kept[3]]
     assert max(a.prompt_tokens for a in accounts) == widths[0] == sufficient_width(model, inputs, selection)
+
+
+def test_without_an_attention_mask_the_padding_is_found_from_the_pad_token_as_the_stock_generate_does(families):
+    model, _, processor = families["vicuna-7b"]
+    inputs = mixed_batch("vicuna-7b", processor)
+    attach_codebook_from(model, inputs)
+    with language_model_widths(model) as with_mask:
+        expected = model.generate(**inputs, **PRUNE, **GREEDY, return_dict_in_generate=True)
+    unmasked = {key: value for key, value in inputs.items() if key != "attention_mask"}
+    with language_model_widths(model) as without_mask:
+        out = model.generate(**unmasked, **PRUNE, **GREEDY, pad_token_id=processor.tokenizer.pad_token_id)
+    assert without_mask[0] == with_mask[0] == sufficient_width(model, inputs, expected.visual_token_selection)
+    assert torch.equal(out, expected.sequences)
