@@ -53,6 +53,7 @@ BUDGETS = (320, 160, 64)
 SMOKE_BUDGETS = (8, 4, 2)
 BATCH_SIZES = (1, 8)
 PROTOTYPES = 969
+MINIMUM_TRANSFORMERS = "5.23"  # pyproject.toml's lower bound
 ANYRES_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
@@ -215,6 +216,27 @@ def build_model(geometry: Geometry, smoke: bool, device: torch.device, dtype: to
     return model, processor
 
 
+def check_transformers() -> None:
+    """Refuse a transformers older than the package supports (a GPU machine's own Python may hold one), by name."""
+    import transformers
+    from packaging.version import Version
+
+    pinned = next(
+        (
+            line.split("==")[1].strip()
+            for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if line.startswith("transformers==")
+        ),
+        "5.25.0",
+    )
+    if Version(transformers.__version__) < Version(MINIMUM_TRANSFORMERS):
+        sys.exit(
+            f"transformers {transformers.__version__} is older than llava-codebook needs ({MINIMUM_TRANSFORMERS}); "
+            f"install the lock's version first: pip install --no-deps transformers=={pinned} (on a machine without "
+            "network, download its wheel elsewhere and install that)."
+        )
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -228,6 +250,7 @@ def main(argv=None) -> Path:
     parser.add_argument("--max-new-tokens", type=int, default=6)
     parser.add_argument("--out-dir", default=None, help="default: benchmarks/results (smoke: results-local)")
     args = parser.parse_args(argv)
+    check_transformers()
     names = [name.strip() for name in args.geometries.split(",") if name.strip()]
     unknown = [name for name in names if name not in GEOMETRIES]
     if unknown or not names:
