@@ -191,7 +191,7 @@ def profile(
         "--repeats": repeats,
         "--warmup": warmup,
         "--max-new-tokens": max_new_tokens,
-        "--prompt": prompt,
+        "--prompt": prompt if images else None,  # asked about `--images` only
         "--device": device,
         "--dtype": dtype,
         "--attn-implementation": attn_implementation,

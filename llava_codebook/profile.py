@@ -12,7 +12,7 @@ batch size asked for. For every batch and every configuration (a strategy at a b
   is padded to it, so the width times the rows is what the language model computes);
 - time to first token: from the call to the first new token;
 - decode per token: the mean gap between the following tokens (`max_new_tokens` are generated, EOS suppressed);
-- generated tokens/s: new tokens of all rows over the whole call;
+- generated tokens/s: new tokens of all rows over the whole call (for a batch size: over all its calls);
 - peak memory: the CUDA allocator's peak during the call, or on CPU the process's peak resident set size (Linux);
 - KV cache: the bytes of the key/value cache right after prefill, i.e. of the prompt that reached the model.
 
@@ -316,6 +316,7 @@ def measure_one(model, inputs, configuration: Configuration, max_new_tokens: int
         "prefill_s": prefill_end - prefill_start,
         "ttft_s": tokens[0] - start,
         "decode_s_per_token": (tokens[-1] - tokens[0]) / (len(tokens) - 1) if len(tokens) > 1 else None,
+        "call_s": tokens[-1] - start,
         "generated_tokens_per_s": rows * len(tokens) / (tokens[-1] - start),
         "new_tokens": len(tokens),
         "peak_memory_bytes": peak,
@@ -350,6 +351,7 @@ TIMED = (
     "vision_selection_s",
     "prefill_s",
     "ttft_s",
+    "call_s",
     "decode_s_per_token",
     "generated_tokens_per_s",
 )
@@ -438,6 +440,11 @@ def profile_model(
             for key in per_batch[0]:
                 if key != "prompts":
                     row[key] = _mean([entry[key] for entry in per_batch])
+            # Throughput of the batch size's whole work (a mean of per-batch rates would weigh a fast text-only
+            # batch like a slow image batch).
+            row["generated_tokens_per_s"] = sum(e["rows"] * e["new_tokens"] for e in per_batch) / sum(
+                e["call_s"] for e in per_batch
+            )
             row["per_batch"] = per_batch
             rows.append(row)
     for size in batch_sizes:

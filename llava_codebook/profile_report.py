@@ -34,7 +34,8 @@ COLUMN_NOTES = (
     "forward passes (a strategy's signal probes included); selection = the strategy choosing the kept tokens, and "
     "its share of the vision tower's time; vision + selection = from the call to the start of the language model's "
     "prefill; prefill = the language model's first forward pass; TTFT = time to the first new token; decode = mean "
-    "time per following token; generated tokens/s = new tokens of all rows over the whole call; shares in "
+    "time per following token; generated tokens/s = new tokens of all rows over the time of the calls (all batches of "
+    "the batch size together); shares in "
     "parentheses are relative to the `none` row of the same batch size; peak memory during the call (in "
     "parentheses: above what was held when it started); the KV cache after prefill."
 )

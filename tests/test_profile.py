@@ -226,7 +226,9 @@ def test_a_batch_runs_at_the_width_of_its_longest_pruned_prompt(batched, tiny_re
         / prefill_flops(load_pruned_model(str(tiny_repo)).config.text_config, unpruned["prefill_width"])
     )
     for row in batched["rows"]:
-        assert row["generated_tokens_per_s"] > 0 and row["ttft_share"] > 0
+        work = sum(entry["rows"] * entry["new_tokens"] for entry in row["per_batch"])
+        assert row["generated_tokens_per_s"] == pytest.approx(work / sum(e["call_s"] for e in row["per_batch"]))
+        assert row["ttft_share"] > 0 and all(e["call_s"] >= e["ttft_s"] for e in row["per_batch"])
         if row["strategy"] == "codebook":
             assert 0 < row["selection_s"] < row["vision_selection_s"] and row["selection_share_of_tower"] > 0
         else:
