@@ -72,7 +72,7 @@ class Handlers:
             pictures = self.overlays.save(shown.base_overlay), self.overlays.save(shown.tile_overlay)
         except MissingImage:
             return None, None, UPLOAD_PROMPT, {}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every error is shown; `user_error` logs unexpected ones
             return None, None, _in_place(exc), {}
         return *pictures, shown.markdown, {"counts": shown.counts, "flops": shown.flops}
 
@@ -97,7 +97,7 @@ class Handlers:
             message = user_error(exc).message
             gr.Warning(html.escape(message, quote=False))  # the toast renders HTML
             raise gr.Error(message, visible=False, print_exception=False) from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every error is shown; `user_error` logs unexpected ones
             raise user_error(exc) from None
         return answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy)
 
@@ -116,7 +116,7 @@ class Handlers:
             )
             shown = result.preview
             pictures = self.overlays.save(shown.base_overlay), self.overlays.save(shown.tile_overlay)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every error is shown; `user_error` logs unexpected ones
             raise user_error(exc) from None
         details = {"counts": shown.counts, "flops": shown.flops}
         return *pictures, shown.markdown, details, *generation_outputs(result.generations)
@@ -162,7 +162,7 @@ class Handlers:
             )
         except MissingImage:
             return None, None, None, None, COMPARE_PROMPT, {}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every error is shown; `user_error` logs unexpected ones
             return None, None, None, None, _in_place(exc), {}
         details = {
             "strategies": list(names),
@@ -181,7 +181,7 @@ class Handlers:
             strip = self.overlays.save(shown.strip)
         except MissingImage:
             return None, VIDEO_UPLOAD_PROMPT, {}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every error is shown; `user_error` logs unexpected ones
             return None, _in_place(exc), {}
         return strip, shown.markdown, {"counts": shown.counts, "flops": shown.flops}
 
@@ -200,7 +200,7 @@ class Handlers:
             )
             shown = result.preview
             strip = self.overlays.save(shown.strip)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every error is shown; `user_error` logs unexpected ones
             raise user_error(exc) from None
         return (
             strip,

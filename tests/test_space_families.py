@@ -7,6 +7,7 @@ the same inputs (`visual_token_selection.keep_masks()`).
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -284,6 +285,54 @@ def test_a_served_video_family_takes_an_uploaded_video_end_to_end_and_refuses_pa
     )
     assert "'cls_attention' strategy ranks tokens by the vision tower's [CLS] attention" in refused
     assert "choose one of: codebook, codebook_diverse, divprune, random, uniform" in refused
+
+
+@pytest.mark.parametrize("kind", ["gif", "png", "webp"])
+def test_a_served_video_family_refuses_a_later_frame_larger_than_the_first_over_http(served_video, tmp_path, kind):
+    """A 16x16 first frame and a 12000x12000 second one: refused with the frames' sizes, by the client and by raw HTTP,
+    by the preview (in place) and the answer (an error), never "Something went wrong"."""
+    gradio_client = pytest.importorskip("gradio_client")
+    from animation_files import animated, noise_frames, set_frame_box
+    from gradio_client.exceptions import AppError
+    from space_helpers import call_raw, file_payload, upload_raw
+
+    bomb = tmp_path / f"bomb.{kind}"
+    bomb.write_bytes(set_frame_box(animated(kind, noise_frames(2)), kind, 1, 0, 0, 12000, 12000))
+    message = "That video's frames do not fit together: frame 2 is 12000x12000 pixels at (0, 0)"
+    client = gradio_client.Client(served_video, verbose=False)
+    upload = gradio_client.handle_file(str(bomb))
+    strip, counts, details = client.predict(upload, "budget", THRESHOLD, 0.4, "", api_name="/preview_video")
+    assert strip is None and details == {} and message in counts
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(upload, "what ?", "budget", THRESHOLD, 0.4, 3, api_name="/answer_video")
+    uploaded = file_payload(upload_raw(served_video, bomb))
+    event, error = call_raw(served_video, "answer_video", [uploaded, "what ?", "budget", THRESHOLD, 0.4, 3, "codebook"])
+    assert event == "error" and error.startswith(message), error
+    event, outputs = call_raw(served_video, "preview_video", [uploaded, "budget", THRESHOLD, 0.4, "", "codebook"])
+    assert event == "complete" and message in outputs[1]
+
+
+def test_null_is_a_bad_value_for_every_number_the_video_endpoints_take(served_video, tmp_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    from gradio_client.exceptions import AppError
+    from space_helpers import call_raw, file_payload, upload_raw
+
+    path = write_gif(tmp_path / "clip.gif", [bright_noise(40, 30, 50 + i) for i in range(3)])
+    clip = file_payload(upload_raw(served_video, path))
+    for position, message in ((3, "The threshold"), (4, "The token budget"), (5, "max_new_tokens")):
+        data = [clip, "what ?", "budget", THRESHOLD, 0.4, 3, "codebook"]
+        data[position] = None
+        assert call_raw(served_video, "answer_video", data) == ("error", f"{message} must be a number; got nothing.")
+    for position, message in ((2, "The threshold"), (3, "The token budget")):
+        data = [clip, "budget", THRESHOLD, 0.4, "", "codebook"]
+        data[position] = None
+        event, outputs = call_raw(served_video, "preview_video", data)
+        assert event == "complete" and f"{message} must be a number; got nothing." in outputs[1]
+    client = gradio_client.Client(served_video, verbose=False)
+    with pytest.raises(AppError, match="max_new_tokens must be a number; got nothing."):
+        client.predict(
+            gradio_client.handle_file(path), "what ?", "budget", THRESHOLD, 0.4, None, api_name="/answer_video"
+        )
 
 
 def test_video_answers_are_marked_out_of_date_when_a_control_they_were_made_with_moves(served_families, tmp_path):

@@ -126,6 +126,20 @@ def test_bad_inputs_come_back_as_messages(client, tmp_path):
     assert result[0] is None and "9000x6000 pixels" in result[2]
 
 
+def test_a_null_number_and_a_bad_example_index_come_back_as_messages_through_the_client(client, tmp_path):
+    good = picture(tmp_path / "ok.png", 60, 60, seed=4)
+    with pytest.raises(AppError, match="max_new_tokens must be a number; got nothing."):
+        client.predict(handle_file(good), "what ?", "threshold", 0.9, 0.25, None, api_name="/answer")
+    result = client.predict(handle_file(good), "threshold", None, 0.25, "", api_name="/preview")
+    assert result[0] is None and "The threshold must be a number; got nothing." in result[2]
+    result = client.predict(handle_file(good), "codebook", "divprune", None, 0.9, "", api_name="/compare")
+    assert result[0] is None and "The token budget must be a number; got nothing." in result[4]
+    with pytest.raises(AppError, match="Pick one of the 4 examples: .* got 99."):
+        client.predict(99, api_name="/load_example")
+    picked = client.predict(1, api_name="/load_example")  # a good index still loads that example
+    assert Path(picked[0]["value"]).name == "lighthouse.png"
+
+
 def test_only_the_three_endpoints_are_public(client):
     """The page's own steps (the check before Ask, the out-of-date marks, the rule's slider, the strategy's rules) are
     not API endpoints."""
@@ -440,6 +454,48 @@ BAD_INPUTS = {
         "This endpoint takes 6 inputs, in this order: image, strategy_a, strategy_b, keep_ratio, threshold, question; "
         "got 2.",
     ),
+    # null is a bad value for every number an endpoint takes.
+    "max_new_tokens null": (
+        "answer",
+        '[IMAGE, "what", "threshold", 0.9, 0.25, null, "codebook"]',
+        "max_new_tokens must be a number; got nothing.",
+    ),
+    "threshold null": (
+        "answer",
+        '[IMAGE, "what", "threshold", null, 0.25, 3, "codebook"]',
+        "The threshold must be a number; got nothing.",
+    ),
+    "budget null": (
+        "answer",
+        '[IMAGE, "what", "budget", 0.9, null, 3, "codebook"]',
+        "The token budget must be a number; got nothing.",
+    ),
+    "preview threshold null": (
+        "preview",
+        '[IMAGE, "threshold", null, 0.25, "", "codebook"]',
+        "The threshold must be a number; got nothing.",
+    ),
+    "preview budget null": (
+        "preview",
+        '[IMAGE, "budget", 0.9, null, "", "codebook"]',
+        "The token budget must be a number; got nothing.",
+    ),
+    "compare budget null": (
+        "compare",
+        '[IMAGE, "codebook", "divprune", null, 0.9, ""]',
+        "The token budget must be a number; got nothing.",
+    ),
+    "compare threshold null": (
+        "compare",
+        '[IMAGE, "codebook", "divprune", 0.25, null, ""]',
+        "The threshold must be a number; got nothing.",
+    ),
+    # Picking an example sends its index: anything else is named.
+    "example index past the end": ("load_example", "[4]", "Pick one of the 4 examples"),
+    "example index negative": ("load_example", "[-1]", "from 0 to 3; got -1."),
+    "example index null": ("load_example", "[null]", "from 0 to 3; got None."),
+    "example index as text": ("load_example", '["0"]', "from 0 to 3; got '0'."),
+    "example with two inputs": ("load_example", "[0, 1]", "This endpoint takes 1 input, in this order: example; got 2."),
 }
 
 
