@@ -18,6 +18,17 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 APP_DIR = Path(__file__).resolve().parent
+
+
+def use_own_file_cache() -> None:
+    """Serve from a folder of the Space's own (its files deleted at start, swept, deleted at exit), not from the temp
+    folder Gradio shares with any other app on this machine, unless GRADIO_TEMP_DIR names one. Gradio reads the
+    variable when it is imported, as well as when the page is built."""
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "llava-codebook-space"))
+
+
+if __name__ == "__main__":
+    use_own_file_cache()
 # Run as a script from a checkout (`python spaces_app/app.py`), this file's siblings are the modules of the package
 # `spaces_app`, imported from the checkout's root (as `llava_codebook` is when it is not installed), not top-level
 # modules. In the uploaded Space, `spaces_app/` and `llava_codebook/` lie beside app.py, where Python looks first.
@@ -429,9 +440,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    # The Space's files go to a folder of its own (deleted at start, swept, deleted at exit), not to the temp
-    # folder Gradio shares with any other app on this machine, unless GRADIO_TEMP_DIR names one.
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "llava-codebook-space"))
+    use_own_file_cache()
     try:
         backend = load_backend(args.model, args.codebook)
     except ModelLoadError as exc:
@@ -442,9 +451,14 @@ def main(argv=None) -> None:
         demo.file_cache.claim()
     except RuntimeError as exc:
         sys.exit(f"error: {exc}")
-    # A stop signal ends the server as Ctrl-C does, so that its files are deleted on the way out.
+    # A stop signal ends the server as Ctrl-C does. On the way out the files are deleted here, whether or not the
+    # server's own shutdown got that far: Gradio waits 5 s for it, and open connections can hold it longer.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    demo.launch(server_name=args.host, server_port=args.port, **launch_options(demo))
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, **launch_options(demo))
+    finally:
+        demo.close()
+        demo.file_cache.stop()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Gradio's own clean-up (`Blocks(delete_cache=...)`) is not used: its sweep iterat
 grow, dies with "Set changed size during iteration" and never runs again, and it bounds age, never bytes. Instead:
 
 - an upload is let in (`UploadAdmission`) only once there is room for its declared size, the oldest files deleted
-  first to make it; an overlay is written (`OverlayFiles`) likewise;
+  first to make it (none younger than `MIN_AGE_SECONDS`: with no room, a new upload gets 503); an overlay is written
+  (`OverlayFiles`) likewise;
 - a sweeper thread deletes the files older than `$CACHE_MAX_AGE_SECONDS` and the folders left empty, and measures
   the folder again, every `$CACHE_SWEEP_SECONDS`; an error in one sweep is logged and the next one runs;
 - at start the leftovers of earlier runs are deleted, at exit everything the Space wrote.
@@ -47,6 +48,10 @@ _UPLOAD_TEMP = re.compile(r"^tmp[a-z0-9_]{6,}$")  # an upload being received, re
 # A folder Gradio has just made, or a temporary file it is still writing, is left alone this long: the file it is
 # about to move in (or finish) is covered by its upload's admission.
 GRACE_SECONDS = 5.0
+# A file is kept at least this long (unless $CACHE_MAX_AGE_SECONDS is shorter): an upload that was accepted is there
+# when the request that names it comes, a moment later. Room is made from older files only; when there are none,
+# a new upload is refused (503, "try again") rather than deleting one that was just accepted.
+MIN_AGE_SECONDS = 10.0
 # Making room deletes down to this share of the bound, so that not every request has to sweep.
 LOW_WATER = 0.8
 # What a file costs beyond its bytes, at most: the rest of its last block and the folder Gradio makes for it.
@@ -54,7 +59,7 @@ FILE_OVERHEAD = 2 * 4096
 
 
 class CacheFull(InputError):
-    """No room can be made: uploads in progress hold the rest of the bound (a message for the visitor)."""
+    """No room can be made: recent files and uploads in progress hold the bound (a message for the visitor)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class Entry:
     path: Path
     nbytes: int  # blocks taken on disk
     mtime: float
-    kind: str  # "file", "upload" (a temporary upload file) or "folder"
+    kind: str  # "file", "upload" (a temporary upload file), "folder" or "lock" (this server's, never deleted)
 
 
 def _disk_bytes(stat: os.stat_result) -> int:
@@ -76,8 +81,8 @@ class FileCache:
     `$CACHE_SWEEP_SECONDS`).
 
     `estimate` is the bytes on disk as last measured plus what was written since; `reserved` the bytes admitted for
-    writes in progress. Their sum never exceeds `max_bytes`: a write that does not fit waits for room to be made, and
-    is refused (`CacheFull`) when none can be.
+    writes in progress. Their sum never exceeds `max_bytes`: a write that does not fit waits for room to be made from
+    files older than `min_age`, and is refused (`CacheFull`) when none can be.
     """
 
     def __init__(self, root, max_bytes: int | None = None, sweep_seconds=None, max_age=None, blocks=None):
@@ -87,6 +92,7 @@ class FileCache:
         self.sweep_seconds = float(sweep_seconds or sweep)
         self.max_age = float(max_age or age)
         self.blocks = blocks  # the Gradio app: the example files it keeps, and the sets of files it tracks
+        self.min_age = min(MIN_AGE_SECONDS, self.max_age)
         self.estimate = 0
         self.reserved = 0
         self.sweeps = 0  # sweeps completed by the sweeper thread
@@ -132,14 +138,14 @@ class FileCache:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the sweeper, delete everything the Space wrote, and let the folder go."""
+        """Stop the sweeper, delete everything the Space wrote, and let the folder go (again: a no-op)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.clear()
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the lock; the file stays, so that no two servers hold two files
-            self._lock_file = None
+        handle, self._lock_file = self._lock_file, None
+        if handle is not None:
+            handle.close()  # releases the lock; the file stays, so that no two servers hold two files
 
     def _run(self) -> None:
         while not self._stop.wait(self.sweep_seconds):
@@ -151,15 +157,17 @@ class FileCache:
                 logger.exception("A sweep of the file cache failed; the next one runs in %g s", self.sweep_seconds)
 
     # ------------------------------------------------------------------------------------------------ room
-    def reserve(self, nbytes: int) -> None:
-        """Admit a write of at most `nbytes`, deleting the oldest files first when it would not fit; `CacheFull`
-        when it cannot fit even then. Pair with `release`."""
+    def reserve(self, nbytes: int, share: float = 1.0) -> None:
+        """Admit a write of at most `nbytes` while all the files and admitted writes fit `share` of the bound,
+        deleting the oldest files first when they would not; `CacheFull` when they cannot fit even then. Pair with
+        `release`."""
+        ceiling = int(self.max_bytes * share)
         with self._lock:
-            if self.estimate + self.reserved + nbytes > self.max_bytes:
-                self._sweep_locked(target=int(self.max_bytes * LOW_WATER) - self.reserved - nbytes)
-            if self.estimate + self.reserved + nbytes > self.max_bytes:
+            if self.estimate + self.reserved + nbytes > ceiling:
+                self._sweep_locked(target=int(ceiling * LOW_WATER) - self.reserved - nbytes)
+            if self.estimate + self.reserved + nbytes > ceiling:
                 raise CacheFull(
-                    f"The Space's file cache is full of uploads in progress ({self.reserved:,} of "
+                    f"The Space's file cache is full of recent uploads ({self.estimate + self.reserved:,} of "
                     f"{self.max_bytes:,} bytes); try again in a minute."
                 )
             self.reserved += nbytes
@@ -202,11 +210,18 @@ class FileCache:
         now, kept = time.time(), self._kept_paths()
         entries = self._scan()
         # An upload still being received is covered by its admission (`reserved`): not counted twice, not deleted.
-        receiving = {e.path for e in entries if e.kind == "upload" and now - e.mtime < GRACE_SECONDS}
-        if everything:
-            receiving = set()
+        receiving = set()
+        if not everything:
+            receiving = {e.path for e in entries if e.kind == "upload" and now - e.mtime < GRACE_SECONDS}
         total = sum(entry.nbytes for entry in entries if entry.path not in receiving)
-        deletable = (e for e in entries if e.kind != "folder" and e.path not in receiving and str(e.path) not in kept)
+        deletable = [
+            e
+            for e in entries
+            if e.kind in ("file", "upload")
+            and e.path not in receiving
+            and str(e.path) not in kept
+            and (everything or now - e.mtime >= self.min_age)
+        ]
         deleted = 0
         for entry in sorted(deletable, key=lambda e: e.mtime):
             if not (everything or total > target or now - entry.mtime > self.max_age):
@@ -233,7 +248,7 @@ class FileCache:
 
     def _scan(self) -> list[Entry]:
         """The files and folders the Space and Gradio wrote: each hash-named folder and the overlay folder with the
-        files in them, and the temporary files of uploads."""
+        files in them, the temporary files of uploads, and the server's lock."""
         entries = []
         try:
             tops = list(os.scandir(self.root))
@@ -248,9 +263,10 @@ class FileCache:
                             entries.append(Entry(Path(child.path), _disk_bytes(stat), stat.st_mtime, "file"))
                     stat = top.stat(follow_symlinks=False)
                     entries.append(Entry(Path(top.path), _disk_bytes(stat), stat.st_mtime, "folder"))
-                elif top.is_file(follow_symlinks=False) and _UPLOAD_TEMP.match(top.name):
+                elif top.is_file(follow_symlinks=False) and (_UPLOAD_TEMP.match(top.name) or top.name == LOCK_FILE):
                     stat = top.stat(follow_symlinks=False)
-                    entries.append(Entry(Path(top.path), _disk_bytes(stat), stat.st_mtime, "upload"))
+                    kind = "lock" if top.name == LOCK_FILE else "upload"
+                    entries.append(Entry(Path(top.path), _disk_bytes(stat), stat.st_mtime, kind))
             except FileNotFoundError:  # deleted meanwhile
                 continue
         return entries
@@ -321,8 +337,9 @@ class _TooManyFiles(Exception):
 class UploadAdmission:
     """ASGI middleware: an upload to Gradio's upload route is let in only once the file cache has room for its
     declared size (`Content-Length`; the upload limit for a body of unknown length) and what its files cost beyond
-    their bytes; it is refused with 503 when no room can be made, and with 413 when it carries more than
-    `MAX_FILES_PER_UPLOAD` files. The admission is released when the request ends: its files are then on disk."""
+    their bytes, within the share of the bound uploads may fill (`limits.UPLOAD_SHARE`). It is refused with 503 when
+    no room can be made, and with 413 when it carries more than `MAX_FILES_PER_UPLOAD` files. The admission is
+    released when the request ends: its files are then on disk."""
 
     def __init__(self, app, cache: FileCache, upload_bytes: int):
         self.app = app
@@ -337,7 +354,7 @@ class UploadAdmission:
         nbytes = min(int(declared), self.upload_bytes) if declared.isdigit() else self.upload_bytes
         nbytes += MAX_FILES_PER_UPLOAD * FILE_OVERHEAD
         try:
-            await asyncio.to_thread(self.cache.reserve, nbytes)
+            await asyncio.to_thread(self.cache.reserve, nbytes, limits.UPLOAD_SHARE)
         except CacheFull as exc:
             response = PlainTextResponse(str(exc), status_code=503, headers={"Retry-After": "30"})
             return await response(scope, receive, send)

@@ -44,6 +44,9 @@ MAX_VIDEO_PIXELS = int(env_number("MAX_VIDEO_PIXELS", 200_000_000, 1))
 QUEUE_SIZE = 32
 # Multipart framing around one uploaded file: boundaries and part headers.
 MULTIPART_SLACK = 64 * 1024
+# Uploads may fill this share of $FILE_CACHE_MB; the rest stays for the overlays and frame strips the page draws, so
+# that a flood of uploads cannot stop the Space from showing what it computes.
+UPLOAD_SHARE = 0.75
 
 
 def feature_cache_bytes() -> int:
@@ -64,14 +67,15 @@ def max_request_bytes() -> int:
 
 def file_cache_bytes() -> int:
     """The disk the Space may fill, `$FILE_CACHE_MB` mebibytes (default 1024): uploads, overlays and frame strips,
-    counted as the blocks they take on disk. It must hold at least two of the largest uploads."""
+    counted as the blocks they take on disk. Uploads may fill `UPLOAD_SHARE` of it, which must hold at least two of
+    the largest."""
     bound = int(env_number("FILE_CACHE_MB", 1024, 1) * MIB)
     upload = max_upload_bytes() + MULTIPART_SLACK
-    if bound < 2 * upload:
+    if UPLOAD_SHARE * bound < 2 * upload:
         raise ValueError(
-            f"$FILE_CACHE_MB ({bound / MIB:g}) must hold at least two of the largest uploads "
-            f"($MAX_UPLOAD_MB = {max_upload_bytes() / MIB:g}): raise it to {2 * upload / MIB:.1f} or more, or lower "
-            "$MAX_UPLOAD_MB."
+            f"$FILE_CACHE_MB ({bound / MIB:g}) must leave room for two of the largest uploads ($MAX_UPLOAD_MB = "
+            f"{max_upload_bytes() / MIB:g}) in the {UPLOAD_SHARE:.0%} of it that uploads may fill: raise it to "
+            f"{2 * upload / UPLOAD_SHARE / MIB:.1f} or more, or lower $MAX_UPLOAD_MB."
         )
     return bound
 

@@ -12,18 +12,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from animation_files import (  # noqa: E402
+import numpy as np
+import pytest
+from animation_files import (
     animated,
     noise_frames,
     set_canvas,
     set_declared_frames,
     set_frame_box,
 )
-from PIL import Image, ImageFile  # noqa: E402
+from PIL import Image, ImageFile
 
-from spaces_app import frame_headers, inputs, limits, video_inputs  # noqa: E402
+from spaces_app import frame_headers, inputs, limits, video_inputs
 
 KINDS = ["gif", "png", "webp"]
 

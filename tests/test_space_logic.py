@@ -692,13 +692,13 @@ def test_the_file_cache_bound_and_schedule_come_from_the_environment(monkeypatch
         monkeypatch.delenv(name, raising=False)
     assert limits.file_cache_bytes() == 1024 * 2**20
     assert limits.file_cache_schedule() == (60, 600)
-    monkeypatch.setenv("FILE_CACHE_MB", "64")
+    monkeypatch.setenv("FILE_CACHE_MB", "80")
     monkeypatch.setenv("CACHE_SWEEP_SECONDS", "5")
     monkeypatch.setenv("CACHE_MAX_AGE_SECONDS", "30")
-    assert limits.file_cache_bytes() == 64 * 2**20
+    assert limits.file_cache_bytes() == 80 * 2**20
     assert limits.file_cache_schedule() == (5, 30)
-    monkeypatch.setenv("FILE_CACHE_MB", "40")  # less than two 25 MB uploads
-    with pytest.raises(ValueError, match=r"\$FILE_CACHE_MB \(40\) must hold at least two of the largest uploads"):
+    monkeypatch.setenv("FILE_CACHE_MB", "60")  # its uploads' three quarters hold less than two 25 MB uploads
+    with pytest.raises(ValueError, match=r"\$FILE_CACHE_MB \(60\) must leave room for two of the largest uploads"):
         limits.file_cache_bytes()
 
 

@@ -495,7 +495,11 @@ BAD_INPUTS = {
     "example index negative": ("load_example", "[-1]", "from 0 to 3; got -1."),
     "example index null": ("load_example", "[null]", "from 0 to 3; got None."),
     "example index as text": ("load_example", '["0"]', "from 0 to 3; got '0'."),
-    "example with two inputs": ("load_example", "[0, 1]", "This endpoint takes 1 input, in this order: example; got 2."),
+    "example with two inputs": (
+        "load_example",
+        "[0, 1]",
+        "This endpoint takes 1 input, in this order: example; got 2.",
+    ),
 }
 
 
