@@ -20,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import httpx
 import pytest
+from PIL import Image
 from space_helpers import call_raw, launch_on_a_free_port
 
 from spaces_app import app, disk, model
@@ -35,7 +36,7 @@ def test_session_state_is_bounded_under_concurrent_callers(tmp_path, monkeypatch
     monkeypatch.setenv("MAX_SESSIONS", "5")
     demo = app.build_demo(model.load_tiny_backend(), examples_dir=tmp_path / "examples")
     url = launch_on_a_free_port(demo, **app.launch_options(demo))
-    example = {"path": str(sorted((tmp_path / "examples").glob("*.png"))[0])}
+    example = {"path": str(min((tmp_path / "examples").glob("*.png")))}
     sizes, outcomes = [], []
 
     def call(worker: int):
@@ -125,12 +126,15 @@ def test_a_started_space_deletes_leftovers_and_at_exit_everything_it_wrote(tmp_p
         assert foreign.exists()
         # A second server on the same folder would delete this one's files: it refuses to start, and says why.
         second = subprocess.run(
-            [sys.executable, str(APP), "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=180
+            [sys.executable, str(APP), "--port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
         )
         assert second.returncode != 0 and "Another server is using" in second.stderr, second.stderr[-2000:]
         picture = tmp_path / "picture.png"
-        from PIL import Image
-
         Image.effect_noise((90, 60), 60).convert("RGB").save(picture)
         client = gradio_client.Client(url, verbose=False)
         client.predict(gradio_client.handle_file(str(picture)), "threshold", 0.5, 0.25, "", api_name="/preview")
@@ -164,6 +168,7 @@ def test_a_model_that_cannot_be_loaded_stops_the_space_with_one_message(tmp_path
         capture_output=True,
         text=True,
         timeout=180,
+        check=False,
     )
     assert done.returncode == 1
     message = [line for line in done.stderr.splitlines() if line.strip()]
