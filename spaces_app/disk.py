@@ -4,15 +4,17 @@ upload folder, and `FileCache` keeps what is there under `$FILE_CACHE_MB`, count
 Gradio's own clean-up (`Blocks(delete_cache=...)`) is not used: its sweep iterates a set that concurrent uploads
 grow, dies with "Set changed size during iteration" and never runs again, and it bounds age, never bytes. Instead:
 
-- an upload is let in (`UploadAdmission`) only once there is room for its declared size, the oldest files deleted
-  first to make it (none younger than `MIN_AGE_SECONDS`: with no room, a new upload gets 503); an overlay is written
-  (`OverlayFiles`) likewise;
+- an upload is let in (`UploadAdmission`) only once there is room for its declared size within the share of the
+  bound uploads may fill (`limits.UPLOAD_SHARE`), the oldest files deleted first to make it (none younger than
+  `MIN_AGE_SECONDS`: with no room, a new upload gets 503); an overlay is written (`OverlayFiles`) likewise, within
+  the whole bound;
 - a sweeper thread deletes the files older than `$CACHE_MAX_AGE_SECONDS` and the folders left empty, and measures
   the folder again, every `$CACHE_SWEEP_SECONDS`; an error in one sweep is logged and the next one runs;
 - at start the leftovers of earlier runs are deleted, at exit everything the Space wrote.
 
 Only what Gradio and the Space write there is counted and deleted: Gradio's hash-named folders, its temporary upload
-files, and the overlay folder. The example pictures Gradio keeps for good stay, and so does anything else.
+files, and the overlay folder (the server's lock file is counted and kept). The example pictures Gradio keeps for good
+stay, and so does anything else.
 """
 
 import asyncio
@@ -36,7 +38,7 @@ from .inputs import InputError
 
 try:
     import fcntl
-except ImportError:  # not on Windows: no lock there, one server per folder is then the user's business
+except ImportError:  # Windows has none: no lock there, and one server per folder is the user's business
     fcntl = None
 
 logger = logging.getLogger("llava_codebook.space")
@@ -97,7 +99,9 @@ class FileCache:
         self.reserved = 0
         self.sweeps = 0  # sweeps completed by the sweeper thread
         self.last_error: str | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one sweep at a time, and the admissions that may need one
+        self._counts = threading.Lock()  # `estimate`, `reserved`: held an instant, never while the folder is walked
+        self._written = 0  # bytes released since the start, so that a sweep counts the writes made while it walked
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_file = None
@@ -163,20 +167,29 @@ class FileCache:
         `release`."""
         ceiling = int(self.max_bytes * share)
         with self._lock:
-            if self.estimate + self.reserved + nbytes > ceiling:
-                self._sweep_locked(target=int(ceiling * LOW_WATER) - self.reserved - nbytes)
-            if self.estimate + self.reserved + nbytes > ceiling:
+            if self._fits(nbytes, ceiling):
+                return
+            self._sweep_locked(target=int(ceiling * LOW_WATER) - self.reserved - nbytes)
+            if not self._fits(nbytes, ceiling):
                 raise CacheFull(
                     f"The Space's file cache is full of recent uploads ({self.estimate + self.reserved:,} of "
                     f"{self.max_bytes:,} bytes); try again in a minute."
                 )
+
+    def _fits(self, nbytes: int, ceiling: int) -> bool:
+        """Reserve `nbytes` if they fit under `ceiling` beside the files and the other writes in progress."""
+        with self._counts:
+            if self.estimate + self.reserved + nbytes > ceiling:
+                return False
             self.reserved += nbytes
+            return True
 
     def release(self, nbytes: int) -> None:
         """The write admitted by `reserve(nbytes)` is done: its bytes count as on disk until the next sweep."""
-        with self._lock:
+        with self._counts:
             self.reserved -= nbytes
             self.estimate += nbytes
+            self._written += nbytes
 
     @contextmanager
     def room_for(self, nbytes: int):
@@ -207,6 +220,8 @@ class FileCache:
         return sum(entry.nbytes for entry in self._scan())
 
     def _sweep_locked(self, target: int, everything: bool = False) -> int:
+        with self._counts:
+            written_before = self._written
         now, kept = time.time(), self._kept_paths()
         entries = self._scan()
         # An upload still being received is covered by its admission (`reserved`): not counted twice, not deleted.
@@ -243,7 +258,8 @@ class FileCache:
                     continue
                 total -= entry.nbytes
                 deleted += 1
-        self.estimate = max(total, 0)
+        with self._counts:  # what was written while the folder was walked may not have been seen: counted again
+            self.estimate = max(total, 0) + self._written - written_before
         return deleted
 
     def _scan(self) -> list[Entry]:

@@ -44,8 +44,8 @@ MAX_VIDEO_PIXELS = int(env_number("MAX_VIDEO_PIXELS", 200_000_000, 1))
 QUEUE_SIZE = 32
 # Multipart framing around one uploaded file: boundaries and part headers.
 MULTIPART_SLACK = 64 * 1024
-# Uploads may fill this share of $FILE_CACHE_MB; the rest stays for the overlays and frame strips the page draws, so
-# that a flood of uploads cannot stop the Space from showing what it computes.
+# An upload is let in only while the Space's files, with it, fit this share of $FILE_CACHE_MB; the rest stays for the
+# overlays and frame strips the page draws, so that a flood of uploads cannot stop the Space showing what it computes.
 UPLOAD_SHARE = 0.75
 
 
@@ -67,7 +67,7 @@ def max_request_bytes() -> int:
 
 def file_cache_bytes() -> int:
     """The disk the Space may fill, `$FILE_CACHE_MB` mebibytes (default 1024): uploads, overlays and frame strips,
-    counted as the blocks they take on disk. Uploads may fill `UPLOAD_SHARE` of it, which must hold at least two of
+    counted as the blocks they take on disk. `UPLOAD_SHARE` of it, where uploads are let in, must hold at least two of
     the largest."""
     bound = int(env_number("FILE_CACHE_MB", 1024, 1) * MIB)
     upload = max_upload_bytes() + MULTIPART_SLACK
