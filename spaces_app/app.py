@@ -29,6 +29,7 @@ def use_own_file_cache() -> None:
 
 if __name__ == "__main__":
     use_own_file_cache()
+
 # Run as a script from a checkout (`python spaces_app/app.py`), this file's siblings are the modules of the package
 # `spaces_app`, imported from the checkout's root (as `llava_codebook` is when it is not installed), not top-level
 # modules. In the uploaded Space, `spaces_app/` and `llava_codebook/` lie beside app.py, where Python looks first.
@@ -57,7 +58,6 @@ from spaces_app.model import Backend, ModelLoadError, load_backend
 from spaces_app.server import guard_gradio_preprocessing, launch_limits
 from spaces_app.video_inputs import VIDEO_FILE_TYPES
 
-logger = logging.getLogger("llava_codebook.space")
 
 # Pictures keep a fixed height (a 33:1 upload must not collapse its box); on a phone the input takes the full width and
 # the two overlays sit side by side right under it. Out-of-date answers are greyed out.
