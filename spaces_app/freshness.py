@@ -18,7 +18,6 @@ SETTING_NAMES = {
     "max_new_tokens": "max new tokens",
 }
 
-
 STALE_CLASS = "stale"
 
 

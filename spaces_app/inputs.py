@@ -32,7 +32,6 @@ class InputError(ValueError):
 
 PRUNING_MODES = ("threshold", "budget")
 
-
 # One message for every image path that is refused or cannot be read, whatever the reason (outside the allowed
 # folders, missing, a directory, not a picture, truncated): a different message per reason would tell a caller
 # which paths exist on the server.
@@ -41,15 +40,12 @@ UNREADABLE_IMAGE = (
     "while ago: uploads expire)."
 )
 
-
 IMAGE_FORM = (
     "The image must be a file uploaded to this Space, sent as {{'path': <the path /gradio_api/upload returned>, "
     "'meta': {{'_type': 'gradio.FileData'}}}} (gradio_client: handle_file(local_path)); got {got}."
 )
 
-
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-
 
 MISSING_IMAGE = "Upload an image (or pick an example) first."
 

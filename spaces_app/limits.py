@@ -38,7 +38,6 @@ VIDEO_FRAMES = int(env_number("VIDEO_FRAMES", 8, 1))
 MAX_VIDEO_FILE_FRAMES = int(env_number("MAX_VIDEO_FILE_FRAMES", 1_000, 1))
 MAX_VIDEO_PIXELS = int(env_number("MAX_VIDEO_PIXELS", 200_000_000, 1))
 
-
 # ---------------------------------------------------------------------------------------------------- server
 # Requests waiting in the queue; past it a request is refused at once (Gradio's "queue is full").
 QUEUE_SIZE = 32

@@ -21,7 +21,6 @@ logger = logging.getLogger("llava_codebook.space")
 
 TINY_THRESHOLD = 0.9
 
-
 DEMO_NOTICE = (
     "**Demonstration model.** This Space is serving the embedded *random-weight* tiny LLaVA-NeXT (56 px crops, 4×4 "
     "tokens each) with a codebook of flat-colour patches. Its answers are meaningless words; the pruning mechanics "
@@ -202,7 +201,6 @@ GRID_VIEW_NOTES = {
     "llava_onevision": "Images are drawn as token grids: the base view over the whole image, and the unpadded AnyRes "
     "tile grid as the model packs it (shrunk to about nine crops' worth of tokens for large images) over the image.",
 }
-
 
 VIDEO_NOTE = (
     "It also takes videos: upload an animated GIF, WebP or PNG below to see each frame's pooled tokens, kept and "

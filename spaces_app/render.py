@@ -23,7 +23,6 @@ from llava_codebook.processing_llava_next_codebook import render_keep_overlay
 # ratio: at its own, a 10000x300 picture would be a 512x15 sliver in which no token can be seen.
 OVERLAY_SIDE = 512
 
-
 MAX_SHOWN_ASPECT = 4.0
 
 
