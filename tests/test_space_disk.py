@@ -304,8 +304,10 @@ def test_concurrent_uploads_and_previews_keep_the_folder_under_its_bound_and_the
         watcher.join()
         assert not any(worker.is_alive() for worker in workers), "a client did not finish in time"
         assert not errors and len(previews) == PREVIEWERS * PREVIEWS_EACH, errors
-        allowed = (503, inputs.UNREADABLE_IMAGE)
-        assert all(isinstance(made, dict) or made in allowed for made in previews), previews
+        # Each preview of an upload drew its overlays, or said why not: its upload was refused for want of room (503),
+        # deleted before it was read ("upload it again"), or its overlays found no room ("try again").
+        said = [made for made in previews if not isinstance(made, dict) and made != 503]
+        assert all(inputs.UNREADABLE_IMAGE in made or "file cache is full" in made for made in said), said
         assert len(example_previews) == PREVIEWERS * PREVIEWS_EACH and all(example_previews)  # overlays written
         assert set(statuses) <= {200, 503}, sorted(set(statuses))
         assert statuses.count(200) * UPLOAD_BYTES > 2 * bound  # the folder turned over: the bound was at stake
