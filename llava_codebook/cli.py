@@ -4,7 +4,9 @@ Errors: every command reports a failure as one line on stderr (`Error: ...`) and
 error, 2 for a bad option, 130 for Ctrl-C. `--debug` (or LLAVA_CODEBOOK_DEBUG=1) shows the traceback instead.
 """
 
+import contextlib
 import os
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -21,6 +23,23 @@ DEBUG_ENV = "LLAVA_CODEBOOK_DEBUG"
 # Errors that describe the user's input or environment (a bad value, a missing file, an unreachable repo, a missing
 # extra): their message is the whole report. Anything else is a bug, reported with its type and the --debug hint.
 USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)
+
+
+SIGPIPE_EXIT = 128 + 13  # how a shell reports a process ended by SIGPIPE
+
+
+def _is_transport_error(err: BaseException) -> bool:
+    """A network failure of the HTTP client huggingface_hub uses (httpx, or its vendored successor), not a bug."""
+    return any(
+        cls.__module__.split(".")[0] in ("httpx", "httpx2", "httpcore") and cls.__name__ == "TransportError"
+        for cls in type(err).__mro__
+    )
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 def _one_line(text: str) -> str:
@@ -50,6 +69,13 @@ class ReportingGroup(TyperGroup):
                 raise
             where = err.ctx.command_path if getattr(err, "ctx", None) is not None else ctx.command_path
             _report(f"{err.format_message()} (see '{where} --help')", err.exit_code)
+        except BrokenPipeError:
+            # The reader of our output went away (`llava-codebook inspect CB | head -8`): that is no error of the
+            # command. Stop quietly, with the status of a process ended by SIGPIPE, and keep the interpreter's final
+            # flush from failing on the closed pipe again.
+            with contextlib.suppress(OSError, ValueError):  # no file descriptor (output captured in-process)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(code=SIGPIPE_EXIT) from None
         except KeyboardInterrupt as err:
             if _debugging(ctx):
                 raise
@@ -60,6 +86,13 @@ class ReportingGroup(TyperGroup):
                 raise
             if isinstance(err, USER_ERRORS):
                 _report(str(err) or type(err).__name__, 1)
+            if _is_transport_error(err):
+                _report(
+                    f"The Hugging Face Hub ({_hub_endpoint()}) could not be reached ({type(err).__name__}: {err}). "
+                    "Check the connection, HF_ENDPOINT and proxy settings; HF_HUB_OFFLINE=1 works from the local Hub "
+                    "cache.",
+                    1,
+                )
             _report(f"{type(err).__name__}: {err} (unexpected; rerun with --debug for the traceback)", 1)
 
 
@@ -120,8 +153,15 @@ def convert(
     private: Annotated[Optional[bool], typer.Option(help="With --push-to: create the repo as private.")] = None,
 ) -> None:
     """Make a pruning-enabled trust_remote_code repo from a stock LLaVA or Qwen-VL checkpoint and a codebook."""
+    from .codebook import CODEBOOK_FILENAME
     from .convert import convert_checkpoint
+    from .hub_access import Reference, check_references
 
+    check_references(
+        Reference(base, "--base", revision=base_revision),
+        Reference(codebook, "--codebook", CODEBOOK_FILENAME, codebook_revision),
+        Reference(push_to, "--push-to", None, needs_hub=True, hub_only=True),
+    )
     path = convert_checkpoint(
         base,
         codebook,
@@ -141,8 +181,16 @@ def convert(
 def profile(
     model: Annotated[str, typer.Option(help="Pruning-enabled repo or stock checkpoint: Hub id or local directory.")],
     images: Annotated[
-        list[str], typer.Option(help="Image files or folders (repeat the option or separate with commas).")
-    ],
+        Optional[list[str]],
+        typer.Option(help="Image files or folders, one prompt per image (repeat the option or use commas)."),
+    ] = None,
+    prompts: Annotated[
+        Optional[str],
+        typer.Option(help='JSON Lines file, one prompt a line: {"text": ..., "images": [files]} (0, 1 or more).'),
+    ] = None,
+    batch_size: Annotated[
+        str, typer.Option(help="Prompts per generate call; several sizes comma-separated (1,8) in one run.")
+    ] = "1",
     strategies: Annotated[
         str, typer.Option(help="Comma-separated strategies from the registry; 'none' is the unpruned baseline.")
     ] = "none,codebook",
@@ -164,22 +212,35 @@ def profile(
     note: Annotated[Optional[str], typer.Option(help="Free text added to the hardware line of the report.")] = None,
     out: Annotated[str, typer.Option(help="Report path without suffix: writes OUT.md and OUT.json.")] = "profile",
 ) -> None:
-    """Measure vision + selection, prefill, time to first token, decode, peak memory and KV cache per strategy and
-    budget (one run, interleaved repeats) next to the predicted prefill FLOPs; write a Markdown and a JSON table."""
+    """Measure vision tower, selection, prefill (and its width), time to first token, decode, tokens/s, peak memory
+    and KV cache per strategy, budget and batch size (one run, interleaved repeats) next to the predicted prefill
+    FLOPs; write a Markdown and a JSON table."""
     import shlex
 
-    from .profile import parse_budgets, parse_strategies, render_markdown, run_profile, write_report
+    from .hub_access import Reference, check_references
+    from .profile import parse_batch_sizes, parse_budgets, parse_strategies, run_profile
+    from .profile_prompts import image_prompts, read_prompts
+    from .profile_report import render_markdown, write_report
 
     parsed_budgets, parsed_strategies = parse_budgets(budgets), parse_strategies(strategies)
+    parsed_batch_sizes = parse_batch_sizes(batch_size)
+    # Missing image or prompt files are named before the model is looked for (which may mean the Hub).
+    if images:
+        image_prompts(images, prompt)
+    if prompts:
+        read_prompts(prompts)
+    check_references(Reference(model, "--model"))
     options = {
         "--model": model,
-        "--images": ",".join(images),
+        "--images": ",".join(images) if images else None,
+        "--prompts": prompts,
+        "--batch-size": batch_size,
         "--strategies": strategies,
         "--budgets": budgets,
         "--repeats": repeats,
         "--warmup": warmup,
         "--max-new-tokens": max_new_tokens,
-        "--prompt": prompt,
+        "--prompt": prompt if images else None,  # asked about `--images` only
         "--device": device,
         "--dtype": dtype,
         "--attn-implementation": attn_implementation,
@@ -190,7 +251,9 @@ def profile(
     )
     report = run_profile(
         model,
-        images,
+        images or (),
+        prompts_file=prompts,
+        batch_sizes=parsed_batch_sizes,
         strategies=parsed_strategies,
         budgets=parsed_budgets,
         repeats=repeats,

@@ -59,6 +59,10 @@ class QwenVLLayout:
     def vision_tower_has_cls_token(self) -> bool:
         return False
 
+    def pruning_vision_tower(self) -> nn.Module:
+        # The tower ends in its 2 x 2 merger (the projector), which `visual` runs as part of its forward.
+        return self.visual
+
     def pruning_vision_layers(self) -> nn.ModuleList:
         return self.visual.blocks
 

@@ -181,11 +181,6 @@ def generate_recording_the_language_model(model, inputs):
     return calls, placeholder_keep_mask(model, inputs, out.visual_token_selection).bool()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the compaction that also drops left padding (branch `compaction`) has not landed: a row is still as wide "
-    "as its padded length minus what it dropped, so the text-only row keeps the batch at full width",
-)
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_prefill_is_as_wide_as_the_longest_kept_row(families, name):
     model, _, processor = families[name]

@@ -1,5 +1,6 @@
 """`llava-codebook profile` on a Qwen-VL replica: it loads (the stock processor without torchvision), and the cache
-after prefill holds exactly the prompt that reached the language model, pruned or not."""
+after prefill holds exactly the prompt that reached the language model, pruned or not, one prompt at a time and
+batched (two images of different sizes: the batch runs at its longest kept row)."""
 
 import numpy as np
 import torch
@@ -25,18 +26,26 @@ def test_profile_runs_on_a_qwen_replica_and_the_cache_holds_the_compacted_prompt
     report = run_profile(
         str(repo), [str(images)], strategies=["none", "codebook", "divprune"],
         budgets=[Budget(keep_tokens=4)], repeats=1, warmup=0, max_new_tokens=2, device="cpu", dtype="float32",
+        batch_sizes=[1, 2],
     )  # fmt: skip
     text = config.text_config
     per_token = (
         2 * text.num_hidden_layers * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) * 4
     )  # fp32 K and V
-    entries = {row["configuration"]: row["per_image"] for row in report["rows"]}
-    assert set(entries) == {"none", "codebook @ 4 tokens", "divprune @ 4 tokens"}
-    for configuration, per_image in entries.items():
-        for entry in per_image:
-            assert entry["kv_cache_bytes"] == per_token * entry["prompt_tokens"]
+    rows = {(row["batch_size"], row["configuration"]): row["per_batch"] for row in report["rows"]}
+    configurations = ("none", "codebook @ 4 tokens", "divprune @ 4 tokens")
+    assert set(rows) == {(size, name) for size in (1, 2) for name in configurations}
+    for (size, configuration), per_batch in rows.items():
+        for entry in per_batch:
+            # The cache holds the batch at its prefill width: each row's real kept tokens, re-padded to the longest.
+            assert entry["kv_cache_bytes"] == per_token * size * entry["prefill_width"]
+            if size == 1:
+                assert entry["prefill_width"] == entry["prompt_tokens"]
             if configuration == "none":
-                assert entry["visual_tokens_kept"] == entry["visual_tokens_total"] > 4
+                assert entry["visual_tokens_kept"] == entry["visual_tokens_total"] > 4 * size
             else:
-                assert entry["visual_tokens_kept"] == 4 < entry["visual_tokens_total"]
-                assert entry["prompt_tokens"] == entry["prompt_tokens_unpruned"] - entry["visual_tokens_total"] + 4
+                assert entry["visual_tokens_kept"] == 4 * size < entry["visual_tokens_total"]
+                assert (
+                    entry["prompt_tokens"] == entry["prompt_tokens_unpruned"] - entry["visual_tokens_total"] + 4 * size
+                )
+                assert entry["prefill_width"] < entry["prefill_width_unpruned"]
