@@ -1,27 +1,32 @@
 """Batches get the saving: after pruning each row is its real tokens only, re-padded on the left to the longest row.
 
-For every family (LLaVA-NeXT, LLaVA 1.5, LLaVA-OneVision with images and videos, LLaVA-NeXT-Video), loaded from a
-checkpoint shaped like its llava-hf Hub repo, a batch mixes a text-only row, a row with several images, videos where
-the family takes them, and rows that drop different amounts. The language model's prefill width is read by a hook on
-the language model itself, and must equal `max over rows (real length - dropped)`, computed here from the attention
-mask and the selection report; the generated tokens must equal the stock oracle's (the stock class on the full
-prompt, the dropped placeholders masked out of `attention_mask`) for every row.
+For every family (LLaVA-NeXT, LLaVA 1.5, LLaVA-OneVision with images and videos, LLaVA-NeXT-Video, and Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL with images and videos), loaded from a checkpoint shaped like its Hub repo, a batch mixes a
+text-only row, a row with several images, videos where the family takes them, and rows that drop different amounts.
+The language model's prefill width is read by a hook on the language model itself, and must equal
+`max over rows (real length - dropped)`, computed here from the attention mask and the selection report; the generated
+tokens must equal the stock oracle's (the stock class on the full prompt, the dropped placeholders masked out of
+`attention_mask`; on Qwen-VL every token also keeps the 3-D M-RoPE position the stock model gives it in the full
+prompt, passed as `position_ids`) for every row.
 """
 
 import contextlib
 
+import hub_fixtures
 import numpy as np
 import pytest
+import qwen_fixtures
 import torch
 import torch.nn.functional as F
-from hub_fixtures import build_stock_checkpoints, build_stock_processor, stock_class
 from PIL import Image
 
 from llava_codebook import RedundancyCodebook, load_pruned_model
 from llava_codebook.integrations.accounting import account_rows
 
-FAMILY_NAMES = ["vicuna-7b", "llava-1.5-7b", "llava-onevision-qwen2-7b-ov", "llava-next-video-7b"]
-VIDEO_FAMILIES = ["llava-onevision-qwen2-7b-ov", "llava-next-video-7b"]
+LLAVA_NAMES = ["vicuna-7b", "llava-1.5-7b", "llava-onevision-qwen2-7b-ov", "llava-next-video-7b"]
+QWEN_NAMES = ["qwen2-vl-2b", "qwen2.5-vl-7b", "qwen3-vl-2b"]  # one member of each Qwen-VL family
+FAMILY_NAMES = LLAVA_NAMES + QWEN_NAMES
+VIDEO_FAMILIES = ["llava-onevision-qwen2-7b-ov", "llava-next-video-7b", *QWEN_NAMES]
 GREEDY = dict(max_new_tokens=4, do_sample=False)
 PRUNE = dict(pruning_strategy="codebook", codebook_threshold=0.99)
 
@@ -29,12 +34,13 @@ PRUNE = dict(pruning_strategy="codebook", codebook_threshold=0.99)
 @pytest.fixture(scope="module")
 def families(tmp_path_factory):
     """family -> (pruning model, stock model, stock processor), float32, from the Hub-shaped checkpoint."""
-    checkpoints = build_stock_checkpoints(tmp_path_factory.mktemp("compaction"), families=FAMILY_NAMES)
+    root = tmp_path_factory.mktemp("compaction")
     out = {}
-    for name, directory in checkpoints.items():
-        model = load_pruned_model(directory, dtype=torch.float32, pruning_strategy="none").eval()
-        stock = stock_class(name).from_pretrained(directory, dtype=torch.float32).eval()
-        out[name] = (model, stock, build_stock_processor(name))
+    for fixtures, names in ((hub_fixtures, LLAVA_NAMES), (qwen_fixtures, QWEN_NAMES)):
+        for name, directory in fixtures.build_stock_checkpoints(root, families=names).items():
+            model = load_pruned_model(directory, dtype=torch.float32, pruning_strategy="none").eval()
+            stock = fixtures.stock_class(name).from_pretrained(directory, dtype=torch.float32).eval()
+            out[name] = (model, stock, fixtures.build_stock_processor(name))
     return out
 
 
@@ -44,6 +50,13 @@ def picture(height: int, width: int, seed: int) -> Image.Image:
 
 def clip(seed: int) -> list[Image.Image]:
     return [picture(60, 80, seed + i) for i in range(3)]
+
+
+def clip_metadata(name: str) -> dict:
+    """Qwen-VL times a video by its metadata (two frames a second here); the LLaVA families take none."""
+    if name not in QWEN_NAMES:
+        return {}
+    return {"video_metadata": [{"total_num_frames": 3, "fps": 2.0, "frames_indices": [0, 1, 2]}] * 2}
 
 
 def prompt(processor, *kinds: str, text: str = "what is this ?") -> str:
@@ -65,6 +78,7 @@ def mixed_batch(name: str, processor, padding_side: str = "left") -> dict:
             # Nested per prompt: OneVision lays a multi-image prompt's images out as base views only.
             images=[[picture(90, 150, 1)], [picture(130, 70, 2), picture(70, 70, 3)]],
             videos=[clip(10), clip(20)],
+            **clip_metadata(name),
         )
     else:
         case = dict(
@@ -137,7 +151,27 @@ def assert_the_batch_discriminates(model, inputs, selection) -> None:
     assert sufficient_width(model, inputs, selection) < inputs["input_ids"].shape[1] - int(dropped.min())
 
 
-def oracle_generate(stock, model, inputs, selection, **kwargs):
+def full_prompt_positions(name: str, stock, inputs) -> torch.Tensor | None:
+    """The stock model's own positions of the unpruned prompt: Qwen-VL's `[3, B, S]` M-RoPE grid (`get_rope_index` on
+    the full prompt), `None` for the LLaVA families (their oracle numbers the masked prompt itself)."""
+    if name not in QWEN_NAMES:
+        return None
+    extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
+    positions, _ = stock.model.get_rope_index(
+        inputs["input_ids"],
+        inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        video_grid_thw=inputs.get("video_grid_thw"),
+        attention_mask=inputs["attention_mask"],
+        **extra,
+    )
+    return positions
+
+
+def oracle_generate(stock, model, inputs, selection, name: str, **kwargs):
+    positions = full_prompt_positions(name, stock, inputs)
+    if positions is not None:
+        kwargs["position_ids"] = positions
     return stock.generate(**{**inputs, "attention_mask": placeholder_keep_mask(model, inputs, selection)}, **kwargs)
 
 
@@ -156,7 +190,7 @@ def test_batched_prefill_is_as_wide_as_the_longest_pruned_row_and_every_row_matc
     assert widths[0] == sufficient_width(model, inputs, selection)
     if name in VIDEO_FAMILIES:
         assert set(selection.modalities) == {"image", "video"}
-    expected = oracle_generate(stock, model, inputs, selection, **kwargs)
+    expected = oracle_generate(stock, model, inputs, selection, name, **kwargs)
     assert out.sequences.shape == expected.shape
     for row in range(expected.shape[0]):
         assert torch.equal(out.sequences[row], expected[row]), f"row {row}"
@@ -165,7 +199,8 @@ def test_batched_prefill_is_as_wide_as_the_longest_pruned_row_and_every_row_matc
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_original_positions_survive_dropping_the_padding(families, name):
     """`position_mode="original"`: every kept token keeps its full-prompt position, counted from the row's first
-    real token (not from the padding), as the stock model counts it."""
+    real token (not from the padding), as the stock model counts it (on Qwen-VL, where it is the only mode: its 3-D
+    M-RoPE position)."""
     model, stock, processor = families[name]
     inputs = mixed_batch(name, processor)
     attach_codebook_from(model, inputs)
@@ -174,7 +209,9 @@ def test_original_positions_survive_dropping_the_padding(families, name):
     selection = out.visual_token_selection
     assert widths[0] == sufficient_width(model, inputs, selection)
     full = inputs["attention_mask"]
-    positions = (full.cumsum(-1) - 1).masked_fill(full == 0, 0)
+    positions = full_prompt_positions(name, stock, inputs)
+    if positions is None:
+        positions = (full.cumsum(-1) - 1).masked_fill(full == 0, 0)
     mask = placeholder_keep_mask(model, inputs, selection)
     expected = stock.generate(**{**inputs, "attention_mask": mask}, position_ids=positions, **GREEDY)
     assert torch.equal(out.sequences, expected)
@@ -182,7 +219,7 @@ def test_original_positions_survive_dropping_the_padding(families, name):
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_inputs_embeds_are_compacted_to_the_same_width_and_tokens(families, name):
-    model, _, processor = families[name]
+    model, stock, processor = families[name]
     inputs = mixed_batch(name, processor)
     attach_codebook_from(model, inputs)
     with language_model_widths(model) as by_ids_widths:
@@ -191,9 +228,21 @@ def test_inputs_embeds_are_compacted_to_the_same_width_and_tokens(families, name
     rest = {key: value for key, value in inputs.items() if key != "input_ids"}
     with language_model_widths(model) as by_embeds_widths:
         by_embeds = model.generate(inputs_embeds=embeds, **rest, **PRUNE, **GREEDY, return_dict_in_generate=True)
-    assert by_embeds_widths[0] == by_ids_widths[0] == sufficient_width(model, inputs, by_ids.visual_token_selection)
-    # From embeddings the stock `generate` returns the new tokens only.
-    assert torch.equal(by_embeds.sequences, by_ids.sequences[:, inputs["input_ids"].shape[1] :])
+    selection = by_ids.visual_token_selection
+    assert by_embeds_widths[0] == by_ids_widths[0] == sufficient_width(model, inputs, selection)
+    if name in QWEN_NAMES:
+        # Without `input_ids` the stock Qwen-VL `generate` has no layout to derive M-RoPE positions from and numbers
+        # the real tokens 0, 1, ... on every axis: the oracle is the stock model from the same embeddings, so.
+        full = inputs["attention_mask"]
+        numbered = (full.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)
+        mask = placeholder_keep_mask(model, inputs, selection)
+        expected = stock.generate(
+            inputs_embeds=embeds, **{**rest, "attention_mask": mask}, position_ids=numbered, **GREEDY
+        )
+        assert torch.equal(by_embeds.sequences, expected)
+    else:
+        # From embeddings the stock `generate` returns the new tokens only.
+        assert torch.equal(by_embeds.sequences, by_ids.sequences[:, inputs["input_ids"].shape[1] :])
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -208,7 +257,7 @@ def test_a_right_padded_batch_gets_the_same_treatment(families, name):
         out = model.generate(**right, **PRUNE, **GREEDY, return_dict_in_generate=True)
     selection = out.visual_token_selection
     assert widths[0] == sufficient_width(model, right, selection)
-    expected = oracle_generate(stock, model, left, selection, **GREEDY)
+    expected = oracle_generate(stock, model, left, selection, name, **GREEDY)
     width = right["input_ids"].shape[1]
     assert torch.equal(out.sequences[:, :width], right["input_ids"])
     assert torch.equal(out.sequences[:, width:], expected[:, width:])
@@ -232,7 +281,9 @@ def test_training_style_forward_on_right_padding_compacts_logits_and_loss(famili
     width = sufficient_width(model, inputs, selection)
     assert widths == [width] and out.logits.shape[1] == width
     with torch.no_grad():
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = full_prompt_positions(name, stock, inputs)
+        if positions is None:  # LLaVA's default numbers the kept tokens 0, 1, ...
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
         reference = stock(**{**inputs, "attention_mask": mask}, position_ids=positions).logits
     expected_labels = torch.full((ids.shape[0], width), -100)
     for row in range(ids.shape[0]):
