@@ -119,9 +119,11 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                 image = gr.Image(
                     type="filepath", image_mode=None, label="Image", elem_id="input-image", elem_classes=["picture"]
                 )
+            # Qwen-VL sees an image as one grid of merged tokens: there is no tile overlay to show.
+            merged_tokens = backend.family.startswith("qwen")
             with gr.Column(scale=2, min_width=240), gr.Row(equal_height=True):
                 base_view = gr.Image(
-                    label="Base view (whole image)",
+                    label="Merged tokens (whole image)" if merged_tokens else "Base view (whole image)",
                     type="filepath",
                     interactive=False,
                     elem_id="base-overlay",
@@ -131,6 +133,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                 )
                 tile_view = gr.Image(
                     label="High-res tiles",
+                    visible=not merged_tokens,
                     type="filepath",
                     interactive=False,
                     elem_id="tile-overlay",
@@ -332,12 +335,19 @@ def build_video_section(page: Handlers, mode, threshold, keep_ratio, max_new_tok
     """The video part of the page, for families that take videos: the upload, the strip of frames, the counts and the
     answers; it shares the pruning controls (strategy included: those that read the tower's [CLS] attention cannot
     rank pooled frame tokens, and say so). Returns its events (their payloads are checked like the image's)."""
-    gr.Markdown(
-        "## Video\nThe frames (up to "
-        f"{limits.VIDEO_FRAMES}, spread evenly) as the model pools them: each frame's pooled tokens are scored like an "
-        "image's and dropped when redundant. Uses the pruning controls above (strategies that read the vision "
-        "tower's [CLS] attention do not apply to pooled frames)."
-    )
+    if page.backend.family.startswith("qwen"):
+        how = (
+            "as the model merges them: each temporal patch (two consecutive frames) becomes one grid of merged tokens, "
+            "scored like an image's and dropped when redundant; the strip shows each patch's first frame. Uses the "
+            "pruning controls above."
+        )
+    else:
+        how = (
+            "as the model pools them: each frame's pooled tokens are scored like an image's and dropped when "
+            "redundant. Uses the pruning controls above (strategies that read the vision tower's [CLS] attention do "
+            "not apply to pooled frames)."
+        )
+    gr.Markdown(f"## Video\nThe frames (up to {limits.VIDEO_FRAMES}, spread evenly) {how}")
     with gr.Row():
         with gr.Column(scale=1, min_width=240):
             video = gr.File(

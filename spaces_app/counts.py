@@ -132,27 +132,30 @@ def format_grid_counts(counts: dict, flops: dict, views: dict, family: str) -> s
     named by their grids."""
     base, tile, scored, newline, every = (counts[k] for k in ("base", "tile", "scored", "newline", "all"))
     rows, cols = views["base"].shape
+    merged = family.startswith("qwen")
+    view = "merged tokens" if merged else "the view" if family == "llava" else "base view"
     lines = [
         "| tokens | kept | total | kept % |",
         "|---|---:|---:|---:|",
-        (
-            f"| {'the view' if family == 'llava' else 'base view'} ({rows}×{cols}) "
-            f"| {base['kept']} | {base['total']} | {_percent(base)} |"
-        ),
+        f"| {view} ({rows}×{cols}) | {base['kept']} | {base['total']} | {_percent(base)} |",
     ]
     if "tile" in views:
         t_rows, t_cols = views["tile"].shape
         lines.append(
             f"| high-res tiles ({t_rows}×{t_cols} packed) | {tile['kept']} | {tile['total']} | {_percent(tile)} |"
         )
-    lines += [
-        f"| **scored** | **{scored['kept']}** | **{scored['total']}** | **{_percent(scored)}** |",
-        f"| row newlines (not scored) | {newline['kept']} | {newline['total']} | |",
-        f"| in the prompt | {every['kept']} | {every['total']} | {_percent(every)} |",
-        "",
-    ]
+    lines.append(f"| **scored** | **{scored['kept']}** | **{scored['total']}** | **{_percent(scored)}** |")
+    if not merged:  # Qwen-VL has no newline tokens
+        lines.append(f"| row newlines (not scored) | {newline['kept']} | {newline['total']} | |")
+    lines += [f"| in the prompt | {every['kept']} | {every['total']} | {_percent(every)} |", ""]
     if family == "llava":
         lines += ["This family sees one square view (the centre crop; magenta: outside it). There are no tiles.", ""]
+    if merged:
+        lines += [
+            "This family merges each 2×2 block of patches into one token and sees the whole image as one grid of "
+            "them (resized to whole blocks, not cropped). There are no tiles and no newline tokens.",
+            "",
+        ]
     lines.append(
         f"**Kept {every['kept']} / {every['total']} visual tokens ({_percent(every)})** in the prompt. "
         f"Predicted LLM prefill: {format_flops(flops['full'], flops['pruned'])}."
@@ -218,22 +221,35 @@ def format_comparison(shown: list, strategies: tuple[str, str], overlap: dict, b
     return "\n".join(lines)
 
 
-def format_video_counts(counts: dict, flops: dict, grid_shape: tuple[int, int]) -> str:
-    """The counts table of a video: each frame's kept pooled tokens, the scored total, the newline and the prefill."""
+def format_video_counts(counts: dict, flops: dict, grid_shape: tuple[int, int], frames_per_crop: int = 1) -> str:
+    """The counts table of a video: each frame's kept pooled tokens (Qwen-VL, `frames_per_crop` > 1: each temporal
+    patch's merged tokens, its frames named), the scored total, the newline and the prefill."""
     per_frame, every, scored, newline = counts["frames"], counts["all"], counts["scored"], counts["newline"]
     rows, cols = grid_shape
+    if frames_per_crop > 1:
+        lead = (
+            f"{len(per_frame)} temporal patches of {frames_per_crop} frames each, each merged to {rows}×{cols} tokens "
+            "(the strip shows each patch's first frame); clear = kept, dark = dropped."
+        )
+        unit, names = "frames", [c["frames"] for c in per_frame]
+    else:
+        lead = f"{len(per_frame)} frames, each pooled to {rows}×{cols} tokens; clear = kept, dark = dropped."
+        unit, names = "frame", [str(i + 1) for i in range(len(per_frame))]
+    newline_row = (
+        [] if frames_per_crop > 1 else [f"| newline (not scored) | {newline['kept']} | {newline['total']} | |"]
+    )
     return "\n".join(
         [
-            f"{len(per_frame)} frames, each pooled to {rows}×{cols} tokens; clear = kept, dark = dropped.",
+            lead,
             "",
-            "| frame | kept | total | kept % |",
+            f"| {unit} | kept | total | kept % |",
             "|---|---:|---:|---:|",
             *(
-                f"| {i + 1} | {c['kept']} | {c['total']} | {100.0 * c['kept'] / c['total']:.1f} % |"
-                for i, c in enumerate(per_frame)
+                f"| {name} | {c['kept']} | {c['total']} | {100.0 * c['kept'] / c['total']:.1f} % |"
+                for name, c in zip(names, per_frame)
             ),
             f"| **scored** | **{scored['kept']}** | **{scored['total']}** | **{_percent(scored)}** |",
-            f"| newline (not scored) | {newline['kept']} | {newline['total']} | |",
+            *newline_row,
             "",
             (
                 f"**Kept {every['kept']} / {every['total']} visual tokens ({_percent(every)})** in the prompt. "

@@ -116,6 +116,9 @@ class EncodedVisual:
     signals: what the tower computed for these tokens that the offered strategies read ([CLS] attention, keys,
         projector inputs; `signals.pack_tower_signals`), empty when none of them needs any.
     geometry: for LLaVA-NeXT's pixel drawing, each token's box in the image (`geometry_for_processor`), else `None`.
+    token_grid: `(rows, cols)` of the tokens of one crop where the processor says it (Qwen-VL: its merged tokens,
+        each a 2 x 2 block of patches, from `image_grid_thw` / `video_grid_thw`), else `None` (square crops).
+    frames_per_crop: frames that one crop of a video covers (Qwen-VL: a temporal patch of 2 frames), else 1.
     """
 
     modality: str
@@ -125,6 +128,8 @@ class EncodedVisual:
     crop_grid: tuple[int, int] | None = None
     signals: dict = field(default_factory=dict)
     geometry: object = None
+    token_grid: tuple[int, int] | None = None
+    frames_per_crop: int = 1
 
     @property
     def nbytes(self) -> int:
@@ -165,6 +170,19 @@ def family_features(backend: Backend, modality: str, call: dict):
     )
 
 
+def merged_token_grid(backend: Backend, modality: str, call: dict) -> tuple[tuple[int, int] | None, int]:
+    """`(token_grid, frames_per_crop)` of one encoded image or video (see `EncodedVisual`): Qwen-VL's processor gives
+    each one's (t, h, w) grid in patches, merged `spatial_merge_size` x `spatial_merge_size` into one token and
+    `temporal_patch_size` frames into one temporal patch; `(None, 1)` for the families without such a grid."""
+    grid = call.get("image_grid_thw" if modality == "image" else "video_grid_thw")
+    if grid is None:
+        return None, 1
+    merge = backend.model.config.vision_config.spatial_merge_size
+    _, height, width = (int(value) for value in grid[0])
+    frames = getattr(backend.processor.video_processor, "temporal_patch_size", 1) if modality == "video" else 1
+    return (height // merge, width // merge), int(frames)
+
+
 def encode_visual(backend: Backend, modality: str, media) -> EncodedVisual:
     """Processor + the family's encoder, once per distinct image (PIL image) or video (list of frames); cached, and
     computed once even when several requests bring the same new picture at the same time."""
@@ -184,7 +202,10 @@ def encode_visual(backend: Backend, modality: str, media) -> EncodedVisual:
                     f"The processor's geometry lists {len(geometry)} tokens but the model packed {packed.shape[0]}: "
                     "the processor and model configs disagree (crop size, patch size or grid pinpoints)."
                 )
-        return EncodedVisual(modality, packed, newline, crop_ids, crop_grid, signals, geometry)
+        token_grid, frames_per_crop = merged_token_grid(backend, modality, call)
+        return EncodedVisual(
+            modality, packed, newline, crop_ids, crop_grid, signals, geometry, token_grid, frames_per_crop
+        )
 
     return backend.cache.get_or_compute(key, compute)
 

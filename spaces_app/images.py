@@ -126,7 +126,7 @@ def draw_selection(backend: Backend, image, encoded: EncodedVisual, selection, q
         tile_overlay = render_overlay(image, encoded.geometry, keep, "tile")
         markdown = format_counts(counts, flops, encoded.geometry)
     else:
-        views = grid_views(crop_ids, newline, image.size, backend.processor.image_processor)
+        views = grid_views(crop_ids, newline, image.size, backend.processor.image_processor, encoded.token_grid)
         overlays = {
             name: render_grid(image, view.keep_grid(keep), view.region, shown_size(image.size))
             for name, view in views.items()

@@ -34,9 +34,10 @@ class Backend:
     """The model the Space serves, its processor, and what to tell the user about it.
 
     `family` is the stock `model_type` of the model's family (`llava_codebook.families`): `"llava_next"` and
-    `"llava_next_video"` images are drawn with LLaVA-NeXT's AnyRes pixel geometry; `"llava"` (one view) and
-    `"llava_onevision"` images as token grids read from the family's crop ids; `"llava_onevision"` and
-    `"llava_next_video"` also take videos, drawn as a strip of frames.
+    `"llava_next_video"` images are drawn with LLaVA-NeXT's AnyRes pixel geometry; `"llava"` (one view),
+    `"llava_onevision"` and the Qwen-VL families (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`: one grid of merged
+    tokens) images as token grids read from the family's crop ids; `"llava_onevision"`, `"llava_next_video"` and the
+    Qwen-VL families also take videos, drawn as a strip of frames (Qwen-VL: of temporal patches).
     """
 
     model: object
@@ -85,6 +86,12 @@ def load_processor(model_id: str, family) -> object:
 
     if family.stock_model_type == "llava_next":
         return LlavaNextCodebookProcessor.from_pretrained(model_id)
+    if family.stock_model_type.startswith("qwen"):
+        # The package's own: the stock Qwen-VL processor, with its frames patchified as the stock (torchvision)
+        # video processor does where that one cannot be built.
+        from llava_codebook.processors import load_processor as load_family_processor
+
+        return load_family_processor(model_id)
     try:
         return family.processor_class.from_pretrained(model_id)
     except ImportError:
@@ -120,7 +127,8 @@ class ModelLoadError(RuntimeError):
 
 
 LOAD_HINT = (
-    "Give a Hub id or a local directory of a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision or LLaVA-NeXT-Video checkpoint "
+    "Give a Hub id or a local directory of a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2-VL, "
+    "Qwen2.5-VL or Qwen3-VL checkpoint "
     "(stock or made with `llava-codebook convert`), and CODEBOOK_REPO where its config names no codebook; a private or "
     "gated repo needs HF_TOKEN. Run without a model to serve the embedded tiny demo model."
 )
@@ -147,8 +155,8 @@ def _load_failure(model_id: str, step: str, exc: Exception) -> ModelLoadError:
 
 def load_backend(model_id: str | None = None, codebook_repo: str | None = None) -> Backend:
     """Serve `model_id` (Hub id or local directory of any supported family: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision,
-    LLaVA-NeXT-Video) with `codebook_repo`; with no model, the embedded demo model. A model that cannot be loaded
-    (a wrong id, offline, no codebook, an unsupported family) raises `ModelLoadError`."""
+    LLaVA-NeXT-Video, Qwen2-VL, Qwen2.5-VL, Qwen3-VL) with `codebook_repo`; with no model, the embedded demo model. A
+    model that cannot be loaded (a wrong id, offline, no codebook, an unsupported family) raises `ModelLoadError`."""
     if not model_id:
         return load_tiny_backend()
     from transformers import PretrainedConfig
@@ -183,7 +191,7 @@ def load_backend(model_id: str | None = None, codebook_repo: str | None = None) 
     if not family.stock_model_type.startswith("llava_next"):
         notice += f" {GRID_VIEW_NOTES[family.stock_model_type]}"
     if "video" in family.modalities:
-        notice += f" {VIDEO_NOTE}"
+        notice += f" {MERGED_VIDEO_NOTE if family.stock_model_type.startswith('qwen') else VIDEO_NOTE}"
     return Backend(
         model,
         processor,
@@ -200,11 +208,21 @@ GRID_VIEW_NOTES = {
     "overlay draws that view's token grid.",
     "llava_onevision": "Images are drawn as token grids: the base view over the whole image, and the unpadded AnyRes "
     "tile grid as the model packs it (shrunk to about nine crops' worth of tokens for large images) over the image.",
+    **dict.fromkeys(
+        ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"),
+        "Images are drawn as the grid of merged tokens the model sees (each a 2×2 block of patches) over the whole "
+        "image; there are no tiles. Strategies that read the vision tower's [CLS] attention are not offered: this "
+        "tower has no [CLS] token.",
+    ),
 }
 
 VIDEO_NOTE = (
     "It also takes videos: upload an animated GIF, WebP or PNG below to see each frame's pooled tokens, kept and "
     "dropped, as a strip."
+)
+MERGED_VIDEO_NOTE = (
+    "It also takes videos: upload an animated GIF, WebP or PNG below to see, for each temporal patch (two consecutive "
+    "frames merged), its merged tokens kept and dropped, as a strip."
 )
 
 

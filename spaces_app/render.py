@@ -4,7 +4,8 @@
   to at most `MAX_SHOWN_ASPECT`:1 so that the tokens of a long image stay visible.
 - `grid_views`: the views of one image's packed tokens as grids, read from the family's `crop_ids` (0 = the base
   view, 1.. = tiles, -1 = newline) and newline positions; no family-specific pixel geometry is needed.
-- `frame_grids`: a video's pooled tokens as one grid per frame (`crop_ids` = frame index).
+- `frame_grids`: a video's pooled tokens as one grid per frame (`crop_ids` = frame index; Qwen-VL: one grid of merged
+  tokens per temporal patch of two frames).
 - `render_grid`: a picture with a grid of kept / dropped cells drawn over a region of it; `render_strip` puts one
   such panel per frame side by side.
 """
@@ -97,13 +98,24 @@ def base_region(size: tuple[int, int], image_processor) -> tuple[float, float, f
     return (0.0, 0.0, float(width), float(height))
 
 
-def grid_views(crop_ids, newline, size: tuple[int, int], image_processor) -> dict[str, GridView]:
-    """The base view (crop 0, a square grid over `base_region`) and, where there are tiles, the tile grid: the tile
+def _token_grid(indices: np.ndarray, token_grid: tuple[int, int] | None) -> np.ndarray:
+    """Indices in raster order as a `token_grid` (rows, cols) grid where the family states one, else square."""
+    if token_grid is not None and token_grid[0] * token_grid[1] == len(indices):
+        return indices.reshape(token_grid)
+    return _square_grid(indices)
+
+
+def grid_views(
+    crop_ids, newline, size: tuple[int, int], image_processor, token_grid: tuple[int, int] | None = None
+) -> dict[str, GridView]:
+    """The base view (crop 0, a square grid over `base_region`, or a `token_grid` one: Qwen-VL's merged tokens over the
+    whole image, which its processor resizes without cropping) and, where there are tiles, the tile grid: the tile
     tokens in packed order, one row per newline, over the whole image (the unpadded AnyRes grid covers the image)."""
     crop_ids = np.asarray(crop_ids)
     newline = np.asarray(newline, dtype=bool)
     width, height = size
-    views = {"base": GridView("base", _square_grid(np.flatnonzero(crop_ids == 0)), base_region(size, image_processor))}
+    base = _token_grid(np.flatnonzero(crop_ids == 0), token_grid)
+    views = {"base": GridView("base", base, base_region(size, image_processor))}
     tiles = np.flatnonzero((crop_ids > 0) & ~newline)
     if len(tiles):
         rows = max(1, int(newline[tiles[0] :].sum()))
@@ -112,12 +124,13 @@ def grid_views(crop_ids, newline, size: tuple[int, int], image_processor) -> dic
     return views
 
 
-def frame_grids(crop_ids, newline) -> list[np.ndarray]:
-    """Per frame, its pooled tokens' packed indices as a square grid (`crop_ids` = frame index, newlines excluded)."""
+def frame_grids(crop_ids, newline, token_grid: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """Per frame (Qwen-VL: per temporal patch), its tokens' packed indices as a grid (`crop_ids` = frame index,
+    newlines excluded): square, or `token_grid` (rows, cols) where the family states one."""
     crop_ids = np.asarray(crop_ids)
     newline = np.asarray(newline, dtype=bool)
     frames = int(crop_ids[~newline].max()) + 1 if (~newline).any() else 0
-    return [_square_grid(np.flatnonzero((crop_ids == f) & ~newline)) for f in range(frames)]
+    return [_token_grid(np.flatnonzero((crop_ids == f) & ~newline), token_grid) for f in range(frames)]
 
 
 def render_grid(

@@ -1,6 +1,7 @@
 """The video part of the page as plain functions, for the families that take videos (LLaVA-OneVision,
-LLaVA-NeXT-Video): `preview_video` (the frames as a strip, each with its pooled tokens kept / dropped, and the counts)
-and `answer_video` (the same, then the answers with and without pruning)."""
+LLaVA-NeXT-Video, Qwen2-VL, Qwen2.5-VL, Qwen3-VL): `preview_video` (the frames as a strip, each with its pooled tokens
+kept / dropped, and the counts; on Qwen-VL one panel per temporal patch of two frames, its merged tokens) and
+`answer_video` (the same, then the answers with and without pruning)."""
 
 from dataclasses import dataclass
 
@@ -84,10 +85,17 @@ def show_video_selection(backend: Backend, inputs: Inputs) -> VideoPreview:
     selection = score_visual(backend, encoded, inputs.overrides)
     keep = selection.keep_masks()[0].cpu().numpy()
     crop_ids, newline = encoded.crop_ids.numpy(), encoded.newline.numpy()
-    grids = frame_grids(crop_ids, newline)
-    if len(grids) != len(frames):
-        raise RuntimeError(f"The model encoded {len(grids)} frames of the {len(frames)} it was given.")
+    grids = frame_grids(crop_ids, newline, encoded.token_grid)
+    # One grid per frame, or (Qwen-VL) per temporal patch of `step` frames, the last one's missing frames repeated.
+    step = encoded.frames_per_crop
+    if len(grids) != -(-len(frames) // step):
+        raise RuntimeError(f"The model encoded {len(grids)} crops of the {len(frames)} frames it was given.")
+    spans = [(first + 1, min(first + step, len(frames))) for first in range(0, len(frames), step)]
     per_frame = [{"kept": int(keep[g].sum()), "total": int(g.size)} for g in grids]
+    if step > 1:
+        for entry, (first, last) in zip(per_frame, spans):
+            entry["frames"] = f"{first}–{last}" if last > first else str(first)
+    shown_frames = frames[::step]
     counts = counts_by_mask(keep, {"scored": ~newline, "newline": newline, "all": np.ones_like(newline)})
     counts["frames"] = per_frame
     flops = flops_estimate(
@@ -96,10 +104,13 @@ def show_video_selection(backend: Backend, inputs: Inputs) -> VideoPreview:
         counts["all"]["total"],
         counts["all"]["kept"],
     )
-    regions = [base_region(frame.size, backend.processor.video_processor) for frame in frames]
-    labels = [f"frame {i + 1}: {c['kept']}/{c['total']} kept" for i, c in enumerate(per_frame)]
-    strip, layout = render_strip(frames, [keep[g] for g in grids], labels, regions)
-    markdown = format_video_counts(counts, flops, grids[0].shape)
+    regions = [base_region(frame.size, backend.processor.video_processor) for frame in shown_frames]
+    labels = [
+        f"{'frames ' + c['frames'] if step > 1 else f'frame {i + 1}'}: {c['kept']}/{c['total']} kept"
+        for i, c in enumerate(per_frame)
+    ]
+    strip, layout = render_strip(shown_frames, [keep[g] for g in grids], labels, regions)
+    markdown = format_video_counts(counts, flops, grids[0].shape, step)
     lead = f"**Strategy:** {STRATEGY_LABELS.get(inputs.strategy, inputs.strategy)}."
     markdown = f"{lead}\n\n{markdown}"
     return VideoPreview(strip, counts, flops, markdown, selection, layout, grids)
