@@ -1,12 +1,14 @@
 """The GPU check in one command: every strategy at real 7B geometry, batch sizes 1 and 8, mixed prompts.
 
+LLaVA-NeXT-7B, LLaVA-1.5-7B and Qwen2.5-VL-7B (its language model and vision tower at their real shapes).
+
     bash benchmarks/gpu.sh            # a CUDA GPU: sized to finish in under 8 minutes on one H100
     bash benchmarks/gpu.sh --smoke    # tiny geometry on the CPU, one repeat: checks the script runs (the tests do)
 
 For each geometry in `GEOMETRIES` a random-weight model is built directly on the GPU at the real shapes (bf16), with
 a codebook of 969 random prototypes, and profiled by the measurement behind `llava-codebook profile`
-(`llava_codebook.profile.profile_model`): `none`, `codebook` and every peer strategy of the registry at 320, 160 and
-64 visual tokens per image, on eight mixed prompts (one image at the real sizes, two images, text only) in batches of
+(`llava_codebook.profile.profile_model`): `none`, `codebook` and every peer strategy of the registry the model
+serves (no [CLS] rules on Qwen-VL) at 320, 160 and 64 visual tokens per image, on eight mixed prompts (one image at the real sizes, two images, text only) in batches of
 1 and of 8, all interleaved in one run. Per configuration and batch size it reports TTFT and prefill (with their
 shares of `none`), the prefill width, the vision tower's time and the selection's share of it, decode, generated
 tokens/s, the KV-cache bytes and the peak GPU memory. Repeats stop when another would overrun the time budget
@@ -163,6 +165,72 @@ def llava_15_7b(smoke: bool):
     return config, processor
 
 
+def qwen25_vl_7b(smoke: bool):
+    """Qwen/Qwen2.5-VL-7B-Instruct: its language model (Qwen2, 3584 x 28 layers, 28 heads / 4 KV, MLP 18944, vocabulary
+    152,064, untied head, M-RoPE sections 16 / 24 / 24) and vision tower (1280 x 32 blocks, 16 heads, MLP 3420, windowed
+    attention over 112 px with full attention in blocks 7, 15, 23, 31, 2 x 2 merger to 3584), its image processor's
+    pixel range (3,136 to 12,845,056: a 672x672 image is 48x48 patches, 576 merged tokens). The tokenizer is the tiny
+    word-level one with Qwen's vision tokens added; a prompt's text is a few tokens either way."""
+    from tokenizers import AddedToken
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
+
+    from llava_codebook import Qwen2_5_VLCodebookConfig
+    from llava_codebook.processors import qwen_frame_video_processor
+
+    tokenizer = build_tiny_tokenizer()
+    vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>"]
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in vision_tokens], special_tokens=True)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ["<image>", *vision_tokens]}
+    if smoke:
+        text = {"vocab_size": len(tokenizer), "hidden_size": 256, "intermediate_size": 128, "num_hidden_layers": 2}
+        text |= {"num_attention_heads": 2, "num_key_value_heads": 1}
+        vision = {"hidden_size": 32, "intermediate_size": 64, "depth": 2, "num_heads": 2, "fullatt_block_indexes": [1]}
+    else:
+        text = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28}
+        text |= {"num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 128000}
+        vision = {"hidden_size": 1280, "intermediate_size": 3420, "depth": 32, "num_heads": 16}
+        vision |= {"fullatt_block_indexes": [7, 15, 23, 31]}
+    config = Qwen2_5_VLCodebookConfig(
+        text_config={
+            **text,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": False,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            # The head dimension is 128 at both sizes (256 / 2 heads when smoke): M-RoPE's sections cover 64 of it.
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        },
+        vision_config={
+            **vision,
+            "out_hidden_size": text["hidden_size"],
+            "window_size": 112,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "hidden_act": "silu",
+            "tokens_per_second": 2,
+        },
+        image_token_id=ids["<image>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    # Smoke: the sixth-size pictures are enlarged to at least 112 x 112 px (16 merged tokens), so that every image
+    # holds more tokens than the largest smoke budget, as every real-size one does at the real budgets.
+    pixels = {"shortest_edge": (112 * 112) if smoke else 56 * 56, "longest_edge": 28 * 28 * 16384}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(size=pixels, patch_size=14, merge_size=2, temporal_patch_size=2),
+        tokenizer=tokenizer,
+        video_processor=qwen_frame_video_processor({"size": pixels}),
+        # Qwen's own template wraps each image in vision start / end tokens: two images never touch, so the stock
+        # M-RoPE layout (`get_rope_index`) tells them apart.
+        chat_template=TINY_CHAT_TEMPLATE.replace("'<image>\n'", "'<|vision_start|><image><|vision_end|>'"),
+    )
+    return config, processor
+
+
 @dataclass(frozen=True)
 class Geometry:
     """A model to check: what it stands for, and `build(smoke) -> (config, processor)` of a supported family."""
@@ -174,6 +242,9 @@ class Geometry:
 GEOMETRIES = {
     "llava-next-7b": Geometry("LLaVA-NeXT-7B (Vicuna-7B, CLIP-L/336, AnyRes up to 672 px)", llava_next_7b),
     "llava-1.5-7b": Geometry("LLaVA-1.5-7B (Vicuna-7B, CLIP-L/336, one 336 px view)", llava_15_7b),
+    "qwen2.5-vl-7b": Geometry(
+        "Qwen2.5-VL-7B (Qwen2-7B, its 32-block windowed ViT, 2x2-merged tokens at native resolution)", qwen25_vl_7b
+    ),
 }
 
 
@@ -283,7 +354,8 @@ def main(argv=None) -> Path:
             model,
             processor,
             prompts,
-            strategies=strategies,
+            # A family runs the strategies its tower can serve (no [CLS] rules on Qwen-VL's ViT).
+            strategies=[name for name in strategies if name in model.available_strategies("image")],
             budgets=[Budget(keep_tokens=b) for b in budgets],
             batch_sizes=BATCH_SIZES,
             repeats=repeats,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check, one command (see benchmarks/gpu.py): every strategy at LLaVA-NeXT-7B and LLaVA-1.5-7B geometry
-# (random weights, bf16), batch sizes 1 and 8, mixed prompts; writes benchmarks/results/gpu-<gpu name>.md and .json.
+# The GPU check, one command (see benchmarks/gpu.py): every strategy at LLaVA-NeXT-7B, LLaVA-1.5-7B and
+# Qwen2.5-VL-7B geometry (random weights, bf16), batch sizes 1 and 8, mixed prompts; writes
+# benchmarks/results/gpu-<gpu name>.md and .json.
 # Sized to finish in under 8 minutes on one H100 (--time-budget caps the measuring; build and import come on top).
 #
 #   bash benchmarks/gpu.sh            # on a machine with a CUDA GPU

@@ -65,7 +65,8 @@ def test_the_strategies_benchmark_runs_at_the_qwen_geometry_with_the_strategies_
 
 @pytest.mark.slow
 def test_the_gpu_check_runs_every_strategy_at_both_batch_sizes_in_its_cpu_smoke_mode(tmp_path):
-    """`benchmarks/gpu.sh --smoke`: the one-command GPU check, at tiny geometry on the CPU, through its own script."""
+    """`benchmarks/gpu.sh --smoke`: the one-command GPU check, at tiny geometry on the CPU, through its own script;
+    Qwen2.5-VL-7B's geometry beside the LLaVA ones, with the strategies its ViT (no [CLS] token) can serve."""
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "benchmarks" / "gpu.sh"), "--smoke", "--out-dir", str(tmp_path)],
         capture_output=True,
@@ -78,20 +79,21 @@ def test_the_gpu_check_runs_every_strategy_at_both_batch_sizes_in_its_cpu_smoke_
     assert markdown.name == "gpu-smoke-cpu.md" and markdown.with_suffix(".json").is_file()
     table = markdown.read_text()
     assert table.startswith("# GPU check on CPU")
-    for title in ("LLaVA-NeXT-7B", "LLaVA-1.5-7B"):
-        assert re.search(rf"^## {title} .*\(SMOKE RUN", table, re.MULTILINE), title
+    for title in ("LLaVA-NeXT-7B", "LLaVA-1.5-7B", "Qwen2.5-VL-7B"):
+        assert re.search(rf"^## {re.escape(title)} .*\(SMOKE RUN", table, re.MULTILINE), title
     reports = json.loads(markdown.with_suffix(".json").read_text())
-    assert [report["geometry"] for report in reports] == ["llava-next-7b", "llava-1.5-7b"]
-    expected = {(size, "none") for size in (1, 8)} | {
-        (size, f"{name} @ {budget} tokens")
-        for size in (1, 8)
-        for name in REGISTRY
-        if name != "none"
-        for budget in (8, 4, 2)
-    }
+    assert [report["geometry"] for report in reports] == ["llava-next-7b", "llava-1.5-7b", "qwen2.5-vl-7b"]
+    assert reports[2]["model"]["class"] == "Qwen2_5_VLCodebookForConditionalGeneration"
+    cls_rules = {"cls_attention", "visionzip", "hired"}
     for report in reports:
+        offered = [name for name in REGISTRY if name != "none"]
+        if report["geometry"].startswith("qwen"):
+            offered = [name for name in offered if name not in cls_rules]
+        expected = {(size, "none") for size in (1, 8)} | {
+            (size, f"{name} @ {budget} tokens") for size in (1, 8) for name in offered for budget in (8, 4, 2)
+        }
         rows = {(row["batch_size"], row["configuration"]): row for row in report["rows"]}
-        assert set(rows) == expected
+        assert set(rows) == expected, report["geometry"]
         for (size, configuration), row in rows.items():
             assert f"| {size} | {configuration} |" in table
             assert row["kv_cache_bytes"] > 0 and row["peak_memory_bytes"] > 0
