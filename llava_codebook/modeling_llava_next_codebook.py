@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import LlavaNextForConditionalGeneration, LlavaNextModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextCausalLMOutputWithPast,
     LlavaNextModelOutputWithPast,
@@ -26,6 +27,7 @@ from .pruning_loading import (
 )
 from .pruning_settings import PRUNING_FIELDS, PruningSettings, VisualTokenSelection
 from .strategies import Segment
+from .tile_skipping import anyres_tiles, encode_skipping_tiles, skipped_token_masks, split_crops
 
 register_stock_checkpoint_layout(LlavaNextCodebookConfig.model_type, "llava_next")
 # Stock also maps its base model by class name (`LlavaNextModel`: legacy `language_model.model.*` <->
@@ -106,9 +108,12 @@ class LlavaNextImageLayout:
         packed = self.pack_crop_values(ids, image_sizes, vision_feature_select_strategy)
         return [p.nan_to_num(-1).long() for p in packed]
 
-    def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
+    tile_skipping_modalities = ("image",)
+
+    def _pop_image_inputs(self, call: dict):
+        """`(pixel_values, image_sizes)` popped from `call`, or `None` when it has no images."""
         pixel_values = call.get("pixel_values")
-        if modality != "image" or pixel_values is None or pixel_values.size(0) == 0:
+        if pixel_values is None or pixel_values.size(0) == 0:
             return None
         image_sizes = call.get("image_sizes")
         if image_sizes is None:
@@ -117,7 +122,13 @@ class LlavaNextImageLayout:
                 "width) to unpad its AnyRes tiles. Pass the `image_sizes` the processor returns with `pixel_values` "
                 "(`model(**processor(images=..., text=..., return_tensors='pt'))`)."
             )
-        call.pop("pixel_values"), call.pop("image_sizes")
+        return call.pop("pixel_values"), call.pop("image_sizes")
+
+    def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
+        inputs = self._pop_image_inputs(call) if modality == "image" else None
+        if inputs is None:
+            return None
+        pixel_values, image_sizes = inputs
         strategy = call.get("vision_feature_select_strategy")
         outputs = self.get_image_features(
             pixel_values,
@@ -137,6 +148,53 @@ class LlavaNextImageLayout:
             pack_crop_values=lambda values: self.pack_crop_values(values, image_sizes, strategy),
             num_crops=[self._num_crops(size) for size in image_sizes],
             crop_grids=[self.tile_grid(size) for size in image_sizes],
+        )
+
+    def encode_skipping_tiles(self, modality: str, call: dict, settings: PruningSettings) -> VisualInputs | None:
+        inputs = self._pop_image_inputs(call) if modality == "image" else None
+        if inputs is None:
+            return None
+        pixel_values, image_sizes = inputs
+        strategy = call.get("vision_feature_select_strategy") or self.config.vision_feature_select_strategy
+        layer = call.get("vision_feature_layer")
+        layer = self.config.vision_feature_layer if layer is None else layer
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        counts = [self._num_crops(size) for size in image_sizes]
+        regions = [
+            anyres_tiles(size, self.config.image_grid_pinpoints, vision.image_size).regions(side)
+            for size in image_sizes
+        ]
+        encoding = encode_skipping_tiles(
+            self,
+            split_crops(pixel_values, counts),
+            regions,
+            settings,
+            side,
+            vision_feature_layer=layer,
+            vision_feature_select_strategy=strategy,
+        )
+        packed, _ = self.pack_image_features(
+            encoding.crop_features, image_sizes, strategy, image_newline=self.image_newline
+        )
+
+        def pack(values):
+            return self.pack_crop_values(values, image_sizes, strategy)
+
+        crop_ids = self.crop_ids(image_sizes, strategy)
+        return VisualInputs.from_crop_ids(
+            "image",
+            self.config.image_token_id,
+            packed,
+            crop_ids,
+            BaseModelOutputWithPooling(pooler_output=packed),
+            mismatch="image_sizes does not describe pixel_values",
+            num_crops=counts,
+            crop_grids=[self.tile_grid(size) for size in image_sizes],
+            skipped=skipped_token_masks(
+                pack, counts, encoding.skipped_tiles, self._tokens_per_crop(strategy), crop_ids
+            ),
+            skipped_tiles=encoding.skipped_tiles,
         )
 
     def select_visual_tokens(
