@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["codebook", "codebook_diverse", "cls_attention", "visionzip", "divprune", "hired", "random", "uniform"]
 
@@ -31,3 +33,22 @@ def test_the_strategies_benchmark_runs_and_writes_every_strategy_and_budget(tmp_
                 rf"^\| `{name}` \| 16 \+ \d+ \| 8 \+ \d+ \| 4 \+ \d+ \| 2 \+ \d+ \|$", table, re.MULTILINE
             ), name
     assert "## Targets" in table and "## Kept-set overlap" in table
+
+
+@pytest.mark.slow
+def test_the_tile_skipping_benchmark_runs_and_counts_the_crops_each_configuration_encodes(tmp_path):
+    out = tmp_path / "tile-skipping.md"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "tile_skipping.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.read_text()
+    assert table.startswith("# Tile skipping: vision-tower time (SMOKE RUN: tiny geometry")
+    rows = dict(re.findall(r"^\| (off|share [\d.]+) \| (\d+) \|", table, re.MULTILINE))
+    # Four images of five crops each (base view + 2 x 2 tiles at every aspect the drawn set has at tiny geometry);
+    # share 0 skips every tile, so only the base views are encoded; a higher share never skips more.
+    assert rows["off"] == "20" and rows["share 0"] == "4"
+    assert int(rows["share 1"]) >= int(rows["share 0.9"]) >= int(rows["share 0.5"]) >= int(rows["share 0"])

@@ -500,3 +500,37 @@ def _skipped_masks(model, inputs):
             "image", call, model.pruning_settings(tile_skipping=True, **SKIP["mistral-7b"])
         )
     return visual.skipped
+
+
+@pytest.mark.parametrize("tower", ["clip", "siglip"])
+def test_vision_tower_flops_equal_what_torch_counts_on_a_real_tower_pass(tower):
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+
+    from llava_codebook.flops import vision_tower_flops
+
+    if tower == "clip":
+        config = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+        )
+        model = CLIPVisionModel(config)
+    else:
+        config = SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=70,
+            patch_size=14,
+            vision_use_head=False,
+        )
+        model = SiglipVisionModel(config)
+    config._attn_implementation = "eager"  # attention as matrix products, which the counter sees
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.randn(3, 3, config.image_size, config.image_size))
+    assert vision_tower_flops(config, crops=3) == counter.get_total_flops()
