@@ -287,9 +287,10 @@ def cls_attention_strategy(segments: list[Segment], settings, model) -> Strategy
     `cls_attention_layer` (the penultimate by default, the layer LLaVA's features come from), averaged over heads,
     and keep each crop's top-k, the image budget split evenly over its crops (`split_budget`).
 
-    Deviations: the top-k of a tile is taken over the tokens that survive AnyRes unpadding (the published LLaVA-NeXT
-    code ranks all 576 and then loses those in the padding, so it keeps fewer than its budget); the budget is the
-    image's, split evenly, where the published code fixes a per-crop count.
+    Deviations: this runs on the stock LLaVA-NeXT layout (unpadded tile grid, row newlines kept), so the top-k of a
+    tile is taken over the tokens that survive unpadding; the published LLaVA-NeXT code fixes
+    `mm_patch_merge_type = 'spatial'` (no unpadding, no newlines) and ranks all 576 positions of each tile, padding
+    included. The budget is the image's, split evenly, where the published code fixes a per-crop count.
     """
     kept, scores = [], []
     for segment in segments:

@@ -7,7 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-SEED_CODEBOOKS = Path(__file__).parents[2] / "shared" / "seed-codebooks"
+
+def _seed_codebooks() -> Path:
+    """`shared/seed-codebooks` next to the checkout (or next to the folder of worktrees it sits in)."""
+    for folder in Path(__file__).resolve().parents[1:]:
+        if (folder / "shared" / "seed-codebooks").is_dir():
+            return folder / "shared" / "seed-codebooks"
+    return Path(__file__).resolve().parents[2] / "shared" / "seed-codebooks"
+
+
+SEED_CODEBOOKS = _seed_codebooks()
 
 
 def seed_hub_cache(cache: Path, repo_id: str, files: dict[str, Path | bytes], revision: str = "main") -> Path:

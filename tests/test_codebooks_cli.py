@@ -201,7 +201,7 @@ def test_build_options_override_the_preset_recipe_and_are_recorded(tiny_checkpoi
     save_images(folder, synthetic_images(4))
     recipe = [
         "--conversation", "checkpoint", "--skip-first-token", "none", "--rank-precision", "float16",
-        "--rank-ties", "group", "--cluster-dtype", "float16", "--index-rank-start", "0",
+        "--rank-ties", "group", "--cluster-dtype", "float16", "--index-rank-start", "0", "--group-selection", "unique",
     ]  # fmt: skip
     result = CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "cb", *recipe))
     assert result.exit_code == 0, result.output
@@ -210,7 +210,10 @@ def test_build_options_override_the_preset_recipe_and_are_recorded(tiny_checkpoi
         "<image>\nWhat does this image show? You must provide a single word that best describes the image."
     )
     assert (params["rank_dtype"], params["rank_ties"], params["cluster_dtype"]) == ("float16", "group", "float16")
-    assert params["skip_first_token"] == "" and params["pad_token_id"] == 0
+    assert params["group_selection"] == "unique" and params["skip_first_token"] == "" and params["pad_token_id"] == 0
 
     line = error_line(CliRunner().invoke(app, build_args(tiny_checkpoint, folder, tmp_path / "x", "--rank-ties", "x")))
     assert "rank_ties='x' is unknown" in line and "'group'" in line
+    args = build_args(tiny_checkpoint, folder, tmp_path / "y", "--group-selection", "once")
+    line = error_line(CliRunner().invoke(app, args))
+    assert "group_selection='once' is unknown" in line and "'unique'" in line

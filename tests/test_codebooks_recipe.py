@@ -2,7 +2,8 @@
 
 Each rule is checked against an independent implementation written here from the release's code: its conversation
 templates and `tokenizer_image_token`, its generate-then-skip-"▁A" loop, its fp16 [CLS] cosine with `== topk[-1]`
-tie groups, its raster-index probes for towers without [CLS], and the TCFormer DPC-KNN run on fp16 tensors.
+tie groups and its raster-index probes for towers without [CLS] (its DPC-KNN on fp16 tensors and its per-image
+selection of tied groups are checked in `test_codebooks_dpcknn_fp16` and `test_codebooks_tied_groups`).
 """
 
 import re
@@ -18,7 +19,6 @@ from transformers import PreTrainedTokenizerFast
 from codebooks_helpers import SEED_CODEBOOKS
 from llava_codebook.codebooks.build import build_codebook
 from llava_codebook.codebooks.data import pil_images
-from llava_codebook.codebooks.dpcknn import dpc_knn
 from llava_codebook.codebooks.presets import CONVERSATIONS, PRESETS, RELEASE_PROBE_RANKS, RELEASE_PROMPT
 from llava_codebook.codebooks.probe import ProbeRunner, probe_images, probe_prompt, prompt_ids
 from llava_codebook.codebooks.store import WorkDirMismatchError, tensor_digest
@@ -340,55 +340,7 @@ def test_onevision_probes_raster_index_n_for_rank_n():
     assert from_zero.probe_indices(order)[0].tolist() == [n - 1 for n in RELEASE_PROBE_RANKS if n <= 49]
 
 
-# -------------------------------------------------------------------------------------------- 6. DPC-KNN fp16
-def release_dpc_knn_fp16(points: np.ndarray, n_clusters: int, k: int = 5) -> list[int]:
-    """TCFormer's `cluster_dpc_knn` on fp16 tensors, one point at a time: every intermediate tensor is fp16, so the
-    1e-6 tie-breaking noise is lost in the density's rounding and "denser" is a strict comparison of fp16 values."""
-    x = [[f16(v) for v in row] for row in points]
-    n, channels = len(x), len(x[0])
-    dist = [[0.0 if i == j else f16(f16(sum((a - b) ** 2 for a, b in zip(x[i], x[j])) ** 0.5) / channels**0.5)
-             for j in range(n)] for i in range(n)]  # fmt: skip
-    density = []
-    for i in range(n):
-        nearest = sorted(dist[i])[:k]
-        density.append(f16(np.exp(-f16(sum(f16(d * d) for d in nearest) / k))))
-    dist_max = max(max(row) for row in dist)
-    delta = [min([dist[i][j] for j in range(n) if density[j] > density[i]], default=dist_max) for i in range(n)]
-    score = [f16(delta[i] * density[i]) for i in range(n)]
-    centres = sorted(range(n), key=lambda i: -score[i])[:n_clusters]
-    labels = [min(range(len(centres)), key=lambda c: dist[i][centres[c]]) for i in range(n)]
-    for c, centre in enumerate(centres):
-        labels[centre] = c
-    return labels
-
-
-def partition(labels) -> set[frozenset[int]]:
-    groups: dict[int, set[int]] = {}
-    for index, label in enumerate(labels):
-        groups.setdefault(int(label), set()).add(index)
-    return {frozenset(g) for g in groups.values()}
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_float16_dpc_knn_gives_the_partition_of_the_release_rule(seed):
-    generator = torch.Generator().manual_seed(seed)
-    centres = torch.randn(6, 16, generator=generator)
-    points = centres[torch.randint(0, 6, (40,), generator=generator)] + 0.3 * torch.randn(40, 16, generator=generator)
-    points[7] = points[3]  # a duplicate row, as tied groups produce
-    labels, _ = dpc_knn(points, 8, dtype="float16")
-    assert partition(labels) == partition(release_dpc_knn_fp16(points.double().numpy(), 8))
-
-
-def test_float16_density_ties_change_the_partition():
-    # Two identical densest points: in float64 the lower index is the denser one (the other is 0 away from it); in
-    # float16 neither is denser, so both become centres and the pair is split.
-    points = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [3.0, 3.0], [3.1, 3.0], [3.0, 3.2]])
-    wide, half = dpc_knn(points, 3, k=3)[0], dpc_knn(points, 3, k=3, dtype="float16")[0]
-    assert partition(half) == partition(release_dpc_knn_fp16(points.double().numpy(), 3, k=3))
-    assert int(wide[0]) == int(wide[1]) and int(half[0]) != int(half[1])
-
-
-# ------------------------------------------------------------------------------------------------ 7. base crop
+# ------------------------------------------------------------------------------------------------ 6. base crop
 def test_the_probed_view_of_an_anyres_image_is_the_whole_image_resized_to_the_tower():
     model, processor = build_tiny_model(0), build_tiny_processor()
     runner = ProbeRunner(model, processor)
@@ -431,6 +383,7 @@ def test_a_build_with_each_preset_records_the_release_recipe(preset_name, tmp_pa
     assert params["skip_first_token"] == skip
     assert params["skip_first_token_id"] == (tokenizer.convert_tokens_to_ids(skip) if skip else None)
     assert (params["rank_dtype"], params["rank_ties"], params["cluster_dtype"]) == ("float32", "split", "float64")
+    assert params["group_selection"] == "release"
     by_index = preset_name == "llava-ov"
     assert params["ranked_by"] == ("index" if by_index else "cls")
     assert params["index_rank_start"] == (1 if by_index else None)
@@ -449,8 +402,10 @@ def test_release_precision_options_are_recorded_and_part_of_the_resume_check(tmp
 
     monkeypatch.setattr(build_module, "probe_images", lambda *a, **k: pytest.fail("probed again"))
     wide = build_codebook(model, processor, pil_images(images), work_dir=tmp_path, preset="llava-next-llama3",
-                          preset_overrides={**release, "cluster_dtype": "float64"}, progress=False)  # fmt: skip
-    assert wide.summary.num_resumed == 4  # the clustering precision acts on stored probes
+                          preset_overrides={**release, "cluster_dtype": "float64", "group_selection": "unique"},
+                          progress=False)  # fmt: skip
+    assert wide.summary.num_resumed == 4  # the clustering precision and group selection act on stored probes
+    assert wide.codebook.build_parameters["group_selection"] == "unique"
     for change, named in (({"rank_ties": "split"}, "rank_ties"), ({"conversation": "checkpoint"}, "template_text")):
         with pytest.raises(WorkDirMismatchError, match=named):
             build_codebook(model, processor, pil_images(images), work_dir=tmp_path, preset="llava-next-llama3",

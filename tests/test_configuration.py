@@ -141,13 +141,13 @@ def test_strategy_parameters_have_the_published_defaults_and_round_trip(tmp_path
     assert isinstance(loaded.hired_base_share, float)
 
 
-def test_the_readme_configuration_reference_lists_every_pruning_field():
+def test_the_configuration_reference_lists_every_pruning_field():
     import re
     from pathlib import Path
 
     from llava_codebook.pruning_config import PRUNING_VALIDATORS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = re.search(r"^## Configuration reference\n(.*?)(?=^## )", readme, flags=re.S | re.M).group(1)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    section = re.search(r"^## Fields\n(.*?)(?=^## )", page, flags=re.S | re.M).group(1)
     listed = set(re.findall(r"^\| `(\w+)` \|", section, flags=re.M))
     assert set(PRUNING_VALIDATORS) | {"codebook_repo", "codebook_filename", "codebook_revision"} == listed

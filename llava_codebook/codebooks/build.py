@@ -251,7 +251,9 @@ def assemble_codebook(
         div_ctx, div_global = result.divergences(preset.divergence)
         redundant = redundant_mask(result.p_max, div_ctx, div_global, preset)
         # The per-image clustering sees every token row; a tied group's rows share their probe's verdict.
-        chosen = select_in_image(result.tokens, redundant[result.token_probes], preset)
+        chosen = select_in_image(
+            result.tokens, redundant[result.token_probes], preset, result.token_probes, result.token_patch_indices
+        )
         summary.num_probes += result.p_max.numel()
         summary.num_redundant += int(redundant.sum())
         kept_tokens.append(result.tokens[chosen])

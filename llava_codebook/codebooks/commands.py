@@ -100,9 +100,19 @@ def build(
         Optional[int],
         typer.Option(help="Towers without [CLS]: raster index of rank 1 (the llava-ov preset's 1 is the release's)."),
     ] = None,
+    group_selection: Annotated[
+        Optional[str],
+        typer.Option(
+            help="With --rank-ties group: 'release' (default: each kept row adds its probe's whole tied group, "
+            "duplicates included) or 'unique' (each patch once per image)."
+        ),
+    ] = None,
     cluster_dtype: Annotated[
         Optional[str],
-        typer.Option(help="DPC-KNN precision: 'float64' (default), 'float32' or 'float16' (what the release passed)."),
+        typer.Option(
+            help="DPC-KNN arithmetic: 'float64' (default) or 'float32' (direct differences), 'float16' (TCFormer's "
+            "form on fp16 tensors, as the release ran it)."
+        ),
     ] = None,
     batch_size: Annotated[
         int, typer.Option(callback=_at_least_one, help="Language-model sequences per forward pass.")
@@ -131,9 +141,10 @@ def build(
 
     Probes use the base crop only (the first crop of pixel_values, the whole image at the tower's resolution), as
     the release does. The preset carries the release's recipe for its family (conversation, "A" step, pad row,
-    index ranking); the options above override it. Rerunning the same command resumes; other thresholds or another
-    cluster dtype reuse the stored probes, another probe recipe is refused with what differs named. For several
-    GPUs run it under `accelerate launch` (or torchrun): images are split across processes and merged at the end.
+    index ranking); the options above override it. Rerunning the same command resumes; other thresholds, group
+    selection or cluster dtype reuse the stored probes, another probe recipe is refused with what differs named.
+    For several GPUs run it under `accelerate launch` (or torchrun): images are split across processes and merged
+    at the end.
     Ctrl-C stops it with the number of finished images; rerunning the same command resumes from there.
     """
     import torch
@@ -158,6 +169,7 @@ def build(
         "rank_dtype": rank_precision,
         "rank_ties": rank_ties,
         "index_rank_start": index_rank_start,
+        "group_selection": group_selection,
         "cluster_dtype": cluster_dtype,
     }
     # Bad input fails before the model is loaded.

@@ -18,6 +18,7 @@ RELEASE_PROMPT = "What does this image show? You must provide a single word that
 DIVERGENCES = ("release", "jsd")
 RANK_DTYPES = ("float32", "float16")
 RANK_TIES = ("split", "group")
+GROUP_SELECTIONS = ("release", "unique")
 CLUSTER_DTYPES = ("float64", "float32", "float16")
 CHECKPOINT_TEMPLATE = "checkpoint"
 
@@ -111,14 +112,22 @@ class BuildPreset:
     * `rank_dtype` / `rank_ties`: [CLS]-similarity ranking in `"float32"` or `"float16"` (the release's: its
       vision tower ran in fp16); `"split"` probes one patch per rank (ties in raster order), `"group"` probes every
       patch whose similarity equals the rank's value together, as the release did (so a tied group is probed at
-      each of its ranks, the source of duplicate rows in the released codebooks). Leave-one-out always has a
-      single target per rank: the patch at that position of a stable sort (lower raster index first among ties;
-      the release took `topk(...).indices[-1]`, whose order among ties CUDA does not specify).
+      each of its ranks; with `group_selection` below, the source of duplicate rows in the released codebooks).
+      Leave-one-out always has a single target per rank: the patch at that position of a stable sort (lower
+      raster index first among ties; the release took `topk(...).indices[-1]`, whose order among ties CUDA does
+      not specify).
     * `index_rank_start`: for towers without [CLS] (ranking by raster index), the raster index probed for rank 1.
       The release probed index `n` for rank `n` (start 1; index 0 is never probed); 0 probes index `n - 1`.
-    * `cluster_dtype`: the precision of both DPC-KNN steps (see `dpcknn.dpc_knn`). `"float16"` is what the
-      release's caller passed (its clustering module is not public); `"float64"` (default) does not depend on
-      float rounding.
+    * `group_selection`: what the per-image selection adds for a kept token row when probes feed tied groups
+      (`rank_ties="group"`; with `"split"` every probe is one row and both values give the kept rows).
+      `"release"` (default, the release's rule): each kept row adds its probe's *whole* tied group, so a group of
+      `g` patches whose `m` rows were kept (counting every rank it was probed at) is added `m` times, `m * g`
+      rows, duplicates included, as in the released codebooks. `"unique"` (a departure): the same patches, each
+      once per image.
+    * `cluster_dtype`: which arithmetic both DPC-KNN steps use (see `dpcknn`): `"float16"` is TCFormer's
+      `cluster_dpc_knn` run on fp16 tensors, as the release's caller passed them (its clustering module is not
+      public); `"float64"` (default) and `"float32"` compute the rule in that precision, without fp16 rounding
+      (a point's distance to itself is 0).
     """
 
     top1_prob_thres: float
@@ -139,6 +148,7 @@ class BuildPreset:
     rank_dtype: str = "float32"
     rank_ties: str = "split"
     index_rank_start: int = 0
+    group_selection: str = "release"
     cluster_dtype: str = "float64"
 
     def __post_init__(self):
@@ -147,6 +157,7 @@ class BuildPreset:
             ("conversation", (CHECKPOINT_TEMPLATE, *CONVERSATIONS)),
             ("rank_dtype", RANK_DTYPES),
             ("rank_ties", RANK_TIES),
+            ("group_selection", GROUP_SELECTIONS),
             ("cluster_dtype", CLUSTER_DTYPES),
         ):
             if getattr(self, name) not in allowed:

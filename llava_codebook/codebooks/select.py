@@ -18,20 +18,48 @@ def redundant_mask(
     return (combined < preset.jsd_thres) & (p_max.double() < preset.top1_prob_thres)
 
 
-def select_in_image(tokens: torch.Tensor, redundant: torch.Tensor, preset: BuildPreset) -> torch.Tensor:
-    """Stage 4a: cluster one image's probed tokens (`per_image_clusters` DPC-KNN clusters over *all* probed token
-    rows, in `preset.cluster_dtype`) and keep the redundant ones lying in clusters of at most `cluster_size_thres`
-    tokens. `redundant` is per row (a tied group's rows share their probe's verdict).
+def select_in_image(
+    tokens: torch.Tensor,
+    redundant: torch.Tensor,
+    preset: BuildPreset,
+    token_probes: torch.Tensor | None = None,
+    token_patches: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Stage 4a: cluster one image's probed token rows (`per_image_clusters` DPC-KNN clusters over *all* rows, in
+    `preset.cluster_dtype`) and keep the redundant rows lying in clusters of at most `cluster_size_thres` rows.
+    `redundant` is per row (a tied group's rows share their probe's verdict); `token_probes` / `token_patches` give
+    each row's probe and raster index (default: every row is its own probe and patch).
 
-    Returns ascending indices into `tokens`. Small clusters are what makes a redundant token a prototype: a token
-    that dominates the image (a large cluster) is part of the content, not background.
+    Small clusters are what makes a redundant token a prototype: a token that dominates the image (a large cluster)
+    is part of the content, not background.
+
+    Returns indices into `tokens`, possibly repeated, in the release's order: clusters in the order their first row
+    appears, rows in order within a cluster. With `group_selection="release"` each kept row contributes its probe's
+    whole tied group (its rows in order), so a probe with `m` kept rows contributes its group `m` times; with
+    `"unique"`, that list with each patch at its first occurrence only.
     """
     if tokens.shape[0] == 0:
         return torch.empty(0, dtype=torch.long)
+    n = tokens.shape[0]
+    probes = torch.arange(n) if token_probes is None else token_probes.cpu()
+    patches = torch.arange(n) if token_patches is None else token_patches.cpu()
     labels, _ = dpc_knn(tokens, preset.per_image_clusters, k=preset.knn_k, dtype=preset.cluster_dtype)
     sizes = torch.bincount(labels)
-    small = sizes[labels] <= preset.cluster_size_thres
-    return (small & redundant.cpu()).nonzero().squeeze(-1)
+    redundant = redundant.cpu()
+    kept_rows = []
+    for label in dict.fromkeys(labels.tolist()):  # first-appearance order
+        if sizes[label] <= preset.cluster_size_thres:
+            rows = (labels == label).nonzero().squeeze(-1)
+            kept_rows += rows[redundant[rows]].tolist()
+    group_of = {int(p): (probes == p).nonzero().squeeze(-1) for p in probes[kept_rows].unique()}
+    chosen = [group_of[int(probes[row])] for row in kept_rows]
+    chosen = torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.long)
+    if preset.group_selection == "unique":
+        first: dict[int, int] = {}  # patch -> its first position in `chosen`
+        for position, patch in enumerate(patches[chosen].tolist()):
+            first.setdefault(patch, position)
+        chosen = chosen[sorted(first.values())]
+    return chosen
 
 
 def select_prototype_clusters(tokens: torch.Tensor, image_of: torch.Tensor, preset: BuildPreset) -> dict:
