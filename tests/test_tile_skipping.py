@@ -156,6 +156,20 @@ def test_skipping_generate_matches_the_stock_class_with_skipped_and_dropped_plac
         assert torch.equal(out.sequences, expected), case_name
 
 
+@pytest.mark.filterwarnings("ignore:tile_skipping applies to AnyRes image tiles")
+def test_skipping_beam_search_matches_the_oracle(families):
+    model, stock, processor = families["llava-next-video-7b"]
+    inputs = encode(processor, cases("llava-next-video-7b", processor)["an_image_and_a_video"])
+    beams = dict(num_beams=3, num_return_sequences=2, **GREEDY)
+    out = model.generate(
+        **inputs, tile_skipping=True, **SKIP["llava-next-video-7b"], **beams, return_dict_in_generate=True
+    )
+    selection = out.visual_token_selection
+    assert selection.skipped_tiles[0].numel() and out.sequences.shape[0] == 4
+    mask = placeholder_keep_mask(model, inputs, selection)
+    assert torch.equal(out.sequences, stock.generate(**{**inputs, "attention_mask": mask}, **beams))
+
+
 @pytest.mark.parametrize("name", TILED)
 def test_packed_features_are_the_stock_ones_wherever_no_skipped_tile_contributes(families, name):
     """Independent of the code under test: the tokens a skipped tile contributes to are those whose stock features
