@@ -27,7 +27,7 @@ from .configuration_llava_onevision_codebook import LlavaOnevisionCodebookConfig
 from .pruning_core import PruningForConditionalGenerationMixin, PruningModelMixin, VisualInputs
 from .pruning_loading import register_stock_checkpoint_layout
 from .pruning_settings import VisualTokenSelection
-from .tile_skipping import anyres_tiles, encode_skipping_tiles, skipped_token_masks, split_crops
+from .tile_skipping import anyres_tiles, decide_skips, encode_skipping_tiles, skipped_token_masks, split_crops
 
 register_stock_checkpoint_layout(LlavaOnevisionCodebookConfig.model_type, "llava_onevision")
 # The stock base class's own key mapping, looked up by class name before the model type (see the LLaVA-NeXT family).
@@ -162,6 +162,27 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
             pack_crop_values=lambda values: self.pack_crop_values(values, image_sizes, batch_num_images, aspect),
         )
 
+    def tile_regions(self, image_sizes, batch_num_images=None) -> list[torch.BoolTensor | None]:
+        """Per image, `[num_tiles, side * side]`: the base-view tokens in each tile's region (`tile_skipping.py`);
+        `None` for an image of a multi-image prompt, which is its base view alone."""
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        pinpoints = self.config.image_grid_pinpoints
+        return [
+            anyres_tiles(size, pinpoints, vision.image_size).regions(side) if crops > 1 else None
+            for size, crops in zip(image_sizes, self._crops_per_image(image_sizes, batch_num_images))
+        ]
+
+    def _skipped_masks(self, image_sizes, batch_num_images, aspect, skipped_tiles, crop_ids):
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        return skipped_token_masks(
+            lambda values: self.pack_crop_values(values, image_sizes, batch_num_images, aspect),
+            self._crops_per_image(image_sizes, batch_num_images),
+            skipped_tiles,
+            side * side,
+            crop_ids,
+        )
+
     def encode_skipping_tiles(self, modality: str, call: dict, settings) -> VisualInputs | None:
         inputs = self._pop_image_inputs(call) if modality == "image" else None
         if inputs is None:
@@ -172,29 +193,20 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
         layer = self.config.vision_feature_layer if layer is None else layer
         select = call.get("vision_feature_select_strategy") or self.config.vision_feature_select_strategy
         vision = self.config.vision_config
-        side = vision.image_size // vision.patch_size
         counts = self._crops_per_image(image_sizes, batch_num_images)
-        # An image of a multi-image prompt is its base view alone: no tile to skip.
-        regions = [
-            anyres_tiles(size, self.config.image_grid_pinpoints, vision.image_size).regions(side) if n > 1 else None
-            for size, n in zip(image_sizes, counts)
-        ]
+        regions = self.tile_regions(image_sizes, batch_num_images)
         encoding = encode_skipping_tiles(
             self,
             split_crops(pixel_values, counts),
             regions,
             settings,
-            side,
+            vision.image_size // vision.patch_size,
             vision_feature_layer=layer,
             vision_feature_select_strategy=select,
         )
         packed, _ = self.pack_image_features(
             encoding.crop_features, image_sizes, image_newline=self.image_newline, vision_aspect_ratio=aspect
         )
-
-        def pack(values):
-            return self.pack_crop_values(values, image_sizes, batch_num_images, aspect)
-
         crop_ids = self.image_crop_ids(image_sizes, batch_num_images, aspect)
         return VisualInputs.from_crop_ids(
             "image",
@@ -203,10 +215,27 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
             crop_ids,
             BaseModelOutputWithPooling(pooler_output=packed),
             mismatch="image_sizes / batch_num_images do not describe pixel_values",
-            pack_crop_values=pack,
-            skipped=skipped_token_masks(pack, counts, encoding.skipped_tiles, side * side, crop_ids),
-            skipped_tiles=[tiles if n > 1 else None for tiles, n in zip(encoding.skipped_tiles, counts)],
+            pack_crop_values=lambda values: self.pack_crop_values(values, image_sizes, batch_num_images, aspect),
+            skipped=self._skipped_masks(image_sizes, batch_num_images, aspect, encoding.skipped_tiles, crop_ids),
+            skipped_tiles=[
+                tiles if region is not None else None for tiles, region in zip(encoding.skipped_tiles, regions)
+            ],
         )
+
+    def skip_encoded_tiles(
+        self, segments, image_sizes, settings, batch_num_images=None, vision_aspect_ratio=None
+    ) -> tuple[list[torch.BoolTensor], list[torch.LongTensor | None]]:
+        """Tile skipping for images encoded in full already (see the LLaVA-NeXT family's `skip_encoded_tiles`)."""
+        aspect = vision_aspect_ratio or self.config.vision_aspect_ratio
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        bases = torch.stack([s.features[(s.crop_ids == 0).to(s.features.device)][-side * side :] for s in segments])
+        regions = self.tile_regions(image_sizes, batch_num_images)
+        skipped_tiles = decide_skips(self, bases, regions, settings, side)
+        masks = self._skipped_masks(
+            image_sizes, batch_num_images, aspect, skipped_tiles, [s.crop_ids for s in segments]
+        )
+        return masks, [tiles if region is not None else None for tiles, region in zip(skipped_tiles, regions)]
 
     # ------------------------------------------------------------------ videos
     def pack_frame_values(self, values: list[torch.Tensor]) -> list[torch.Tensor]:

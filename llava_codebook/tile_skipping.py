@@ -165,42 +165,51 @@ class SkippedEncoding:
     crops_encoded: int
 
 
+def decide_skips(model, bases: torch.Tensor, regions: list[torch.BoolTensor | None], settings, side: int) -> list:
+    """The rule for a batch of images: per image, the crop ids (1 = first tile, row-major) of the tiles to skip.
+
+    `bases` is `[N, tokens, D]`, each image's projected base-view tokens (a [CLS] token first where the feature
+    strategy keeps it); `regions[i]` image i's tiles' regions (`None` for an image with no tiles)."""
+    prototypes = model.codebook_prototypes(bases.device)
+    with torch.no_grad():
+        scores = codebook_similarity(bases.flatten(0, 1), prototypes).view(bases.shape[0], -1)
+    # With the "full" strategy a [CLS] token comes first; the base-view grid is the last side * side tokens.
+    redundant = scores[:, -side * side :] >= settings.codebook_threshold
+    return [
+        torch.zeros(0, dtype=torch.long)
+        if region is None
+        else tiles_to_skip(redundant[index], region, settings.tile_skip_share).nonzero().squeeze(-1).cpu() + 1
+        for index, region in enumerate(regions)
+    ]
+
+
 def encode_skipping_tiles(
     model, crops: list[torch.Tensor], regions: list[torch.BoolTensor | None], settings, side: int, **feature_args
 ) -> SkippedEncoding:
-    """Encode every image's base view, decide its tiles (`tiles_to_skip`), then encode the tiles left, all images in
+    """Encode every image's base view, decide its tiles (`decide_skips`), then encode the tiles left, all images in
     one pass. `crops[i]` is image i's `[num_crops, C, H, W]` pixels (crop 0 the base view); `regions[i]` its tiles'
     regions (`None` for an image encoded as its base view alone); `feature_args` are `encode_crops`'s
     `vision_feature_layer` / `vision_feature_select_strategy`."""
     bases = encode_crops(model, torch.stack([pixels[0] for pixels in crops]), **feature_args)
-    prototypes = model.codebook_prototypes(bases.device)
-    with torch.no_grad():
-        scores = codebook_similarity(bases.flatten(0, 1), prototypes).view(len(crops), -1)
-    # With the "full" strategy a [CLS] token comes first; the base-view grid is the last side * side tokens.
-    redundant = scores[:, -side * side :] >= settings.codebook_threshold
-    skipped, remaining = [], []
-    for index, (pixels, region) in enumerate(zip(crops, regions)):
-        skip = (
-            torch.zeros(pixels.shape[0] - 1, dtype=torch.bool, device=pixels.device)
-            if region is None
-            else tiles_to_skip(redundant[index], region, settings.tile_skip_share).to(pixels.device)
-        )
-        skipped.append(skip)
-        remaining.append(pixels[1:][~skip])
+    skipped_tiles = decide_skips(model, bases, regions, settings, side)
+    remaining, kept_ids = [], []
+    for pixels, skipped in zip(crops, skipped_tiles):
+        kept = torch.ones(pixels.shape[0], dtype=torch.bool)
+        kept[0] = False
+        kept[skipped] = False
+        kept_ids.append(kept.nonzero().squeeze(-1))
+        remaining.append(pixels[kept_ids[-1].to(pixels.device)])
     tiles = torch.cat(remaining)
     tile_features = encode_crops(model, tiles, **feature_args) if tiles.shape[0] else bases[:0]
     crop_features, offset = [], 0
-    for index, skip in enumerate(skipped):
-        features = bases.new_zeros(skip.numel() + 1, *bases.shape[1:])
+    for index, (pixels, kept) in enumerate(zip(crops, kept_ids)):
+        features = bases.new_zeros(pixels.shape[0], *bases.shape[1:])
         features[0] = bases[index]
-        kept = (~skip).nonzero().squeeze(-1).to(features.device) + 1
-        features[kept] = tile_features[offset : offset + kept.numel()]
+        features[kept.to(features.device)] = tile_features[offset : offset + kept.numel()]
         offset += kept.numel()
         crop_features.append(features)
     return SkippedEncoding(
-        crop_features=crop_features,
-        skipped_tiles=[skip.nonzero().squeeze(-1).cpu() + 1 for skip in skipped],
-        crops_encoded=len(crops) + tiles.shape[0],
+        crop_features=crop_features, skipped_tiles=skipped_tiles, crops_encoded=len(crops) + tiles.shape[0]
     )
 
 
@@ -273,6 +282,7 @@ __all__ = [
     "AnyResTiles",
     "SkippedEncoding",
     "anyres_tiles",
+    "decide_skips",
     "encode_crops",
     "encode_skipping_tiles",
     "select_around_skipped",

@@ -548,3 +548,22 @@ def test_vision_tower_flops_equal_what_torch_counts_on_a_real_tower_pass(tower):
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(torch.randn(3, 3, config.image_size, config.image_size))
     assert vision_tower_flops(config, crops=3) == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name", TILED)
+def test_skipping_read_from_a_full_encoding_is_what_the_model_skips(families, name):
+    """An app that caches full encodings (every crop) gets, from `skip_encoded_tiles`, the tiles and tokens the model
+    itself skips, and selecting with them keeps what the model keeps."""
+    model, _, processor = families[name]
+    inputs = encode(processor, next(iter(cases(name, processor).values())))
+    settings = model.pruning_settings(tile_skipping=True, **SKIP[name])
+    with torch.no_grad():
+        skipping = model.model.encode_skipping_tiles("image", dict(inputs), settings)
+        full = model.model.encode_for_pruning("image", dict(inputs))
+    layout = _batch_num_images(inputs)
+    masks, tiles = model.model.skip_encoded_tiles(full.segments(), inputs["image_sizes"], settings, **layout)
+    assert [t.tolist() for t in tiles] == [t.tolist() for t in skipping.skipped_tiles]
+    assert all(torch.equal(a, b) for a, b in zip(masks, skipping.skipped))
+    ours = model.model.select_segments(full.segments(), settings, masks, tiles)
+    theirs = model(**inputs, tile_skipping=True, **SKIP[name]).visual_token_selection
+    assert all(torch.equal(a, b) for a, b in zip(ours.kept_indices, theirs.kept_indices))
