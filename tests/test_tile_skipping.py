@@ -192,6 +192,7 @@ def test_packed_features_are_the_stock_ones_wherever_no_skipped_tile_contributes
             perturbed, inputs["image_sizes"], return_dict=True, **_batch_num_images(inputs)
         ).pooler_output
     assert any(m.any() for m in visual.skipped)
+    assert any((m & n).any() for m, n in zip(visual.skipped, visual.newline)), "a whole tile row is skipped"
     side = model.config.vision_config.image_size // model.config.vision_config.patch_size
     for ours, theirs, moved, skipped, newline in zip(
         visual.packed, stock_packed, perturbed_packed, visual.skipped, visual.newline
