@@ -140,8 +140,16 @@ def convert(
 def profile(
     model: Annotated[str, typer.Option(help="Pruning-enabled repo or stock checkpoint: Hub id or local directory.")],
     images: Annotated[
-        list[str], typer.Option(help="Image files or folders (repeat the option or separate with commas).")
-    ],
+        Optional[list[str]],
+        typer.Option(help="Image files or folders, one prompt per image (repeat the option or use commas)."),
+    ] = None,
+    prompts: Annotated[
+        Optional[str],
+        typer.Option(help='JSON Lines file, one prompt a line: {"text": ..., "images": [files]} (0, 1 or more).'),
+    ] = None,
+    batch_size: Annotated[
+        str, typer.Option(help="Prompts per generate call; several sizes comma-separated (1,8) in one run.")
+    ] = "1",
     strategies: Annotated[
         str, typer.Option(help="Comma-separated strategies from the registry; 'none' is the unpruned baseline.")
     ] = "none,codebook",
@@ -163,22 +171,27 @@ def profile(
     note: Annotated[Optional[str], typer.Option(help="Free text added to the hardware line of the report.")] = None,
     out: Annotated[str, typer.Option(help="Report path without suffix: writes OUT.md and OUT.json.")] = "profile",
 ) -> None:
-    """Measure vision + selection, prefill, time to first token, decode, peak memory and KV cache per strategy and
-    budget (one run, interleaved repeats) next to the predicted prefill FLOPs; write a Markdown and a JSON table."""
+    """Measure vision tower, selection, prefill (and its width), time to first token, decode, tokens/s, peak memory
+    and KV cache per strategy, budget and batch size (one run, interleaved repeats) next to the predicted prefill
+    FLOPs; write a Markdown and a JSON table."""
     import shlex
 
-    from .profile import parse_budgets, parse_strategies, render_markdown, run_profile, write_report
+    from .profile import parse_batch_sizes, parse_budgets, parse_strategies, run_profile
+    from .profile_report import render_markdown, write_report
 
     parsed_budgets, parsed_strategies = parse_budgets(budgets), parse_strategies(strategies)
+    parsed_batch_sizes = parse_batch_sizes(batch_size)
     options = {
         "--model": model,
-        "--images": ",".join(images),
+        "--images": ",".join(images) if images else None,
+        "--prompts": prompts,
+        "--batch-size": batch_size,
         "--strategies": strategies,
         "--budgets": budgets,
         "--repeats": repeats,
         "--warmup": warmup,
         "--max-new-tokens": max_new_tokens,
-        "--prompt": prompt,
+        "--prompt": prompt if images else None,  # asked about `--images` only
         "--device": device,
         "--dtype": dtype,
         "--attn-implementation": attn_implementation,
@@ -189,7 +202,9 @@ def profile(
     )
     report = run_profile(
         model,
-        images,
+        images or (),
+        prompts_file=prompts,
+        batch_sizes=parsed_batch_sizes,
         strategies=parsed_strategies,
         budgets=parsed_budgets,
         repeats=repeats,

@@ -1,39 +1,43 @@
-"""`llava-codebook profile`: what pruning buys at inference, measured per strategy and budget in one run.
+"""`llava-codebook profile`: what pruning buys at inference, measured per strategy, budget and batch size in one run.
 
-For every image (one prompt each, batch size 1) and every configuration (a strategy at a budget, and the unpruned
-`none`), one `generate` call is timed from the inside:
+The work is a list of prompts (text only, one image or several; `profile_prompts.py`) cut into batches of each
+batch size asked for. For every batch and every configuration (a strategy at a budget, and the unpruned `none`), one
+`generate` call is timed from the inside:
 
-- vision + selection: from the call to the start of the language model's prefill (vision tower, projector,
-  scoring and selection, prompt compaction, `generate`'s own set-up);
-- prefill: the language model's first forward pass (the whole prompt that reached it);
+- vision tower: the vision tower's forward passes (hooks), signal probes of the strategy included;
+- selection: the strategy choosing the kept tokens (`select_segments`);
+- vision + selection: from the call to the start of the language model's prefill (the two above, the projector,
+  prompt compaction and `generate`'s own set-up);
+- prefill: the language model's first forward pass, and its width (the longest prompt that reached it: every row
+  is padded to it, so the width times the rows is what the language model computes);
 - time to first token: from the call to the first new token;
-- decode per token: the mean gap between the following tokens (`--max-new-tokens` are generated, EOS suppressed);
+- decode per token: the mean gap between the following tokens (`max_new_tokens` are generated, EOS suppressed);
+- generated tokens/s: new tokens of all rows over the whole call (for a batch size: over all its calls);
 - peak memory: the CUDA allocator's peak during the call, or on CPU the process's peak resident set size (Linux);
 - KV cache: the bytes of the key/value cache right after prefill, i.e. of the prompt that reached the model.
 
 Language-model timings come from hooks on the language model and a streamer, with the device synchronised at each
-mark. Repeats are interleaved (repeat -> image -> configuration) after a warm-up of every configuration, so drifts of
-a shared machine touch every configuration alike; each number is the median over repeats, averaged over images. The
-FLOPs prediction beside the times is `llava_codebook.flops.prefill_flops` of the prompt length that reached the model.
+mark. Repeats are interleaved (repeat -> batch size -> batch -> configuration) after a warm-up of every configuration
+at every batch size, so drifts of a shared machine touch every configuration alike; each number is the median over
+repeats, averaged over the batches of a batch size. The FLOPs prediction is `llava_codebook.flops.prefill_flops` of
+the prefill width, times the rows of the batch (the padding is computed too).
 """
 
-import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .flops import prefill_flops
 from .integrations.accounting import account_rows
+from .profile_prompts import DEFAULT_PROMPT, Prompt, batches, encode_batch, image_prompts, read_prompts
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-DEFAULT_PROMPT = "Describe this image."
-MiB = 2**20
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,14 @@ def parse_budgets(text: str) -> list[Budget]:
     return list(dict.fromkeys(budgets))
 
 
+def parse_batch_sizes(text: str) -> list[int]:
+    """`"1,8"`: the batch sizes to profile, each an integer >= 1."""
+    sizes = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not sizes or not all(size.isdigit() and int(size) >= 1 for size in sizes):
+        raise ValueError(f"Batch sizes {text!r} must be integers >= 1, comma-separated (e.g. 1,8).")
+    return list(dict.fromkeys(int(size) for size in sizes))
+
+
 def parse_strategies(text: str) -> list[str]:
     from .strategies import STRATEGIES
 
@@ -108,6 +120,11 @@ def parse_strategies(text: str) -> list[str]:
     return names
 
 
+def check_counts(repeats: int, warmup: int, max_new_tokens: int) -> None:
+    if repeats < 1 or warmup < 0 or max_new_tokens < 2:
+        raise ValueError("Need repeats >= 1, warmup >= 0 and max_new_tokens >= 2 (decode time needs two tokens).")
+
+
 def configurations(strategies: Sequence[str], budgets: Sequence[Budget]) -> list[Configuration]:
     out = []
     for strategy in strategies:
@@ -116,28 +133,6 @@ def configurations(strategies: Sequence[str], budgets: Sequence[Budget]) -> list
         else:
             out.extend(Configuration(strategy, budget) for budget in budgets)
     return out
-
-
-def collect_images(specs: Sequence[str]) -> list[Path]:
-    """Image files named directly, comma-separated, or found (sorted, not recursively) in named folders."""
-    paths = []
-    for spec in specs:
-        for item in (part.strip() for part in str(spec).split(",")):
-            if not item:
-                continue
-            path = Path(item).expanduser()
-            if path.is_dir():
-                found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-                if not found:
-                    raise ValueError(f"No image files ({', '.join(IMAGE_SUFFIXES)}) in the folder {str(path)!r}.")
-                paths.extend(found)
-            elif path.is_file():
-                paths.append(path)
-            else:
-                raise ValueError(f"No such image file or folder: {str(path)!r}.")
-    if not paths:
-        raise ValueError("No images given; pass --images FILE_OR_FOLDER.")
-    return paths
 
 
 def cache_bytes(cache) -> int:
@@ -203,24 +198,48 @@ class _MemoryProbe:
 
 
 class _Timeline:
-    """Marks of one `generate` call: language-model forward passes (hooks) and new tokens (a streamer)."""
+    """Marks of one `generate` call: language-model forward passes and vision-tower passes (hooks), the strategy's
+    selection (a timing wrapper on the model's `select_segments`, removed after) and new tokens (a streamer)."""
 
-    def __init__(self, language_model: torch.nn.Module, device: torch.device):
+    def __init__(self, model, device: torch.device):
         self.device = device
         self.forwards: list[list[float]] = []
         self.tokens: list[float] = []
-        self.prefill_length: int | None = None
+        self.prefill_width: int | None = None
         self.kv_cache_bytes: int | None = None
+        self.vision_tower_s = 0.0
+        self.selection_s = 0.0
+        self._tower_start = None
         self._prompt_seen = False
+        self._base = model._pruning_base()
+        language_model = language_model_of(model)
         self._handles = [
             language_model.register_forward_pre_hook(self._before, with_kwargs=True),
             language_model.register_forward_hook(self._after, with_kwargs=True),
+            self._base.vision_tower.register_forward_pre_hook(self._tower_before),
+            self._base.vision_tower.register_forward_hook(self._tower_after),
         ]
+        select = self._base.select_segments
+
+        def timed_select(*args, **kwargs):
+            start = self._now()
+            try:
+                return select(*args, **kwargs)
+            finally:
+                self.selection_s += self._now() - start
+
+        self._base.select_segments = timed_select  # an instance attribute, deleted by `remove`
 
     def _now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+    def _tower_before(self, module, args):
+        self._tower_start = self._now()
+
+    def _tower_after(self, module, args, output):
+        self.vision_tower_s += self._now() - self._tower_start
 
     def _before(self, module, args, kwargs):
         self.forwards.append([self._now(), float("nan")])
@@ -229,7 +248,7 @@ class _Timeline:
         self.forwards[-1][1] = self._now()
         if len(self.forwards) == 1:
             hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-            self.prefill_length = int(hidden.shape[1])
+            self.prefill_width = int(hidden.shape[1])
             cache = getattr(output, "past_key_values", None)
             self.kv_cache_bytes = cache_bytes(cache) if cache is not None else None
 
@@ -246,11 +265,12 @@ class _Timeline:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+        del self._base.select_segments
 
 
 def measure_one(model, inputs, configuration: Configuration, max_new_tokens: int, device: torch.device) -> dict:
-    """Time one `generate` call of `configuration` on `inputs` (one prompt)."""
-    timeline = _Timeline(language_model_of(model), device)
+    """Time one `generate` call of `configuration` on `inputs` (one batch of prompts)."""
+    timeline = _Timeline(model, device)
     memory = _MemoryProbe(device)
     memory.start()
     try:
@@ -268,25 +288,36 @@ def measure_one(model, inputs, configuration: Configuration, max_new_tokens: int
     finally:
         timeline.remove()
     peak, above_start = memory.stop()
-    (account,) = account_rows(model, inputs["input_ids"], inputs.get("attention_mask"), output.visual_token_selection)
-    if timeline.prefill_length != account.prompt_tokens:
+    accounts = account_rows(model, inputs["input_ids"], inputs.get("attention_mask"), output.visual_token_selection)
+    # Every row is its real tokens only after pruning, re-padded to the longest one: that is the width that suffices.
+    sufficient = max(account.prompt_tokens for account in accounts)
+    if timeline.prefill_width != sufficient:
         raise RuntimeError(
-            f"The language model received {timeline.prefill_length} prompt tokens but the selection report implies "
-            f"{account.prompt_tokens}."
+            f"The language model ran the prompt at width {timeline.prefill_width}, but its longest row after "
+            f"pruning has {sufficient} tokens: the batch was not compacted to its real tokens."
         )
+    rows, text_config = len(accounts), model.config.text_config
+    unpruned_width = max(account.prompt_tokens_unpruned for account in accounts)
     prefill_start, prefill_end = timeline.forwards[0]
     tokens = timeline.tokens
     return {
-        "visual_tokens_kept": account.visual_tokens_kept,
-        "visual_tokens_total": account.visual_tokens_total,
-        "prompt_tokens": account.prompt_tokens,
-        "prompt_tokens_unpruned": account.prompt_tokens_unpruned,
-        "prefill_flops": account.prefill_flops,
-        "prefill_flops_unpruned": account.prefill_flops_unpruned,
+        "rows": rows,
+        "visual_tokens_kept": sum(a.visual_tokens_kept for a in accounts),
+        "visual_tokens_total": sum(a.visual_tokens_total for a in accounts),
+        "prompt_tokens": sum(a.prompt_tokens for a in accounts),
+        "prompt_tokens_unpruned": sum(a.prompt_tokens_unpruned for a in accounts),
+        "prefill_width": timeline.prefill_width,
+        "prefill_width_unpruned": unpruned_width,
+        "prefill_flops": rows * prefill_flops(text_config, timeline.prefill_width),
+        "prefill_flops_unpruned": rows * prefill_flops(text_config, unpruned_width),
+        "vision_tower_s": timeline.vision_tower_s,
+        "selection_s": timeline.selection_s,
         "vision_selection_s": prefill_start - start,
         "prefill_s": prefill_end - prefill_start,
         "ttft_s": tokens[0] - start,
         "decode_s_per_token": (tokens[-1] - tokens[0]) / (len(tokens) - 1) if len(tokens) > 1 else None,
+        "call_s": tokens[-1] - start,
+        "generated_tokens_per_s": rows * len(tokens) / (tokens[-1] - start),
         "new_tokens": len(tokens),
         "peak_memory_bytes": peak,
         "peak_memory_above_start_bytes": above_start,
@@ -309,21 +340,148 @@ def hardware(device: torch.device) -> str:
     return f"CPU: {name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def _prompt(processor, question: str) -> str:
-    if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return f"{getattr(processor, 'image_token', '<image>')}\n{question}"
-
-
 def _mean(values):
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
 
+TIMED = (
+    "vision_tower_s",
+    "selection_s",
+    "vision_selection_s",
+    "prefill_s",
+    "ttft_s",
+    "call_s",
+    "decode_s_per_token",
+    "generated_tokens_per_s",
+)
+
+
+def _summarise(runs: list[dict]) -> dict:
+    """One batch's repeats: counts from the first (they are deterministic), medians of times, maxima of memory."""
+    entry = {key: value for key, value in runs[0].items() if key not in TIMED}
+    for key in ("peak_memory_bytes", "peak_memory_above_start_bytes"):
+        entry[key] = max((r[key] for r in runs if r[key] is not None), default=None)
+    for key in TIMED:
+        values = [r[key] for r in runs if r[key] is not None]
+        entry[key] = statistics.median(values) if values else None
+    return entry
+
+
+def profile_model(
+    model,
+    processor,
+    prompts: Sequence[Prompt],
+    strategies: Sequence[str] = ("none", "codebook"),
+    budgets: Sequence[Budget] = (Budget(320), Budget(160), Budget(64)),
+    batch_sizes: Sequence[int] = (1,),
+    repeats: int = 3,
+    warmup: int = 1,
+    max_new_tokens: int = 16,
+    time_budget_s: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Profile a loaded model (on its device) on `prompts` at every batch size; returns the rows of the report.
+
+    `time_budget_s`: stop repeating once another repeat would not fit in this many seconds (measured from the first
+    warm-up call); at least one repeat always runs. The report says how many ran.
+    """
+    check_counts(repeats, warmup, max_new_tokens)
+    if not prompts:
+        raise ValueError("No prompts given; pass --images FILE_OR_FOLDER and / or --prompts FILE.")
+    if not any(prompt.images for prompt in prompts):
+        raise ValueError("Every prompt is text only: give at least one prompt with an image, or nothing is pruned.")
+    device = next(model.parameters()).device
+    configs = configurations(strategies, budgets)
+    say = progress or (lambda message: None)
+    work = []  # (batch size, index, prompts, inputs)
+    for size in batch_sizes:
+        for index, batch in enumerate(batches(prompts, size)):
+            inputs = encode_batch(processor, batch).to(device, dtype=model.dtype)  # casts floating tensors only
+            work.append((size, index, batch, inputs))
+
+    started = time.perf_counter()
+    for size in batch_sizes:  # warm-up: every configuration, on the first batch of every batch size
+        first = next(inputs for s, _, _, inputs in work if s == size)
+        for configuration in configs:
+            for _ in range(warmup):
+                measure_one(model, first, configuration, max_new_tokens, device)
+    samples = {(c, s, i): [] for c in configs for s, i, _, _ in work}
+    done = 0
+    for repeat in range(repeats):
+        repeat_started = time.perf_counter()
+        for size, index, _, inputs in work:
+            for configuration in configs:
+                samples[configuration, size, index].append(
+                    measure_one(model, inputs, configuration, max_new_tokens, device)
+                )
+        done += 1
+        now = time.perf_counter()
+        say(f"repeat {repeat + 1}/{repeats} done ({now - started:.0f} s)")
+        if time_budget_s is not None and now - started + (now - repeat_started) > time_budget_s:
+            break
+
+    rows = []
+    for size in batch_sizes:
+        units = [(index, batch) for s, index, batch, _ in work if s == size]
+        for configuration in configs:
+            per_batch = []
+            for index, batch in units:
+                entry = _summarise(samples[configuration, size, index])
+                entry["prompts"] = [prompt.kind for prompt in batch]
+                per_batch.append(entry)
+            row = {
+                "batch_size": size,
+                "configuration": configuration.label,
+                "strategy": configuration.strategy,
+                "keep_tokens": configuration.budget.keep_tokens if configuration.budget else None,
+                "keep_ratio": configuration.budget.keep_ratio if configuration.budget else None,
+            }
+            for key in per_batch[0]:
+                if key != "prompts":
+                    row[key] = _mean([entry[key] for entry in per_batch])
+            # Throughput of the batch size's whole work (a mean of per-batch rates would weigh a fast text-only
+            # batch like a slow image batch).
+            row["generated_tokens_per_s"] = sum(e["rows"] * e["new_tokens"] for e in per_batch) / sum(
+                e["call_s"] for e in per_batch
+            )
+            row["per_batch"] = per_batch
+            rows.append(row)
+    for size in batch_sizes:
+        same_size = [row for row in rows if row["batch_size"] == size]
+        baseline = next((row for row in same_size if row["strategy"] == "none"), None)
+        for row in same_size:
+            row["prefill_flops_share"] = row["prefill_flops"] / row["prefill_flops_unpruned"]
+            row["prefill_time_share"] = row["prefill_s"] / baseline["prefill_s"] if baseline else None
+            row["ttft_share"] = row["ttft_s"] / baseline["ttft_s"] if baseline else None
+            row["selection_share_of_tower"] = (
+                row["selection_s"] / row["vision_tower_s"] if row["vision_tower_s"] else None
+            )
+    return {"rows": rows, "repeats_done": done, "seconds": time.perf_counter() - started}
+
+
+def describe_model(model) -> dict:
+    text_config = model.config.text_config
+    return {
+        "class": type(model).__name__,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "text_hidden_size": text_config.hidden_size,
+        "text_layers": text_config.num_hidden_layers,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def software() -> str:
+    return (
+        f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
 def run_profile(
     model_id: str,
-    images: Sequence[str],
+    images: Sequence[str] = (),
     strategies: Sequence[str] = ("none", "codebook"),
     budgets: Sequence[Budget] = (Budget(320), Budget(160), Budget(64)),
     repeats: int = 3,
@@ -337,19 +495,23 @@ def run_profile(
     command: str | None = None,
     threads: int | None = None,
     progress=None,
+    prompts_file: str | None = None,
+    batch_sizes: Sequence[int] = (1,),
 ) -> dict:
-    """Profile `model_id` (a pruning-enabled repo or a stock checkpoint this package loads) and return the report."""
-    from PIL import Image
+    """Profile `model_id` (a pruning-enabled repo or a stock checkpoint this package loads) and return the report.
+
+    The prompts are one per image of `images` (asking `prompt`), then those of `prompts_file`, in that order.
+    """
     from transformers import AutoProcessor
 
     from .loading import load_pruned_model
 
-    if repeats < 1 or warmup < 0 or max_new_tokens < 2:
-        raise ValueError("Need repeats >= 1, warmup >= 0 and max_new_tokens >= 2 (decode time needs two tokens).")
+    check_counts(repeats, warmup, max_new_tokens)
     if dtype != "auto" and dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is unknown; use auto, {', '.join(DTYPES)}.")
-    paths = collect_images(images)
-    configs = configurations(strategies, budgets)
+    prompts = image_prompts(images, prompt) + (read_prompts(prompts_file) if prompts_file else [])
+    if not prompts:
+        raise ValueError("No prompts given; pass --images FILE_OR_FOLDER and / or --prompts FILE.")
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads={threads} must be at least 1.")
@@ -363,204 +525,48 @@ def run_profile(
         load_kwargs["attn_implementation"] = attn_implementation
     model = load_pruned_model(model_id, **load_kwargs).to(target).eval()
     processor = AutoProcessor.from_pretrained(model_id)
-    text = _prompt(processor, prompt)
-    inputs = []
-    for path in paths:
-        with Image.open(path) as image:
-            encoded = processor(images=[image.convert("RGB")], text=[text], return_tensors="pt")
-        inputs.append(encoded.to(target, dtype=model.dtype))
-    say = progress or (lambda message: None)
-
-    for configuration in configs:  # warm-up: every configuration once, on the first image
-        for _ in range(warmup):
-            measure_one(model, inputs[0], configuration, max_new_tokens, target)
-    samples = {(c, i): [] for c in configs for i in range(len(paths))}
-    started = time.perf_counter()
-    for repeat in range(repeats):
-        for index in range(len(paths)):
-            for configuration in configs:
-                samples[configuration, index].append(
-                    measure_one(model, inputs[index], configuration, max_new_tokens, target)
-                )
-        say(f"repeat {repeat + 1}/{repeats} done ({time.perf_counter() - started:.0f} s)")
-
-    timed = ("vision_selection_s", "prefill_s", "ttft_s", "decode_s_per_token")
-    rows = []
-    for configuration in configs:
-        per_image = []
-        for index, path in enumerate(paths):
-            runs = samples[configuration, index]
-            entry = {key: runs[0][key] for key in runs[0] if key not in timed}  # deterministic per image
-            for key in ("peak_memory_bytes", "peak_memory_above_start_bytes"):
-                entry[key] = max((r[key] for r in runs if r[key] is not None), default=None)
-            for key in timed:
-                values = [r[key] for r in runs if r[key] is not None]
-                entry[key] = statistics.median(values) if values else None
-            entry["image"] = str(path)
-            per_image.append(entry)
-        row = {
-            "configuration": configuration.label,
-            "strategy": configuration.strategy,
-            "keep_tokens": configuration.budget.keep_tokens if configuration.budget else None,
-            "keep_ratio": configuration.budget.keep_ratio if configuration.budget else None,
-        }
-        for key in per_image[0]:
-            if key != "image":
-                row[key] = _mean([entry[key] for entry in per_image])
-        row["per_image"] = per_image
-        rows.append(row)
-    baseline = next((row for row in rows if row["strategy"] == "none"), None)
-    for row in rows:
-        row["prefill_flops_share"] = row["prefill_flops"] / row["prefill_flops_unpruned"]
-        row["prefill_time_share"] = row["prefill_s"] / baseline["prefill_s"] if baseline else None
-        row["ttft_share"] = row["ttft_s"] / baseline["ttft_s"] if baseline else None
-
-    text_config = model.config.text_config
+    result = profile_model(
+        model,
+        processor,
+        prompts,
+        strategies=strategies,
+        budgets=budgets,
+        batch_sizes=batch_sizes,
+        repeats=repeats,
+        warmup=warmup,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+    )
     return {
         "command": command,
         "hardware": hardware(target) + (f"; {note}" if note else ""),
         "device": str(target),
-        "software": f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
-        f"Python {platform.python_version()}",
-        "model": {
-            "id": str(model_id),
-            "class": type(model).__name__,
-            "dtype": str(model.dtype).replace("torch.", ""),
-            "attn_implementation": getattr(model.config, "_attn_implementation", None),
-            "text_hidden_size": text_config.hidden_size,
-            "text_layers": text_config.num_hidden_layers,
-            "parameters": sum(p.numel() for p in model.parameters()),
-        },
+        "software": software(),
+        "model": {"id": str(model_id), **describe_model(model)},
         "settings": {
-            "images": [str(p) for p in paths],
-            "prompt": prompt,
+            "prompts": [{"text": p.text, "images": [str(i) for i in p.images]} for p in prompts],
             "max_new_tokens": max_new_tokens,
-            "repeats": repeats,
+            "repeats": result["repeats_done"],
             "warmup": warmup,
-            "batch_size": 1,
+            "batch_sizes": list(batch_sizes),
             "memory": {"cuda": "CUDA allocator peak", "rss": "process peak resident set size (VmHWM)"}.get(
                 _MemoryProbe(target).kind, "not measured on this platform"
             ),
         },
-        "rows": rows,
+        "rows": result["rows"],
     }
-
-
-def _fmt(value, scale: float = 1.0, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value * scale:,.{digits}f}"
-
-
-def _flops(value: float) -> str:
-    """GFLOPs with about three significant digits, from a toy model's 0.0123 to a 7B model's 46,000."""
-    giga = value / 1e9
-    if giga >= 100:
-        return f"{giga:,.0f}"
-    return f"{giga:.3g}" if giga < 1 else f"{giga:.2f}"
-
-
-COLUMNS = (
-    "configuration",
-    "visual tokens kept / total",
-    "prompt tokens",
-    "predicted prefill GFLOPs (share)",
-    "vision + selection ms",
-    "prefill ms (share)",
-    "TTFT ms (share)",
-    "decode ms/token",
-    "peak memory MiB (+ during call)",
-    "KV cache MiB",
-)
-
-
-def render_markdown(report: dict) -> str:
-    settings, model = report["settings"], report["model"]
-    lines = ["# Efficiency profile", ""]
-    if report.get("command"):
-        lines += [f"Command: `{report['command']}`", ""]
-    lines += [
-        f"Hardware: {report['hardware']}; {report['software']}.",
-        "",
-        (
-            f"Model: `{model['id']}` ({model['class']}, {model['parameters'] / 1e6:,.1f} M parameters, language model "
-            f"{model['text_hidden_size']} x {model['text_layers']} layers), {model['dtype']}, "
-            f"attention `{model['attn_implementation']}`."
-        ),
-        "",
-        (
-            f"Work: {len(settings['images'])} image(s), one prompt each (batch size 1), prompt {settings['prompt']!r}, "
-            f"{settings['max_new_tokens']} new tokens per call; {settings['warmup']} warm-up call(s) per configuration, "
-            f"then {settings['repeats']} interleaved repeats; each time is the median over repeats, averaged over images. "
-            f"Peak memory: {settings['memory']}."
-        ),
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-    ]
-
-    def share(value) -> str:
-        return "" if value is None else f" ({value:.2f})"
-
-    for row in report["rows"]:
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    row["configuration"],
-                    f"{row['visual_tokens_kept']:,.0f} / {row['visual_tokens_total']:,.0f}",
-                    f"{row['prompt_tokens']:,.0f}",
-                    f"{_flops(row['prefill_flops'])} ({row['prefill_flops_share']:.2f})",
-                    _fmt(row["vision_selection_s"], 1e3),
-                    _fmt(row["prefill_s"], 1e3) + share(row["prefill_time_share"]),
-                    _fmt(row["ttft_s"], 1e3) + share(row["ttft_share"]),
-                    _fmt(row["decode_s_per_token"], 1e3, 2),
-                    _fmt(row["peak_memory_bytes"], 1 / MiB, 0)
-                    + (
-                        ""
-                        if row["peak_memory_above_start_bytes"] is None
-                        else f" (+{row['peak_memory_above_start_bytes'] / MiB:,.0f})"
-                    ),
-                    _fmt(row["kv_cache_bytes"], 1 / MiB, 2),
-                ]
-            )
-            + " |"
-        )
-    lines += [
-        "",
-        (
-            "Columns: visual tokens per image (row newlines included) and the prompt length that reached the language "
-            "model; the predicted prefill FLOPs of that prompt (`llava_codebook.flops.prefill_flops`: "
-            "`2 * n * P + 4 * n^2 * d_attn` per layer, `P` the attention and MLP weights, plus the LM head on the last "
-            "token) and their share of the unpruned prompt's; vision + selection = from the call to the start of the "
-            "language model's prefill; prefill = the language model's first forward pass; TTFT = time to the first new "
-            "token; decode = mean time per following token; shares in parentheses are relative to the `none` row; "
-            "peak memory during the call (in parentheses: above what was held when it started); the KV cache after "
-            "prefill."
-        ),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
-    """Write `OUT.md` and `OUT.json` (a `.md` / `.json` suffix on `out` is dropped first)."""
-    out = Path(out)
-    if out.suffix in (".md", ".json"):
-        out = out.with_suffix("")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    markdown, data = out.with_name(out.name + ".md"), out.with_name(out.name + ".json")
-    markdown.write_text(render_markdown(report))
-    data.write_text(json.dumps(report, indent=2) + "\n")
-    return markdown, data
 
 
 __all__ = [
     "Budget",
     "Configuration",
     "cache_bytes",
-    "collect_images",
+    "describe_model",
+    "hardware",
+    "parse_batch_sizes",
     "parse_budgets",
     "parse_strategies",
-    "render_markdown",
+    "profile_model",
     "run_profile",
-    "write_report",
+    "software",
 ]

@@ -2,11 +2,12 @@
 
 What lives here, once for every family: encoding a call's visual inputs (with the vision-tower signals a strategy
 asks for), selection through the strategy registry (`strategies.py`), and prompt compaction: the placeholders of
-dropped tokens are removed from `input_ids` / `inputs_embeds` (with the mask, position ids and labels), the batch is
-re-padded on the left, and the encoded, pruned visual features are handed to the stock `forward` / `generate` as
-`mm_encoder_outputs`, so everything downstream sees one shorter prompt. Beside it: `pruning_loading.py` (strict
-checkpoint loading, the stock key layout, the codebook reference) and `pruning_settings.py` (the settings in force
-for a call, the per-thread switches, the selection report).
+dropped tokens and the padding (positions the attention mask zeroes) are removed from `input_ids` / `inputs_embeds`
+(with the mask, position ids and labels), so each row is its real tokens only, the batch is re-padded on the left to
+its longest row, and the encoded, pruned visual features are handed to the stock `forward` / `generate` as
+`mm_encoder_outputs`, so everything downstream sees one prompt no wider than it needs to be. Beside it:
+`pruning_loading.py` (strict checkpoint loading, the stock key layout, the codebook reference) and
+`pruning_settings.py` (the settings in force for a call, the per-thread switches, the selection report).
 
 What a family states (see `modeling_llava_next_codebook.py`): which modalities it prunes (`"image"`, `"video"`), how one
 modality is encoded into per-segment packed features with their row-newline masks (`encode_for_pruning`; a segment is
@@ -129,6 +130,45 @@ def compact_sequences(keep: torch.BoolTensor, tensors: dict, pad_values: dict) -
         compacted[rows.to(tensor.device), cols.to(tensor.device)] = tensor[keep.to(tensor.device)]
         out[name] = compacted
     return out
+
+
+def real_tokens(placeholders: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None):
+    """`[B, S]` bool: the positions that are part of a row's prompt, i.e. not padding (the attention mask's zeros).
+
+    Compaction drops padding with the dropped placeholders, so that a row keeps its real tokens only and the batch is
+    as wide as its longest pruned row, whichever side (or sides) the caller padded. A label on a padding position
+    would be lost with it, so it must be the ignored -100.
+    """
+    if attention_mask is None:
+        return torch.ones_like(placeholders, dtype=torch.bool)
+    if attention_mask.dim() != 2 or attention_mask.shape != placeholders.shape:
+        raise ValueError(
+            f"Pruning needs a 2-D `attention_mask` of the prompt's shape {tuple(placeholders.shape)} (1 = token, "
+            f"0 = padding), got shape {tuple(attention_mask.shape)}; pass the mask the processor returns."
+        )
+    present = (attention_mask != 0).to(placeholders.device)
+    if labels is not None:
+        lost = (~present & (labels.to(present.device) != -100)).nonzero()
+        if lost.numel():
+            row, column = lost[0].tolist()
+            raise ValueError(
+                f"labels[{row}, {column}] is {int(labels[row, column])} on a padding position (attention_mask 0): "
+                "pruning drops padding from the prompt, and that label with it. Set the labels of padding to -100 "
+                "(`labels.masked_fill(attention_mask == 0, -100)`), as the stock loss ignores them then too."
+            )
+    return present
+
+
+def prompt_order(encoded: list[VisualInputs], placeholders: dict) -> list[int]:
+    """The segments of `encoded` (listed modality by modality) sorted by where they start in the flattened
+    (row-major) prompt: the order a reader of the batch meets the images and videos."""
+    starts = []
+    for visual in encoded:
+        positions = placeholders[visual.modality].flatten().nonzero().squeeze(-1)
+        lengths = torch.tensor([features.shape[0] for features in visual.packed], device=positions.device)
+        firsts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+        starts += positions[firsts].tolist()
+    return sorted(range(len(starts)), key=starts.__getitem__)
 
 
 # ---------------------------------------------------------------------------------------------------------- wrappers
@@ -390,26 +430,34 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
                 )
             placeholder[visual.modality] = mask
         segments = [segment for visual in encoded for segment in visual.segments()]
+        order = prompt_order(encoded, placeholder)
         if settings.tile_skipping:
             skipped = [m for visual in encoded for m in (visual.skipped or [None] * len(visual.packed))]
             tiles = [t for visual in encoded for t in (visual.skipped_tiles or [None] * len(visual.packed))]
-            selection = self.select_segments(segments, settings, skipped, tiles)
+            selection = self.select_segments(
+                [segments[i] for i in order], settings, [skipped[i] for i in order], [tiles[i] for i in order]
+            )
         else:
-            selection = self.select_segments(segments, settings)
-        keep = torch.ones_like(next(iter(placeholder.values())))
-        masks = iter(selection.keep_masks())
-        merged = iter(selection.merged_features or [None] * len(segments))
+            selection = self.select_segments([segments[i] for i in order], settings)
+        # The selection lists segments in prompt order; each modality's hand-off lists its own in their order.
+        masks, merged = selection.keep_masks(), selection.merged_features or [None] * len(segments)
+        rank = {segment: position for position, segment in enumerate(order)}
+        attention_mask, position_ids, labels = call.get("attention_mask"), call.get("position_ids"), call.get("labels")
+        keep = real_tokens(next(iter(placeholder.values())), attention_mask, labels)
         handoff = dict(call.get("mm_encoder_outputs") or {})
+        first = 0
         for visual in encoded:
-            own = [next(masks) for _ in visual.packed]
-            kept_features = [next(merged) for _ in visual.packed]
+            own = [masks[rank[first + i]] for i in range(len(visual.packed))]
+            kept_features = [merged[rank[first + i]] for i in range(len(visual.packed))]
+            first += len(visual.packed)
+            # Placeholders follow the selection alone (a kept one stays even where the caller masked it), so the
+            # prompt holds exactly one placeholder per handed-over feature.
             keep[placeholder[visual.modality]] = torch.cat(own).to(keep.device)
             # A merging strategy hands over its own features for the kept tokens; the others keep theirs.
             visual.handoff.pooler_output = [
                 f[m.to(f.device)] if mf is None else mf for f, m, mf in zip(visual.packed, own, kept_features)
             ]
             handoff[visual.modality] = visual.handoff
-        attention_mask, position_ids = call.get("attention_mask"), call.get("position_ids")
         if attention_mask is None:
             attention_mask = torch.ones(keep.shape, dtype=torch.long, device=keep.device)
         if position_ids is None and settings.position_mode == "original":
@@ -421,7 +469,7 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
                 "inputs_embeds": inputs_embeds,
                 "attention_mask": attention_mask,
                 "position_ids": position_ids,
-                "labels": call.get("labels"),
+                "labels": labels,
             },
             {"input_ids": pad_token_id, "inputs_embeds": 0.0, "attention_mask": 0, "position_ids": 0, "labels": -100},
         )
@@ -492,6 +540,21 @@ class PruningForConditionalGenerationMixin(PruningMixin):
                 return int(candidate if not isinstance(candidate, (list, tuple)) else candidate[0])
         return _pad_token_id(self.config)
 
+    def _padding_mask(self, kwargs) -> torch.Tensor | None:
+        """The attention mask the stock `generate` infers when none is given: the pad tokens of `input_ids` masked,
+        where the pad token is set, occurs and is no EOS token; else `None` (every token is real)."""
+        input_ids = kwargs.get("input_ids")
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        pad = kwargs.get("pad_token_id", generation_config.pad_token_id)
+        eos = kwargs.get("eos_token_id", generation_config.eos_token_id)
+        if input_ids is None or pad is None:
+            return None
+        pads = torch.tensor(pad if isinstance(pad, (list, tuple)) else [pad], device=input_ids.device)
+        eos = [] if eos is None else (list(eos) if isinstance(eos, (list, tuple)) else [eos])
+        if not torch.isin(input_ids, pads).any() or any(int(p) in eos for p in pads):
+            return None
+        return (~torch.isin(input_ids, pads)).long()
+
     def _pruned_forward(self, call: dict, pruning: bool | None):
         """Stock `forward`, with the visual inputs pruned first. `input_ids`, `attention_mask`, `position_ids` and
         `labels` are compacted together, so the logits and the loss cover the kept tokens only. Accepts the pruning
@@ -516,6 +579,9 @@ class PruningForConditionalGenerationMixin(PruningMixin):
         if kwargs.get("input_ids") is None and isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
             kwargs["input_ids"], inputs = inputs, None
         input_ids = kwargs.get("input_ids")
+        if kwargs.get("attention_mask") is None and (mask := self._padding_mask(kwargs)) is not None:
+            # The stock `generate` would infer this mask from the pad tokens; compaction needs it first, to drop them.
+            kwargs["attention_mask"] = mask
         selection = self.model.prune_call(kwargs, pruning, self._generation_pad_token_id(kwargs))
         with self.pruning_disabled():
             output = super().generate(inputs, **kwargs)

@@ -58,6 +58,9 @@ class VisualTokenSelection(ModelOutput):
     r"""
     Which packed visual tokens of each visual segment (an image, or a video) reached the language model.
 
+    Every per-segment field lists the segments in prompt order: row by row through the batch, and within a row in the
+    order its images and videos appear in the text (`[video prompt, image prompt]` gives `["video", "image"]`).
+
     num_kept (`torch.LongTensor` of shape `(num_segments,)`):
         Tokens kept per segment, row newlines included (what the language model receives).
     num_total (`torch.LongTensor` of shape `(num_segments,)`):
@@ -71,7 +74,7 @@ class VisualTokenSelection(ModelOutput):
     newline_mask (`list[torch.BoolTensor]`):
         Per segment, which packed tokens are row-newline tokens.
     modalities (`list[str]`):
-        Per segment, `"image"` or `"video"`, in the order the segments appear in the flattened batch.
+        Per segment, `"image"` or `"video"`, in prompt order.
     strategy (`str`):
         The `pruning_strategy` that chose the tokens.
     merged_features (`list[torch.FloatTensor]`, *optional*):

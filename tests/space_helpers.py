@@ -2,6 +2,7 @@
 
 import json
 import socket
+from pathlib import Path
 
 import httpx
 
@@ -53,3 +54,18 @@ def call_raw(url: str, api_name: str, data=None, *, body: bytes | str | None = N
                     return "complete", payload
                 return "error", payload.get("error") if isinstance(payload, dict) else payload
     raise AssertionError(f"The event stream of {api_name} ended without a result")
+
+
+def upload_raw(url: str, path, timeout: float = 60) -> str:
+    """POST one file to Gradio's upload route, as the page does; returns the path the server keeps it at."""
+    with open(path, "rb") as handle:
+        posted = httpx.post(
+            f"{url.rstrip('/')}/gradio_api/upload", files=[("files", (Path(path).name, handle))], timeout=timeout
+        )
+    posted.raise_for_status()
+    return posted.json()[0]
+
+
+def file_payload(path: str) -> dict:
+    """An uploaded file as an endpoint input."""
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}

@@ -1,12 +1,16 @@
 """The benchmark scripts run on the current core: a smoke run at tiny geometry, end to end, through their command
 line (a renamed core attribute once broke `benchmarks/strategies.py` while every unit test passed)."""
 
+import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from llava_codebook.strategies import STRATEGIES as REGISTRY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["codebook", "codebook_diverse", "cls_attention", "visionzip", "divprune", "hired", "random", "uniform"]
@@ -33,6 +37,43 @@ def test_the_strategies_benchmark_runs_and_writes_every_strategy_and_budget(tmp_
                 rf"^\| `{name}` \| 16 \+ \d+ \| 8 \+ \d+ \| 4 \+ \d+ \| 2 \+ \d+ \|$", table, re.MULTILINE
             ), name
     assert "## Targets" in table and "## Kept-set overlap" in table
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_every_strategy_at_both_batch_sizes_in_its_cpu_smoke_mode(tmp_path):
+    """`benchmarks/gpu.sh --smoke`: the one-command GPU check, at tiny geometry on the CPU, through its own script."""
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "benchmarks" / "gpu.sh"), "--smoke", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (markdown,) = tmp_path.glob("gpu-*.md")
+    assert markdown.name == "gpu-smoke-cpu.md" and markdown.with_suffix(".json").is_file()
+    table = markdown.read_text()
+    assert table.startswith("# GPU check on CPU")
+    for title in ("LLaVA-NeXT-7B", "LLaVA-1.5-7B"):
+        assert re.search(rf"^## {title} .*\(SMOKE RUN", table, re.MULTILINE), title
+    reports = json.loads(markdown.with_suffix(".json").read_text())
+    assert [report["geometry"] for report in reports] == ["llava-next-7b", "llava-1.5-7b"]
+    expected = {(size, "none") for size in (1, 8)} | {
+        (size, f"{name} @ {budget} tokens")
+        for size in (1, 8)
+        for name in REGISTRY
+        if name != "none"
+        for budget in (8, 4, 2)
+    }
+    for report in reports:
+        rows = {(row["batch_size"], row["configuration"]): row for row in report["rows"]}
+        assert set(rows) == expected
+        for (size, configuration), row in rows.items():
+            assert f"| {size} | {configuration} |" in table
+            assert row["kv_cache_bytes"] > 0 and row["peak_memory_bytes"] > 0
+            if configuration != "none":
+                assert row["selection_share_of_tower"] > 0
+                assert row["prefill_width"] < row["prefill_width_unpruned"]
 
 
 @pytest.mark.slow

@@ -238,7 +238,7 @@ def test_forward_compacts_inputs_and_labels_together(tiny_model, tiny_processor,
         torch.testing.assert_close(got, reference[row, kept_positions], atol=1e-4, rtol=1e-4)
     compact_labels = torch.full((keep.shape[0], width), -100)
     for row in range(keep.shape[0]):
-        kept_labels = labels[row][keep[row]]
+        kept_labels = labels[row][keep[row] & (inputs["attention_mask"][row] == 1)]  # padding is dropped too
         compact_labels[row, width - kept_labels.numel() :] = kept_labels
     shifted = F.cross_entropy(
         out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), compact_labels[:, 1:].reshape(-1), ignore_index=-100

@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 
 from llava_codebook.cli import app
 from llava_codebook.flops import prefill_flops
-from llava_codebook.profile import COLUMNS, Budget, parse_budgets, render_markdown, run_profile, write_report
+from llava_codebook.profile import Budget, parse_batch_sizes, parse_budgets, run_profile
+from llava_codebook.profile_prompts import Prompt, batches, read_prompts
+from llava_codebook.profile_report import COLUMNS, render_markdown, write_report
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_kv_cache_bytes_are_exactly_proportional_to_the_prompt_that_reached_the_
     from llava_codebook import load_pruned_model
 
     per_token = kv_bytes_per_token(load_pruned_model(str(tiny_repo)).config)
-    entries = [entry for row in report["rows"] for entry in row["per_image"]]
+    entries = [entry for row in report["rows"] for entry in row["per_batch"]]
     assert len(entries) == 3 * 2
     assert len({entry["prompt_tokens"] for entry in entries}) == 6  # six different prompt lengths...
     for entry in entries:  # ...and the cache holds exactly those tokens
@@ -68,7 +70,7 @@ def test_two_budgets_are_ordered_and_the_baseline_keeps_everything(report, tiny_
     none, small, large = report["rows"]
     assert [row["configuration"] for row in report["rows"]] == ["none", "codebook @ 4 tokens", "codebook @ 12 tokens"]
     for image in range(2):
-        a, b, c = (row["per_image"][image] for row in (none, small, large))
+        a, b, c = (row["per_batch"][image] for row in (none, small, large))
         assert a["visual_tokens_kept"] == a["visual_tokens_total"] == b["visual_tokens_total"]
         assert b["visual_tokens_kept"] < c["visual_tokens_kept"] < a["visual_tokens_kept"]
         assert c["visual_tokens_kept"] - b["visual_tokens_kept"] == 8  # one image, 8 more tokens, same newlines
@@ -77,7 +79,7 @@ def test_two_budgets_are_ordered_and_the_baseline_keeps_everything(report, tiny_
         assert b["prefill_flops"] == prefill_flops(text_config, b["prompt_tokens"])
     assert small["prefill_flops_share"] < large["prefill_flops_share"] < none["prefill_flops_share"] == 1.0
     for row in report["rows"]:
-        for key in ("vision_selection_s", "prefill_s", "ttft_s", "decode_s_per_token"):
+        for key in ("vision_tower_s", "vision_selection_s", "prefill_s", "ttft_s", "decode_s_per_token"):
             assert row[key] > 0, key
         assert row["ttft_s"] > row["vision_selection_s"] + row["prefill_s"] * 0.99
         assert row["peak_memory_bytes"] is None or row["peak_memory_bytes"] > 0
@@ -88,10 +90,12 @@ def test_markdown_and_json_tables(report, tmp_path):
     markdown_path, json_path = write_report(report, tmp_path / "results" / "profile-tiny.md")
     assert (markdown_path.name, json_path.name) == ("profile-tiny.md", "profile-tiny.json")
     markdown = markdown_path.read_text()
-    header = next(line for line in markdown.splitlines() if line.startswith("| configuration"))
+    header = next(line for line in markdown.splitlines() if line.startswith("| batch size"))
     assert [cell.strip() for cell in header.strip("|").split("|")] == list(COLUMNS)
-    table = [line for line in markdown.splitlines() if line.startswith("| ") and line is not header]
-    assert len(table) == 1 + 3 and "CPU" in markdown and "Hardware:" in markdown
+    lines = markdown.splitlines()
+    main_table = lines[lines.index(header) + 2 : lines.index(header) + 2 + 3]
+    assert [line.split(" | ")[1] for line in main_table] == ["none", "codebook @ 4 tokens", "codebook @ 12 tokens"]
+    assert "CPU" in markdown and "Hardware:" in markdown and "## Prefill width per batch" in markdown
     assert markdown == render_markdown(report)
     data = json.loads(json_path.read_text())
     assert [row["configuration"] for row in data["rows"]] == [row["configuration"] for row in report["rows"]]
@@ -155,5 +159,135 @@ def test_help_fits_80_columns_and_names_every_option():
     result = CliRunner().invoke(app, ["profile", "--help"], terminal_width=80)
     assert result.exit_code == 0 and "…" not in result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80
-    for option in ("--model", "--images", "--strategies", "--budgets", "--device", "--dtype", "--out"):
+    options = ("--model", "--images", "--prompts", "--batch-size", "--strategies", "--budgets", "--device", "--out")
+    for option in options:
         assert option in result.output
+
+
+# ------------------------------------------------------------------ batches of mixed prompts
+@pytest.fixture(scope="module")
+def prompts_file(image_dir, tmp_path_factory):
+    """Eight prompts, in the JSON Lines format `--prompts` reads: one image, several images, text only."""
+    directory = tmp_path_factory.mktemp("prompts")
+    textured(3, (70, 130), flat_share=0.8).save(directory / "long.png")
+    lines = [
+        {"text": "what is this ?", "images": [str(image_dir / "square.png")]},
+        {"text": "how many are there ?"},
+        {"text": "left or right ?", "images": [str(image_dir / "wide.png"), "long.png"]},
+        {"text": "describe it", "images": ["long.png"]},
+        {"text": "is the sky blue ?"},
+        {"text": "what colour ?", "images": [str(image_dir / "wide.png")]},
+        {"text": "where ?", "images": ["long.png", str(image_dir / "square.png"), str(image_dir / "wide.png")]},
+        {"text": "yes or no ?", "images": [str(image_dir / "square.png")]},
+    ]
+    path = directory / "prompts.jsonl"
+    path.write_text("# a comment line\n\n" + "\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def batched(tiny_repo, prompts_file):
+    return run_profile(
+        str(tiny_repo),
+        prompts_file=str(prompts_file),
+        strategies=["none", "codebook"],
+        budgets=[Budget(keep_tokens=3)],
+        batch_sizes=[1, 8],
+        repeats=1,
+        warmup=0,
+        max_new_tokens=2,
+        device="cpu",
+    )
+
+
+def test_a_batch_runs_at_the_width_of_its_longest_pruned_prompt(batched, tiny_repo):
+    """Batch size 8 over text-only, one-image and several-image prompts: the prefill width is the longest of the
+    prompts' own widths when each runs alone (batch size 1), so neither padding nor a text-only row widens it; the
+    KV cache holds exactly rows x width tokens."""
+    from llava_codebook import load_pruned_model
+
+    per_token = kv_bytes_per_token(load_pruned_model(str(tiny_repo)).config)
+    rows = {(row["batch_size"], row["configuration"]): row for row in batched["rows"]}
+    assert set(rows) == {(1, "none"), (1, "codebook @ 3 tokens"), (8, "none"), (8, "codebook @ 3 tokens")}
+    for configuration in ("none", "codebook @ 3 tokens"):
+        alone = rows[1, configuration]["per_batch"]
+        (together,) = rows[8, configuration]["per_batch"]
+        assert len(alone) == 8 and together["rows"] == 8
+        assert together["prompts"] == [entry["prompts"][0] for entry in alone]
+        assert together["prefill_width"] == max(entry["prefill_width"] for entry in alone)
+        assert together["visual_tokens_kept"] == sum(entry["visual_tokens_kept"] for entry in alone)
+        assert together["kv_cache_bytes"] == per_token * 8 * together["prefill_width"]
+        for entry in alone:
+            assert entry["prefill_width"] == entry["prompt_tokens"]
+    pruned, unpruned = rows[8, "codebook @ 3 tokens"], rows[8, "none"]
+    assert pruned["prefill_width"] < unpruned["prefill_width"] == pruned["prefill_width_unpruned"]
+    assert pruned["prefill_flops_share"] == pytest.approx(
+        prefill_flops(load_pruned_model(str(tiny_repo)).config.text_config, pruned["prefill_width"])
+        / prefill_flops(load_pruned_model(str(tiny_repo)).config.text_config, unpruned["prefill_width"])
+    )
+    for row in batched["rows"]:
+        work = sum(entry["rows"] * entry["new_tokens"] for entry in row["per_batch"])
+        assert row["generated_tokens_per_s"] == pytest.approx(work / sum(e["call_s"] for e in row["per_batch"]))
+        assert row["ttft_share"] > 0 and all(e["call_s"] >= e["ttft_s"] for e in row["per_batch"])
+        if row["strategy"] == "codebook":
+            assert 0 < row["selection_s"] < row["vision_selection_s"] and row["selection_share_of_tower"] > 0
+        else:
+            assert row["selection_s"] == 0
+
+
+def test_the_report_shows_every_batch_width(batched):
+    markdown = render_markdown(batched)
+    assert "in batches of 1 and of 8" in markdown
+    widths = {
+        row["configuration"]: row["per_batch"][0]["prefill_width"] for row in batched["rows"] if row["batch_size"] == 8
+    }
+    section = markdown.split("Batch size 8:")[1]
+    assert f"| codebook @ 3 tokens | {widths['codebook @ 3 tokens']} |" in section
+    assert f"| none | {widths['none']} |" in section
+    assert "| prompts | 4 x 1 image, 2 x text only, 1 x 2 images, 1 x 3 images |" in section
+
+
+def test_prompts_files_and_batch_sizes_are_checked_with_the_line_at_fault(tmp_path, image_dir):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"text": "hi", "images": [str(image_dir / "square.png")]}) + '\n{"text": "bye"}\n')
+    assert read_prompts(good) == [Prompt("hi", (image_dir / "square.png",)), Prompt("bye")]
+    assert [len(b) for b in batches(read_prompts(good) * 5, 4)] == [4, 4, 2]
+    cases = {
+        "not json": ("not.jsonl", "{text: 1}", r"not\.jsonl:1 is not JSON"),
+        "no text": ("notext.jsonl", '\n{"images": []}', r"notext\.jsonl:2: expected"),
+        "unknown key": ("key.jsonl", '{"text": "a", "videos": []}', "expected"),
+        "images not a list": ("list.jsonl", '{"text": "a", "images": "x.png"}', "must be a list"),
+        "missing image": ("missing.jsonl", '{"text": "a", "images": ["gone.png"]}', "no such image file.*gone.png"),
+        "empty": ("empty.jsonl", "# nothing\n", "holds no prompt"),
+    }
+    for name, content, message in cases.values():
+        (tmp_path / name).write_text(content)
+        with pytest.raises(ValueError, match=message):
+            read_prompts(tmp_path / name)
+    with pytest.raises(ValueError, match="No such prompts file"):
+        read_prompts(tmp_path / "absent.jsonl")
+    assert parse_batch_sizes("1, 8,8") == [1, 8]
+    for bad in ("0", "x", "", "1.5"):
+        with pytest.raises(ValueError, match="integers >= 1"):
+            parse_batch_sizes(bad)
+
+
+def test_text_only_work_is_refused(tiny_repo, tmp_path):
+    path = tmp_path / "text.jsonl"
+    path.write_text('{"text": "hello"}\n')
+    with pytest.raises(ValueError, match="Every prompt is text only"):
+        run_profile(str(tiny_repo), prompts_file=str(path), repeats=1, warmup=0, max_new_tokens=2, device="cpu")
+
+
+def test_command_profiles_a_prompts_file_at_several_batch_sizes(tiny_repo, prompts_file, tmp_path):
+    runner = CliRunner()
+    quick = ["--repeats", "1", "--warmup", "0", "--max-new-tokens", "2", "--device", "cpu", "--budgets", "3"]
+    out = tmp_path / "batched"
+    base = ["profile", "--model", str(tiny_repo), "--prompts", str(prompts_file)]
+    result = runner.invoke(app, [*base, "--batch-size", "1,8", *quick, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["settings"]["batch_sizes"] == [1, 8] and "--batch-size 1,8" in data["command"]
+    assert "| 8 | codebook @ 3 tokens |" in result.stdout and "Batch size 8:" in result.stdout
+    assert "integers >= 1" in error_line(runner.invoke(app, [*base, "--batch-size", "0", *quick]))
+    assert "No prompts given" in error_line(runner.invoke(app, ["profile", "--model", str(tiny_repo), *quick]))

@@ -37,13 +37,13 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from spaces_app import app
+    from spaces_app import app, model
 
     # A Gradio cache of its own: servers of other test runs on this machine clean theirs up on exit.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
-        demo = app.build_demo(app.load_tiny_backend(), examples_dir=tmp_path_factory.mktemp("examples"))
-        url = launch_on_a_free_port(demo, **app.launch_options())
+        demo = app.build_demo(model.load_tiny_backend(), examples_dir=tmp_path_factory.mktemp("examples"))
+        url = launch_on_a_free_port(demo, **app.launch_options(demo))
         try:
             yield url
         finally:
@@ -563,14 +563,14 @@ def served_video_family(tmp_path_factory):
     section."""
     from test_space_families import family_backend
 
-    from spaces_app import app
+    from spaces_app import app, model
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache-video")))
         backend = family_backend("llava-onevision-qwen2-7b-ov", tmp_path_factory.mktemp("browser-video-family"))
         assert backend.takes_video and not backend.is_demo
         demo = app.build_demo(backend, examples_dir=tmp_path_factory.mktemp("examples"))
-        url = launch_on_a_free_port(demo, **app.launch_options())
+        url = launch_on_a_free_port(demo, **app.launch_options(demo))
         try:
             yield url
         finally:

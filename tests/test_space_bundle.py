@@ -37,14 +37,17 @@ def test_requirements_name_the_package_dependencies_but_not_gradio():
     assert "gradio" not in names  # the Space installs the sdk_version itself
 
 
-def test_uploaded_bundle_imports_its_own_copy_of_the_package(tmp_path):
+def test_uploaded_bundle_ships_every_module_and_imports_its_own_copies(tmp_path):
     bundle = prepare_upload(tmp_path / "space")
-    for name in ("app.py", "examples.py", "frames.py", "README.md", "requirements.txt", "llava_codebook/__init__.py"):
+    for name in ("app.py", "README.md", "requirements.txt", "llava_codebook/__init__.py", "spaces_app/__init__.py"):
         assert (bundle / name).exists(), name
+    modules = {path.name for path in SPACE_DIR.glob("*.py")} - {"app.py", "prepare_upload.py"}
+    assert {path.name for path in (bundle / "spaces_app").glob("*.py")} == modules
     assert not list(bundle.rglob("__pycache__"))
     probe = (
-        "import app, llava_codebook, pathlib;"
+        "import app, llava_codebook, spaces_app.disk, pathlib;"
         "print(pathlib.Path(llava_codebook.__file__).resolve().parent.parent);"
+        "print(pathlib.Path(spaces_app.disk.__file__).resolve().parent.parent);"
         "print(app.parse_args([]).model)"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_ID", "PYTHONPATH")}
@@ -53,6 +56,34 @@ def test_uploaded_bundle_imports_its_own_copy_of_the_package(tmp_path):
         [sys.executable, "-c", probe], cwd=bundle, env=env, capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    package_home, model = done.stdout.strip().splitlines()[-2:]
-    assert Path(package_home) == bundle.resolve()
+    package_home, modules_home, model = done.stdout.strip().splitlines()[-3:]
+    assert Path(package_home) == bundle.resolve() and Path(modules_home) == bundle.resolve()
     assert model == "None"
+
+
+def lock_pins() -> dict[str, str]:
+    """The lock's `name==version` lines, read here on their own."""
+    pins = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[name.strip().lower().replace("_", "-")] = version.split(";")[0].strip()
+    return pins
+
+
+def test_the_bundle_pins_each_requirement_to_the_lock(tmp_path):
+    pins = lock_pins()
+    bundle = prepare_upload(tmp_path / "space")
+    lines = [line.split("#")[0].strip() for line in (bundle / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line]
+    assert requirements and all("==" in line for line in requirements), requirements
+    for line in requirements:
+        name, version = line.split("==")
+        assert pins[name.lower().replace("_", "-")] == version, line
+    # The Space installs gradio at the card's sdk_version: the one the suite ran with.
+    assert SpaceCard.load(SPACE_DIR / "README.md").data.sdk_version == pins["gradio"]
+
+
+def test_without_a_lock_the_bundle_keeps_the_ranges(tmp_path):
+    bundle = prepare_upload(tmp_path / "space", lock=tmp_path / "no-lock.txt")
+    assert (bundle / "requirements.txt").read_text() == (SPACE_DIR / "requirements.txt").read_text()

@@ -1,12 +1,13 @@
 """The Space serving each model family from a checkpoint directory (as `MODEL_ID` names one), and videos as a strip.
 
 Each family's checkpoint is the Hub-shaped fixture of `hub_fixtures` (stock class, stock processor files, a video
-processor config naming the torchvision processor), loaded by `app.load_backend` with a codebook directory, as
+processor config naming the torchvision processor), loaded by `model.load_backend` with a codebook directory, as
 `MODEL_ID=... CODEBOOK_REPO=...` would. The oracle for every kept / dropped token is the model's own forward pass on
 the same inputs (`visual_token_selection.keep_masks()`).
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,8 +24,7 @@ from hub_fixtures import OTHER_FAMILIES, build_stock_checkpoint  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from llava_codebook import RedundancyCodebook, load_pruned_model  # noqa: E402
-from spaces_app import app  # noqa: E402
-from spaces_app import frames as frame_views  # noqa: E402
+from spaces_app import app, freshness, images, inputs, limits, model, render, video_inputs, videos  # noqa: E402
 
 FAMILY_NAMES = list(OTHER_FAMILIES)
 VIDEO_FAMILIES = [name for name, spec in OTHER_FAMILIES.items() if spec.video_token is not None]
@@ -47,21 +47,21 @@ def write_gif(path: Path, frames: list[Image.Image]) -> str:
     return str(path)
 
 
-def family_backend(name: str, root: Path) -> "app.Backend":
+def family_backend(name: str, root: Path) -> "model.Backend":
     """The Space's backend for family `name`, loaded from its Hub-shaped checkpoint under `root` with a codebook built
     from its own image features (every third token of a picture), so that every image and video loses some tokens at
     `THRESHOLD`: what `MODEL_ID=... CODEBOOK_REPO=...` would serve."""
     from llava_codebook.families import family_for_model_type
 
     checkpoint = build_stock_checkpoint(name, root / name)
-    model = load_pruned_model(checkpoint, dtype=torch.float32, pruning_strategy="none")
-    processor = app.load_processor(str(checkpoint), family_for_model_type(model.config.model_type))
+    pruned = load_pruned_model(checkpoint, dtype=torch.float32, pruning_strategy="none")
+    processor = model.load_processor(str(checkpoint), family_for_model_type(pruned.config.model_type))
     call = processor.image_processor(images=[bright_noise(150, 90, 1)], return_tensors="pt")
     with torch.no_grad():
-        features = model.model.encode_for_pruning("image", dict(call)).packed[0]
+        features = pruned.model.encode_for_pruning("image", dict(call)).packed[0]
     codebook_dir = root / f"{name}-codebook"
     RedundancyCodebook(features[::3].detach().clone()).save_pretrained(codebook_dir)
-    return app.load_backend(str(checkpoint), str(codebook_dir))
+    return model.load_backend(str(checkpoint), str(codebook_dir))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def served_families(tmp_path_factory):
 def model_keep_mask(backend, kind: str, media, question: str = "what is this ?", **overrides) -> np.ndarray:
     """The model's own forward pass on the processor's inputs: its keep mask of the one image or video."""
     media_kwargs = {"videos": [media]} if kind == "video" else {"images": [media]}
-    prompt = [app.build_prompt(backend.processor, question, kind)]
+    prompt = [model.build_prompt(backend.processor, question, kind)]
     inputs = backend.processor(**media_kwargs, text=prompt, return_tensors="pt")
     inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     with torch.no_grad():
@@ -91,13 +91,13 @@ def test_each_family_is_served_from_its_checkpoint_with_overlays_and_counts_of_t
     assert not backend.is_demo and backend.family == EXPECTED_FAMILY[name]
     assert backend.takes_video == (name in VIDEO_FAMILIES)
     image = bright_noise(150, 90, 2)
-    shown = app.preview(backend, image, "threshold", THRESHOLD, 0.25)
+    shown = images.preview(backend, image, "threshold", THRESHOLD, 0.25)
     keep = shown.selection.keep_masks()[0].numpy()
     assert np.array_equal(keep, model_keep_mask(backend, "image", image, codebook_threshold=THRESHOLD))
     assert 0 < shown.counts["all"]["kept"] < shown.counts["all"]["total"] == keep.size
     assert shown.counts["all"]["kept"] == int(keep.sum())
     assert shown.counts["scored"]["total"] + shown.counts["newline"]["total"] == keep.size
-    assert max(shown.base_overlay.size) == app.OVERLAY_SIDE
+    assert max(shown.base_overlay.size) == render.OVERLAY_SIDE
     # LLaVA-1.5 has one view and no tiles; the AnyRes families draw their tiles too.
     assert (shown.tile_overlay is None) == (name == "llava-1.5-7b")
     assert "Kept" in shown.markdown and "FLOPs" in shown.markdown
@@ -113,23 +113,23 @@ def test_each_family_compares_the_strategies_it_offers_with_the_models_own_selec
     assert cls_rules.isdisjoint(offered) == (name == "llava-onevision-qwen2-7b-ov")
     image = bright_noise(150, 90, 4)
     for strategy_a, strategy_b in zip(offered, offered[1:] + offered[:1]):
-        result = app.compare(backend, image, strategy_a, strategy_b, 0.3, THRESHOLD)
+        result = images.compare(backend, image, strategy_a, strategy_b, 0.3, THRESHOLD)
         for side, strategy in ((result.left, strategy_a), (result.right, strategy_b)):
             keep = side.selection.keep_masks()[0].numpy()
-            settings = app.pruning_overrides("budget", THRESHOLD, 0.3, strategy)
+            settings = inputs.pruning_overrides("budget", THRESHOLD, 0.3, strategy)
             assert np.array_equal(keep, model_keep_mask(backend, "image", image, **settings)), (name, strategy)
         assert (result.left.tile_overlay is None) == (name == "llava-1.5-7b")
     if name == "llava-onevision-qwen2-7b-ov":
-        with pytest.raises(app.InputError, match="'hired' strategy ranks tokens by the vision tower's \\[CLS\\]"):
-            app.compare(backend, image, "codebook", "hired", 0.3, THRESHOLD)
+        with pytest.raises(inputs.InputError, match="'hired' strategy ranks tokens by the vision tower's \\[CLS\\]"):
+            images.compare(backend, image, "codebook", "hired", 0.3, THRESHOLD)
 
 
 def test_llava_one_view_is_drawn_over_the_centre_crop_with_each_cell_as_the_model_kept_it(served_families):
     backend = served_families["llava-1.5-7b"]
     image = bright_noise(150, 90, 3)
-    shown = app.preview(backend, image, "threshold", THRESHOLD, 0.25)
+    shown = images.preview(backend, image, "threshold", THRESHOLD, 0.25)
     keep = shown.selection.keep_masks()[0].numpy()
-    views = frame_views.grid_views(
+    views = render.grid_views(
         np.zeros(keep.size), np.zeros(keep.size, bool), image.size, backend.processor.image_processor
     )
     view = views["base"]
@@ -137,7 +137,7 @@ def test_llava_one_view_is_drawn_over_the_centre_crop_with_each_cell_as_the_mode
     assert (x0, x1) == pytest.approx((30.0, 120.0))  # the 90 x 90 centre crop of a 150 x 90 picture
     overlay = np.asarray(shown.base_overlay, dtype=float)
     scale = (overlay.shape[1] / image.width, overlay.shape[0] / image.height)
-    centres = frame_views.cell_centres(view.shape, view.region, scale)
+    centres = render.cell_centres(view.shape, view.region, scale)
     brightness = overlay.mean(-1)
     seen = np.array([[brightness[int(y), int(x)] > 110 for x, y in row] for row in centres])
     assert np.array_equal(seen, view.keep_grid(keep))
@@ -151,10 +151,10 @@ def test_a_video_is_a_strip_with_one_panel_per_frame_whose_cells_are_the_models_
     backend = served_families[name]
     clip = [bright_noise(80, 60, 10 + i) for i in range(4)]
     path = write_gif(tmp_path / "clip.gif", clip)
-    frames = app.check_video(path, allowed_dirs=[tmp_path.resolve()])
+    frames = video_inputs.check_video(path, allowed_dirs=[tmp_path.resolve()])
     assert len(frames) == 4
     for mode, settings in (("threshold", {"codebook_threshold": THRESHOLD}), ("budget", {"keep_ratio": 0.4})):
-        shown = app.preview_video(backend, path, mode, THRESHOLD, 0.4, allowed_dirs=[tmp_path.resolve()])
+        shown = videos.preview_video(backend, path, mode, THRESHOLD, 0.4, allowed_dirs=[tmp_path.resolve()])
         keep = shown.selection.keep_masks()[0].numpy()
         assert np.array_equal(keep, model_keep_mask(backend, "video", frames, pruning_mode=mode, **settings))
         assert shown.selection.modalities == ["video"]
@@ -165,9 +165,9 @@ def test_a_video_is_a_strip_with_one_panel_per_frame_whose_cells_are_the_models_
         boxes = shown.layout.boxes
         assert all(b0[2] < b1[0] for b0, b1 in zip(boxes, boxes[1:]))  # left to right, side by side
         for frame, grid, (px0, py0, px1, py1) in zip(frames, shown.grids, boxes):
-            region = frame_views.base_region(frame.size, backend.processor.video_processor)
+            region = render.base_region(frame.size, backend.processor.video_processor)
             scale = ((px1 - px0) / frame.width, (py1 - py0) / frame.height)
-            centres = frame_views.cell_centres(grid.shape, region, scale)
+            centres = render.cell_centres(grid.shape, region, scale)
             drawn = np.array([[strip[int(py0 + y), int(px0 + x)] > 110 for x, y in row] for row in centres])
             assert np.array_equal(drawn, keep[grid]), f"frame panel at {px0} differs from the model's keep mask"
 
@@ -176,7 +176,7 @@ def test_a_video_is_a_strip_with_one_panel_per_frame_whose_cells_are_the_models_
 def test_a_video_answer_runs_with_and_without_pruning(served_families, name, tmp_path):
     backend = served_families[name]
     path = write_gif(tmp_path / "clip.gif", [bright_noise(80, 60, 20 + i) for i in range(3)])
-    result = app.answer_video(backend, path, "what is this ?", "budget", THRESHOLD, 0.4, 3, [tmp_path.resolve()])
+    result = videos.answer_video(backend, path, "what is this ?", "budget", THRESHOLD, 0.4, 3, [tmp_path.resolve()])
     made = result.generations
     dropped = result.preview.counts["all"]["total"] - result.preview.counts["all"]["kept"]
     assert made.full_prompt_tokens - made.pruned_prompt_tokens == dropped > 0
@@ -197,28 +197,28 @@ def test_video_paths_are_confined_and_every_unreadable_file_gets_one_message(tmp
         str(allowed / ".." / "outside.gif"),
         str(allowed),
     ):
-        with pytest.raises(app.InputError) as caught:
-            app.check_video({"path": bad}, allowed_dirs=[allowed.resolve()])
-        assert str(caught.value) == app.UNREADABLE_VIDEO, bad
-    with pytest.raises(app.MissingImage):
-        app.check_video(None)
+        with pytest.raises(inputs.InputError) as caught:
+            video_inputs.check_video({"path": bad}, allowed_dirs=[allowed.resolve()])
+        assert str(caught.value) == video_inputs.UNREADABLE_VIDEO, bad
+    with pytest.raises(inputs.MissingImage):
+        video_inputs.check_video(None)
     inside = write_gif(allowed / "ok.gif", [bright_noise(20, 20, i) for i in range(12)])
-    frames = app.check_video({"path": inside}, allowed_dirs=[allowed.resolve()])
-    assert len(frames) == app.VIDEO_FRAMES and all(f.mode == "RGB" and f.size == (20, 20) for f in frames)
+    frames = video_inputs.check_video({"path": inside}, allowed_dirs=[allowed.resolve()])
+    assert len(frames) == limits.VIDEO_FRAMES and all(f.mode == "RGB" and f.size == (20, 20) for f in frames)
 
 
 def test_a_video_with_too_many_frames_is_refused_before_its_frames_are_decoded(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "MAX_VIDEO_FILE_FRAMES", 5)
+    monkeypatch.setattr(limits, "MAX_VIDEO_FILE_FRAMES", 5)
     path = write_gif(tmp_path / "long.gif", [bright_noise(20, 20, i) for i in range(6)])
-    with pytest.raises(app.InputError, match="6 frames"):
-        app.check_video(path, allowed_dirs=[tmp_path.resolve()])
+    with pytest.raises(inputs.InputError, match="6 frames"):
+        video_inputs.check_video(path, allowed_dirs=[tmp_path.resolve()])
 
 
 def test_the_embedded_default_stays_the_offline_llava_next_demo_without_a_video_section():
-    backend = app.load_backend(None)
+    backend = model.load_backend(None)
     assert backend.is_demo and backend.family == "llava_next" and not backend.takes_video
-    with pytest.raises(app.InputError, match="does not take videos"):
-        app.preview_video(backend, [bright_noise(20, 20, 0)], "threshold", 0.5, 0.25)
+    with pytest.raises(inputs.InputError, match="does not take videos"):
+        videos.preview_video(backend, [bright_noise(20, 20, 0)], "threshold", 0.5, 0.25)
 
 
 # ---------------------------------------------------------------------------------------------------- served
@@ -233,7 +233,7 @@ def served_video(served_families, tmp_path_factory):
         demo = app.build_demo(
             served_families["llava-onevision-qwen2-7b-ov"], examples_dir=tmp_path_factory.mktemp("examples")
         )
-        url = launch_on_a_free_port(demo, **app.launch_options())
+        url = launch_on_a_free_port(demo, **app.launch_options(demo))
         try:
             yield url
         finally:
@@ -255,7 +255,7 @@ def test_a_served_video_family_takes_an_uploaded_video_end_to_end_and_refuses_pa
         gradio_client.handle_file(path), "budget", THRESHOLD, 0.4, "", api_name="/preview_video"
     )
     backend = served_families["llava-onevision-qwen2-7b-ov"]
-    expected = app.preview_video(backend, path, "budget", THRESHOLD, 0.4, allowed_dirs=[tmp_path.resolve()])
+    expected = videos.preview_video(backend, path, "budget", THRESHOLD, 0.4, allowed_dirs=[tmp_path.resolve()])
     assert details["counts"] == expected.counts and markdown == expected.markdown
     assert np.array_equal(np.asarray(Image.open(strip).convert("RGB")), np.asarray(expected.strip))
     answer = client.predict(
@@ -270,13 +270,13 @@ def test_a_served_video_family_takes_an_uploaded_video_end_to_end_and_refuses_pa
         ),
         ("answer_video", [{"path": path}, "what ?", "budget", THRESHOLD, 0.4, 3, "codebook"]),
     ):
-        assert call_raw(served_video, api_name, data) == ("error", app.UNREADABLE_VIDEO)
+        assert call_raw(served_video, api_name, data) == ("error", video_inputs.UNREADABLE_VIDEO)
     # The strategy selector reaches the video too: a peer that reads the features alone re-scores the cached frames,
     # one that needs the tower's [CLS] attention is refused with the strategies that apply.
     strip, markdown, details = client.predict(
         gradio_client.handle_file(path), "budget", THRESHOLD, 0.4, "", "divprune", api_name="/preview_video"
     )
-    expected = app.preview_video(
+    expected = videos.preview_video(
         backend, path, "budget", THRESHOLD, 0.4, allowed_dirs=[tmp_path.resolve()], strategy="divprune"
     )
     assert details["counts"] == expected.counts and "divprune" in markdown
@@ -285,6 +285,54 @@ def test_a_served_video_family_takes_an_uploaded_video_end_to_end_and_refuses_pa
     )
     assert "'cls_attention' strategy ranks tokens by the vision tower's [CLS] attention" in refused
     assert "choose one of: codebook, codebook_diverse, divprune, random, uniform" in refused
+
+
+@pytest.mark.parametrize("kind", ["gif", "png", "webp"])
+def test_a_served_video_family_refuses_a_later_frame_larger_than_the_first_over_http(served_video, tmp_path, kind):
+    """A 16x16 first frame and a 12000x12000 second one: refused with the frames' sizes, by the client and by raw HTTP,
+    by the preview (in place) and the answer (an error), never "Something went wrong"."""
+    gradio_client = pytest.importorskip("gradio_client")
+    from animation_files import animated, noise_frames, set_frame_box
+    from gradio_client.exceptions import AppError
+    from space_helpers import call_raw, file_payload, upload_raw
+
+    bomb = tmp_path / f"bomb.{kind}"
+    bomb.write_bytes(set_frame_box(animated(kind, noise_frames(2)), kind, 1, 0, 0, 12000, 12000))
+    message = "That video's frames do not fit together: frame 2 is 12000x12000 pixels at (0, 0)"
+    client = gradio_client.Client(served_video, verbose=False)
+    upload = gradio_client.handle_file(str(bomb))
+    strip, counts, details = client.predict(upload, "budget", THRESHOLD, 0.4, "", api_name="/preview_video")
+    assert strip is None and details == {} and message in counts
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(upload, "what ?", "budget", THRESHOLD, 0.4, 3, api_name="/answer_video")
+    uploaded = file_payload(upload_raw(served_video, bomb))
+    event, error = call_raw(served_video, "answer_video", [uploaded, "what ?", "budget", THRESHOLD, 0.4, 3, "codebook"])
+    assert event == "error" and error.startswith(message), error
+    event, outputs = call_raw(served_video, "preview_video", [uploaded, "budget", THRESHOLD, 0.4, "", "codebook"])
+    assert event == "complete" and message in outputs[1]
+
+
+def test_null_is_a_bad_value_for_every_number_the_video_endpoints_take(served_video, tmp_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    from gradio_client.exceptions import AppError
+    from space_helpers import call_raw, file_payload, upload_raw
+
+    path = write_gif(tmp_path / "clip.gif", [bright_noise(40, 30, 50 + i) for i in range(3)])
+    clip = file_payload(upload_raw(served_video, path))
+    for position, message in ((3, "The threshold"), (4, "The token budget"), (5, "max_new_tokens")):
+        data = [clip, "what ?", "budget", THRESHOLD, 0.4, 3, "codebook"]
+        data[position] = None
+        assert call_raw(served_video, "answer_video", data) == ("error", f"{message} must be a number; got nothing.")
+    for position, message in ((2, "The threshold"), (3, "The token budget")):
+        data = [clip, "budget", THRESHOLD, 0.4, "", "codebook"]
+        data[position] = None
+        event, outputs = call_raw(served_video, "preview_video", data)
+        assert event == "complete" and f"{message} must be a number; got nothing." in outputs[1]
+    client = gradio_client.Client(served_video, verbose=False)
+    with pytest.raises(AppError, match="max_new_tokens must be a number; got nothing."):
+        client.predict(
+            gradio_client.handle_file(path), "what ?", "budget", THRESHOLD, 0.4, None, api_name="/answer_video"
+        )
 
 
 def test_video_answers_are_marked_out_of_date_when_a_control_they_were_made_with_moves(served_families, tmp_path):
@@ -297,7 +345,7 @@ def test_video_answers_are_marked_out_of_date_when_a_control_they_were_made_with
     path = write_gif(examples / "clip.gif", [bright_noise(80, 60, 40 + i) for i in range(3)])
     controls = [{"path": path}, "what is it ?", "budget", THRESHOLD, 0.4, 3, "codebook"]
     *outputs, made_with = steps["on_video_answer"](*controls)
-    assert outputs[3] and made_with == app.answer_signature(*controls)
+    assert outputs[3] and made_with == freshness.answer_signature(*controls)
     mark = steps["on_video_controls_changed"]
     notice, pruned, *_ = mark(*controls, made_with)
     assert notice.visible is False and not pruned.elem_classes
@@ -305,7 +353,7 @@ def test_video_answers_are_marked_out_of_date_when_a_control_they_were_made_with
     assert (
         notice.visible and "the token budget has changed" in notice.value and "**Ask about the video**" in notice.value
     )
-    assert app.STALE_CLASS in pruned.elem_classes and pruned.label == "Answer with pruning (out of date)"
+    assert freshness.STALE_CLASS in pruned.elem_classes and pruned.label == "Answer with pruning (out of date)"
     notice, *_ = mark({"path": str(examples / "other.gif")}, *controls[1:], made_with)
     assert "the video has changed" in notice.value
     notice, *_ = mark(*controls[:6], "divprune", made_with)

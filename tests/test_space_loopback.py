@@ -24,7 +24,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from spaces_app import app  # noqa: E402
+from spaces_app import app, disk, encoding, images, inputs, limits, model  # noqa: E402
 from space_helpers import call_raw, launch_on_a_free_port  # noqa: E402
 
 TIMEOUT = 120  # seconds any one call may take before the test fails rather than hangs
@@ -41,7 +41,7 @@ def picture(path: Path, width: int, height: int, seed: int, flat_share: float = 
 
 
 class Served(NamedTuple):
-    backend: app.Backend
+    backend: model.Backend
     url: str
     examples: Path  # the app's example folder
     cache: Path  # Gradio's upload cache
@@ -54,10 +54,10 @@ def served(tmp_path_factory):
         cache = tmp_path_factory.mktemp("gradio-cache")
         patch.setenv("GRADIO_TEMP_DIR", str(cache))
         patch.setenv("MAX_UPLOAD_MB", str(MAX_UPLOAD_MB))
-        backend = app.load_tiny_backend()
+        backend = model.load_tiny_backend()
         examples = tmp_path_factory.mktemp("examples")
         demo = app.build_demo(backend, examples_dir=examples)
-        url = launch_on_a_free_port(demo, **app.launch_options())
+        url = launch_on_a_free_port(demo, **app.launch_options(demo))
         assert url.startswith("http://127.0.0.1:")
         try:
             yield Served(backend, url, examples, cache)
@@ -72,7 +72,7 @@ def client(served):
 
 def expected(backend, path, mode, threshold, keep_ratio, question=""):
     """What the pure functions say for these inputs (the oracle for the served results)."""
-    return app.preview(backend, path, mode, threshold, keep_ratio, question)
+    return images.preview(backend, path, mode, threshold, keep_ratio, question)
 
 
 def test_answer_endpoint_returns_overlays_counts_and_both_timed_answers(served, client, tmp_path):
@@ -126,6 +126,20 @@ def test_bad_inputs_come_back_as_messages(client, tmp_path):
     assert result[0] is None and "9000x6000 pixels" in result[2]
 
 
+def test_a_null_number_and_a_bad_example_index_come_back_as_messages_through_the_client(client, tmp_path):
+    good = picture(tmp_path / "ok.png", 60, 60, seed=4)
+    with pytest.raises(AppError, match="max_new_tokens must be a number; got nothing."):
+        client.predict(handle_file(good), "what ?", "threshold", 0.9, 0.25, None, api_name="/answer")
+    result = client.predict(handle_file(good), "threshold", None, 0.25, "", api_name="/preview")
+    assert result[0] is None and "The threshold must be a number; got nothing." in result[2]
+    result = client.predict(handle_file(good), "codebook", "divprune", None, 0.9, "", api_name="/compare")
+    assert result[0] is None and "The token budget must be a number; got nothing." in result[4]
+    with pytest.raises(AppError, match="Pick one of the 4 examples: .* got 99."):
+        client.predict(99, api_name="/load_example")
+    picked = client.predict(1, api_name="/load_example")  # a good index still loads that example
+    assert Path(picked[0]["value"]).name == "lighthouse.png"
+
+
 def test_only_the_three_endpoints_are_public(client):
     """The page's own steps (the check before Ask, the out-of-date marks, the rule's slider, the strategy's rules) are
     not API endpoints."""
@@ -153,7 +167,7 @@ def test_user_errors_are_logged_in_one_line_and_unexpected_ones_with_their_trace
     def broken(*args, **kwargs):
         raise RuntimeError("the accelerator fell over")
 
-    monkeypatch.setattr(app, "generate_both", broken)
+    monkeypatch.setattr(images, "generate_both", broken)
     with pytest.raises(AppError, match=r"Something went wrong \(RuntimeError\)"):
         client.predict(handle_file(good), "what ?", "threshold", 0.9, 0.25, 4, api_name="/answer")
     unexpected = [record for record in caplog.records if record.exc_info]
@@ -254,7 +268,7 @@ def test_a_path_outside_the_allowed_folders_is_refused_and_its_pixels_never_come
     if with_meta:
         payload["meta"] = {"_type": "gradio.FileData"}
     event, result = call_raw(served.url, api_name, endpoint_data(api_name, payload))
-    assert (event, result) == ("error", app.UNREADABLE_IMAGE)
+    assert (event, result) == ("error", inputs.UNREADABLE_IMAGE)
     assert not any(correlation(picture, pixels) > 0.5 for picture in returned_pictures(served.url, result))
 
 
@@ -275,7 +289,7 @@ def test_dot_dot_and_symlink_escapes_from_the_allowed_folders_are_refused(served
         for path in escapes:
             assert Path(path).resolve() == secret.resolve()  # each one does lead to the secret
             event, result = call_raw(served.url, api_name, endpoint_data(api_name, {"path": path}))
-            assert (event, result) == ("error", app.UNREADABLE_IMAGE), path
+            assert (event, result) == ("error", inputs.UNREADABLE_IMAGE), path
     finally:
         for link in links:
             link.unlink()
@@ -305,7 +319,7 @@ def test_every_refused_or_unreadable_path_gets_the_same_message(served, tmp_path
             event, result = call_raw(served.url, api_name, endpoint_data(api_name, {"path": str(path)}))
             if event == "complete":  # the preview and the comparison report what they found in place
                 event, result = "error", result[2 if api_name == "preview" else 4].removeprefix("⚠️ ")
-            assert (event, result) == ("error", app.UNREADABLE_IMAGE), (path, api_name)
+            assert (event, result) == ("error", inputs.UNREADABLE_IMAGE), (path, api_name)
 
 
 def test_uploads_and_the_example_images_still_work(served, client, tmp_path):
@@ -440,6 +454,52 @@ BAD_INPUTS = {
         "This endpoint takes 6 inputs, in this order: image, strategy_a, strategy_b, keep_ratio, threshold, question; "
         "got 2.",
     ),
+    # null is a bad value for every number an endpoint takes.
+    "max_new_tokens null": (
+        "answer",
+        '[IMAGE, "what", "threshold", 0.9, 0.25, null, "codebook"]',
+        "max_new_tokens must be a number; got nothing.",
+    ),
+    "threshold null": (
+        "answer",
+        '[IMAGE, "what", "threshold", null, 0.25, 3, "codebook"]',
+        "The threshold must be a number; got nothing.",
+    ),
+    "budget null": (
+        "answer",
+        '[IMAGE, "what", "budget", 0.9, null, 3, "codebook"]',
+        "The token budget must be a number; got nothing.",
+    ),
+    "preview threshold null": (
+        "preview",
+        '[IMAGE, "threshold", null, 0.25, "", "codebook"]',
+        "The threshold must be a number; got nothing.",
+    ),
+    "preview budget null": (
+        "preview",
+        '[IMAGE, "budget", 0.9, null, "", "codebook"]',
+        "The token budget must be a number; got nothing.",
+    ),
+    "compare budget null": (
+        "compare",
+        '[IMAGE, "codebook", "divprune", null, 0.9, ""]',
+        "The token budget must be a number; got nothing.",
+    ),
+    "compare threshold null": (
+        "compare",
+        '[IMAGE, "codebook", "divprune", 0.25, null, ""]',
+        "The threshold must be a number; got nothing.",
+    ),
+    # Picking an example sends its index: anything else is named.
+    "example index past the end": ("load_example", "[4]", "Pick one of the 4 examples"),
+    "example index negative": ("load_example", "[-1]", "from 0 to 3; got -1."),
+    "example index null": ("load_example", "[null]", "from 0 to 3; got None."),
+    "example index as text": ("load_example", '["0"]', "from 0 to 3; got '0'."),
+    "example with two inputs": (
+        "load_example",
+        "[0, 1]",
+        "This endpoint takes 1 input, in this order: example; got 2.",
+    ),
 }
 
 
@@ -460,7 +520,7 @@ def test_each_bad_input_gets_a_message_that_names_it(served, case):
 def test_request_bodies_over_the_limit_are_refused_before_they_are_parsed(served, tmp_path):
     import httpx
 
-    limit = app.max_request_bytes()
+    limit = limits.max_request_bytes()
     base = served.url.rstrip("/")
     over = ('{"data": [null, "threshold", 0.9, 0.25, "' + "x" * limit + '", "codebook"]}').encode()
     routes = ["/gradio_api/call/preview", "/gradio_api/call/answer", "/gradio_api/queue/join"]
@@ -529,7 +589,7 @@ def large_picture(path: Path, seed: int) -> str:
 
 def test_feature_cache_memory_stays_under_its_bound_while_distinct_large_images_arrive(served, tmp_path, monkeypatch):
     monkeypatch.setenv("FEATURE_CACHE_MB", "0.1")  # room for a few of the tiny model's entries
-    cache = app.EncodingCache()
+    cache = encoding.EncodingCache()
     monkeypatch.setattr(served.backend, "cache", cache)
     bound = int(0.1 * 2**20)
     assert cache.max_bytes == bound
@@ -537,7 +597,7 @@ def test_feature_cache_memory_stays_under_its_bound_while_distinct_large_images_
     keys = []
     for index in range(8):
         path = large_picture(tmp_path / f"large-{index}.png", seed=70 + index)
-        keys.append(app.image_key(Image.open(path).convert("RGB")))
+        keys.append(encoding.image_key(Image.open(path).convert("RGB")))
         counts = client.predict(handle_file(path), *PREVIEW_ARGS, api_name="/preview")[3]["counts"]
         assert counts["all"]["total"] > 0
         entries = cache.values()
@@ -547,9 +607,15 @@ def test_feature_cache_memory_stays_under_its_bound_while_distinct_large_images_
 
 
 def cache_contents(cache: Path) -> tuple[list[Path], list[Path]]:
-    """(files, folders) under Gradio's cache, the example files it keeps for good left out."""
-    files = [path for path in cache.rglob("*") if path.is_file() and not path.name.endswith(tuple(SCENE_NAMES))]
-    folders = [path for path in cache.iterdir() if path.is_dir() and not any(path.iterdir())]
+    """(files, empty folders) under Gradio's cache, left out: the example files it keeps for good, the server's lock
+    on the folder, and the overlay folder (kept while the server runs)."""
+    kept = (*SCENE_NAMES, disk.LOCK_FILE)
+    files = [path for path in cache.rglob("*") if path.is_file() and not path.name.endswith(kept)]
+    folders = [
+        path
+        for path in cache.iterdir()
+        if path.is_dir() and not any(path.iterdir()) and path.name != disk.OVERLAY_FOLDER
+    ]
     return files, folders
 
 
@@ -562,9 +628,9 @@ def test_the_cache_of_uploads_and_overlays_is_swept_on_the_configured_schedule(t
         patch.setenv("GRADIO_TEMP_DIR", str(cache))
         patch.setenv("CACHE_SWEEP_SECONDS", "1")
         patch.setenv("CACHE_MAX_AGE_SECONDS", "2")
-        demo = app.build_demo(app.load_tiny_backend(), examples_dir=tmp_path / "examples")
-        assert demo.delete_cache == (1, 2)
-        url = launch_on_a_free_port(demo, **app.launch_options())
+        demo = app.build_demo(model.load_tiny_backend(), examples_dir=tmp_path / "examples")
+        assert demo.delete_cache is None and (demo.file_cache.sweep_seconds, demo.file_cache.max_age) == (1, 2)
+        url = launch_on_a_free_port(demo, **app.launch_options(demo))
         try:
             client = Client(url, verbose=False)
             for index in range(3):  # distinct uploads and overlays, each cached in a folder of its own

@@ -1,22 +1,58 @@
-"""What the Space needs beyond LLaVA-NeXT's AnyRes geometry: token grids of the other families and of video frames.
+"""Rendering: which tokens were kept, drawn over the picture.
 
+- `render_overlay`: LLaVA-NeXT's AnyRes pixel geometry (base view, tiles, crop borders, unseen strips), stretched
+  to at most `MAX_SHOWN_ASPECT`:1 so that the tokens of a long image stay visible.
 - `grid_views`: the views of one image's packed tokens as grids, read from the family's `crop_ids` (0 = the base
   view, 1.. = tiles, -1 = newline) and newline positions; no family-specific pixel geometry is needed.
 - `frame_grids`: a video's pooled tokens as one grid per frame (`crop_ids` = frame index).
 - `render_grid`: a picture with a grid of kept / dropped cells drawn over a region of it; `render_strip` puts one
   such panel per frame side by side.
-- `FrameVideoProcessor`: the stock video processors of LLaVA-OneVision and LLaVA-NeXT-Video need torchvision; where
-  it cannot be imported, frames are resized (and centre-cropped) with PIL as the checkpoint's video-processor config
-  says.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from llava_codebook.processing_llava_next_codebook import render_keep_overlay
+
+# Overlays are OVERLAY_SIDE px on their longer side. An image longer than MAX_SHOWN_ASPECT:1 is drawn stretched to that
+# ratio: at its own, a 10000x300 picture would be a 512x15 sliver in which no token can be seen.
+OVERLAY_SIDE = 512
+
+MAX_SHOWN_ASPECT = 4.0
+
+
+def overlay_stretch(size: tuple[int, int]) -> float:
+    """How much an overlay of an image of `size` (width, height) is stretched across its short side (1: not at all)."""
+    width, height = size
+    return max(1.0, max(width, height) / min(width, height) / MAX_SHOWN_ASPECT)
+
+
+def render_overlay(image: Image.Image, geometry, keep, view: str) -> Image.Image:
+    """`render_keep_overlay` at `OVERLAY_SIDE`, stretched across to `MAX_SHOWN_ASPECT`:1 when the image is longer."""
+    if overlay_stretch(image.size) == 1.0:
+        return render_keep_overlay(image, geometry, keep, view, max_side=OVERLAY_SIDE)
+    # Draw the stretched picture with the token boxes scaled to it: each token is then as clear as in any overlay.
+    short = round(OVERLAY_SIDE / MAX_SHOWN_ASPECT)
+    shown = (OVERLAY_SIDE, short) if image.width > image.height else (short, OVERLAY_SIDE)
+    sx, sy = shown[0] / image.width, shown[1] / image.height
+    layout = replace(geometry.layout, image_size=(shown[1], shown[0]))
+    scaled = replace(geometry, layout=layout, boxes=geometry.boxes * np.array([sx, sy, sx, sy]))
+    return render_keep_overlay(image.resize(shown, Image.BICUBIC), scaled, keep, view, max_side=OVERLAY_SIDE)
+
+
+def shown_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) an overlay of an image of `size` is drawn at: `OVERLAY_SIDE` long, at most
+    `MAX_SHOWN_ASPECT`:1 (see `overlay_stretch`)."""
+    width, height = size
+    scale = OVERLAY_SIDE / max(width, height)
+    short = max(round(min(width, height) * scale), round(OVERLAY_SIDE / MAX_SHOWN_ASPECT), 1)
+    return (OVERLAY_SIDE, short) if width >= height else (short, OVERLAY_SIDE)
+
 
 DROPPED_TINT = np.array([20, 20, 30], dtype=np.float32)
 UNSEEN_TINT = np.array([255, 0, 255], dtype=np.float32)
@@ -165,64 +201,3 @@ def render_strip(
         strip.paste(panel, box[:2])
         draw.text((box[0] + 2, panel_height + 3), label, fill=(0, 0, 0))
     return strip, StripLayout(boxes)
-
-
-# ---------------------------------------------------------------------------------------------------- processing
-def _expose_video_processor_base() -> type:
-    """transformers' video-processor base class. It needs no torchvision, but transformers exports it only when
-    torchvision imports; the stock processors look it up there, so it is exposed for `FrameVideoProcessor`."""
-    import transformers
-    from transformers.video_processing_utils import VideoProcessorMixin
-
-    if not hasattr(transformers, "VideoProcessorMixin"):
-        transformers.VideoProcessorMixin = VideoProcessorMixin
-    return VideoProcessorMixin
-
-
-def frame_video_processor(config: dict):
-    """A PIL stand-in for a stock video processor configured by `config` (a `video_preprocessor_config.json`, or
-    the `video_processor` entry of `processor_config.json`): resize (to `size`'s height x width, or the shortest
-    edge to `size.shortest_edge`), centre-crop to `crop_size` where `do_center_crop`, rescale and normalise."""
-    import torch
-    from transformers.feature_extraction_utils import BatchFeature
-
-    base = _expose_video_processor_base()
-    size = config.get("size") or {"height": 384, "width": 384}
-    crop = config.get("crop_size") or {}
-    center_crop = bool(config.get("do_center_crop")) and crop
-    mean = np.asarray(config.get("image_mean", (0.5, 0.5, 0.5)), dtype=np.float32)
-    std = np.asarray(config.get("image_std", (0.5, 0.5, 0.5)), dtype=np.float32)
-    resample = int(config.get("resample", 3))
-    rescale = float(config.get("rescale_factor", 1 / 255))
-
-    def prepare(frame: Image.Image) -> np.ndarray:
-        frame = frame.convert("RGB")
-        if "shortest_edge" in size:
-            scale = size["shortest_edge"] / min(frame.size)
-            target = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
-        else:
-            target = (size["width"], size["height"])
-        frame = frame.resize(target, resample)
-        if center_crop:
-            left, top = (frame.width - crop["width"]) // 2, (frame.height - crop["height"]) // 2
-            frame = frame.crop((left, top, left + crop["width"], top + crop["height"]))
-        array = np.asarray(frame, dtype=np.float32) * rescale
-        return ((array - mean) / std).transpose(2, 0, 1)
-
-    class FrameVideoProcessor(base):
-        model_input_names = ["pixel_values_videos"]
-
-        def __init__(self):
-            super().__init__()
-            # Read by `base_region`, like the stock processors' attributes of the same names.
-            self.size, self.crop_size, self.do_center_crop = dict(size), dict(crop), bool(center_crop)
-
-        def preprocess(self, videos, return_tensors=None, **kwargs):
-            videos = [videos] if isinstance(videos, np.ndarray) and videos.ndim == 4 else list(videos)
-            out = []
-            for frames in videos:
-                images = [f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f)) for f in frames]
-                out.append(np.stack([prepare(image) for image in images]))
-            return BatchFeature({"pixel_values_videos": torch.tensor(np.stack(out))}, tensor_type=return_tensors)
-
-    return FrameVideoProcessor()
