@@ -116,6 +116,7 @@ class EncodedVisual:
     signals: what the tower computed for these tokens that the offered strategies read ([CLS] attention, keys,
         projector inputs; `signals.pack_tower_signals`), empty when none of them needs any.
     geometry: for LLaVA-NeXT's pixel drawing, each token's box in the image (`geometry_for_processor`), else `None`.
+    image_size: `(height, width)` of an image as the processor reports it (what tile skipping maps tiles with).
     """
 
     modality: str
@@ -125,6 +126,7 @@ class EncodedVisual:
     crop_grid: tuple[int, int] | None = None
     signals: dict = field(default_factory=dict)
     geometry: object = None
+    image_size: tuple[int, int] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -184,7 +186,9 @@ def encode_visual(backend: Backend, modality: str, media) -> EncodedVisual:
                     f"The processor's geometry lists {len(geometry)} tokens but the model packed {packed.shape[0]}: "
                     "the processor and model configs disagree (crop size, patch size or grid pinpoints)."
                 )
-        return EncodedVisual(modality, packed, newline, crop_ids, crop_grid, signals, geometry)
+        sizes = call.get("image_sizes")  # LLaVA-1.5's processor gives none: one view, no tiles
+        size = tuple(int(v) for v in sizes[0]) if sizes is not None else None
+        return EncodedVisual(modality, packed, newline, crop_ids, crop_grid, signals, geometry, size)
 
     return backend.cache.get_or_compute(key, compute)
 
@@ -201,7 +205,9 @@ def score_visual(backend: Backend, encoded: EncodedVisual, overrides: dict):
 
 def select_cached(backend: Backend, encoded: EncodedVisual, settings, on_device: bool):
     """`select_segments` on one cached encoding under `settings` (`pruning_settings`), moved to the model's device
-    first with `on_device`; the selection comes back on the CPU."""
+    first with `on_device`; the selection comes back on the CPU. With tile skipping, the tiles the model would not
+    encode are read from the cached base view (`skip_encoded_tiles`: encoded crops do not depend on one another, so
+    this is what the model itself keeps)."""
     from llava_codebook.strategies import Segment
 
     device = backend.model.device if on_device else torch.device("cpu")
@@ -213,8 +219,13 @@ def select_cached(backend: Backend, encoded: EncodedVisual, settings, on_device:
         crop_grid=encoded.crop_grid,
         signals=_to_device(encoded.signals, device),
     )
+    base = backend.model.model
     with torch.no_grad():
-        selection = backend.model.model.select_segments([segment], settings)
+        if settings.tile_skipping and encoded.modality == "image":
+            skipped = base.skip_encoded_tiles([segment], torch.tensor([encoded.image_size]), settings)
+            selection = base.select_segments([segment], settings, *skipped)
+        else:
+            selection = base.select_segments([segment], settings)
     return _to_device(selection, torch.device("cpu")) if on_device else selection
 
 
