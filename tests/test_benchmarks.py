@@ -57,7 +57,9 @@ def test_the_gpu_check_runs_every_strategy_at_both_batch_sizes_in_its_cpu_smoke_
     for title in ("LLaVA-NeXT-7B", "LLaVA-1.5-7B"):
         assert re.search(rf"^## {title} .*\(SMOKE RUN", table, re.MULTILINE), title
     reports = json.loads(markdown.with_suffix(".json").read_text())
-    assert [report["geometry"] for report in reports] == ["llava-next-7b", "llava-1.5-7b"]
+    # LLaVA-NeXT has AnyRes tiles, so a second section: none and codebook without and with tile skipping.
+    assert [report["geometry"] for report in reports] == ["llava-next-7b", "llava-next-7b", "llava-1.5-7b"]
+    assert [report["settings"]["tile_skipping"] for report in reports] == ["off", "both", "off"]
     expected = {(size, "none") for size in (1, 8)} | {
         (size, f"{name} @ {budget} tokens")
         for size in (1, 8)
@@ -65,9 +67,24 @@ def test_the_gpu_check_runs_every_strategy_at_both_batch_sizes_in_its_cpu_smoke_
         if name != "none"
         for budget in (8, 4, 2)
     }
-    for report in reports:
+    skipping = {(size, "none") for size in (1, 8)} | {
+        (size, f"codebook @ {budget} tokens{suffix}")
+        for size in (1, 8)
+        for budget in (8, 4, 2)
+        for suffix in ("", " + tile skipping")
+    }
+    for report, rows_expected in zip(reports, (expected, skipping, expected)):
         rows = {(row["batch_size"], row["configuration"]): row for row in report["rows"]}
-        assert set(rows) == expected
+        assert set(rows) == rows_expected
+        if report["settings"]["tile_skipping"] == "both":
+            # tile_skip_share=0 skips every tile: only the base view of each image is encoded.
+            for (size, configuration), row in rows.items():
+                for batch in row["per_batch"]:
+                    images = sum(int(kind.split()[0]) for kind in batch["prompts"] if kind != "text only")
+                    if configuration.endswith("+ tile skipping"):
+                        assert batch["crops_encoded"] == images and (batch["tiles_skipped"] > 0) == (images > 0)
+                    else:
+                        assert batch["crops_encoded"] >= 3 * images and batch["tiles_skipped"] == 0
         for (size, configuration), row in rows.items():
             assert f"| {size} | {configuration} |" in table
             assert row["kv_cache_bytes"] > 0 and row["peak_memory_bytes"] > 0
