@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from .flops import prefill_flops, vision_tower_flops
+from .pruning_config import TILE_SKIPPING_STRATEGIES
 from .integrations.accounting import account_rows
 from .profile_prompts import DEFAULT_PROMPT, Prompt, batches, encode_batch, image_prompts, read_prompts
 
@@ -144,14 +145,16 @@ def check_counts(repeats: int, warmup: int, max_new_tokens: int) -> None:
 
 def configurations(strategies: Sequence[str], budgets: Sequence[Budget], tile_skipping: str = "off") -> list:
     """Every strategy at every budget (`none` once). `tile_skipping`: "off", "on" (every pruned configuration skips
-    tiles) or "both" (each pruned configuration without, then with tile skipping)."""
+    tiles) or "both" (each pruned configuration without, then with tile skipping). A strategy that reads the vision
+    tower's signals cannot skip tiles (`TILE_SKIPPING_STRATEGIES`) and runs without (no `+ tile skipping` row)."""
     variants = {"off": (False,), "on": (True,), "both": (False, True)}[parse_tile_skipping(tile_skipping)]
     out = []
     for strategy in strategies:
         if strategy == "none":
             out.append(Configuration("none"))
         else:
-            out.extend(Configuration(strategy, budget, skip) for budget in budgets for skip in variants)
+            own = variants if strategy in TILE_SKIPPING_STRATEGIES else (False,)
+            out.extend(Configuration(strategy, budget, skip) for budget in budgets for skip in own)
     return out
 
 

@@ -344,3 +344,12 @@ def test_tile_skipping_rows_encode_fewer_crops_and_report_the_tower_flops(tiny_r
     assert (
         "Tile skipping: each pruned configuration, also with `tile_skipping=True` at `tile_skip_share=0.5`" in markdown
     )
+
+
+def test_tile_skipping_variants_go_only_to_strategies_that_can_skip_tiles():
+    from llava_codebook.profile import configurations
+
+    labels = [c.label for c in configurations(["none", "codebook", "hired"], [Budget(keep_tokens=4)], "both")]
+    assert labels == ["none", "codebook @ 4 tokens", "codebook @ 4 tokens + tile skipping", "hired @ 4 tokens"]
+    with pytest.raises(ValueError, match="--tile-skipping 'sometimes' is unknown: use off, on"):
+        configurations(["codebook"], [Budget(keep_tokens=4)], "sometimes")
