@@ -4,7 +4,9 @@ Errors: every command reports a failure as one line on stderr (`Error: ...`) and
 error, 2 for a bad option, 130 for Ctrl-C. `--debug` (or LLAVA_CODEBOOK_DEBUG=1) shows the traceback instead.
 """
 
+import contextlib
 import os
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -21,6 +23,23 @@ DEBUG_ENV = "LLAVA_CODEBOOK_DEBUG"
 # Errors that describe the user's input or environment (a bad value, a missing file, an unreachable repo, a missing
 # extra): their message is the whole report. Anything else is a bug, reported with its type and the --debug hint.
 USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)
+
+
+SIGPIPE_EXIT = 128 + 13  # how a shell reports a process ended by SIGPIPE
+
+
+def _is_transport_error(err: BaseException) -> bool:
+    """A network failure of the HTTP client huggingface_hub uses (httpx, or its vendored successor), not a bug."""
+    return any(
+        cls.__module__.split(".")[0] in ("httpx", "httpx2", "httpcore") and cls.__name__ == "TransportError"
+        for cls in type(err).__mro__
+    )
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 def _one_line(text: str) -> str:
@@ -50,6 +69,13 @@ class ReportingGroup(TyperGroup):
                 raise
             where = err.ctx.command_path if getattr(err, "ctx", None) is not None else ctx.command_path
             _report(f"{err.format_message()} (see '{where} --help')", err.exit_code)
+        except BrokenPipeError:
+            # The reader of our output went away (`llava-codebook inspect CB | head -8`): that is no error of the
+            # command. Stop quietly, with the status of a process ended by SIGPIPE, and keep the interpreter's final
+            # flush from failing on the closed pipe again.
+            with contextlib.suppress(OSError, ValueError):  # no file descriptor (output captured in-process)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(code=SIGPIPE_EXIT) from None
         except KeyboardInterrupt as err:
             if _debugging(ctx):
                 raise
@@ -60,6 +86,13 @@ class ReportingGroup(TyperGroup):
                 raise
             if isinstance(err, USER_ERRORS):
                 _report(str(err) or type(err).__name__, 1)
+            if _is_transport_error(err):
+                _report(
+                    f"The Hugging Face Hub ({_hub_endpoint()}) could not be reached ({type(err).__name__}: {err}). "
+                    "Check the connection, HF_ENDPOINT and proxy settings; HF_HUB_OFFLINE=1 works from the local Hub "
+                    "cache.",
+                    1,
+                )
             _report(f"{type(err).__name__}: {err} (unexpected; rerun with --debug for the traceback)", 1)
 
 
@@ -119,8 +152,15 @@ def convert(
     private: Annotated[Optional[bool], typer.Option(help="With --push-to: create the repo as private.")] = None,
 ) -> None:
     """Make a pruning-enabled trust_remote_code repo from a stock LLaVA checkpoint (1.5, NeXT, OneVision, NeXT-Video) and a codebook."""
+    from .codebook import CODEBOOK_FILENAME
     from .convert import convert_checkpoint
+    from .hub_access import Reference, check_references
 
+    check_references(
+        Reference(base, "--base", revision=base_revision),
+        Reference(codebook, "--codebook", CODEBOOK_FILENAME, codebook_revision),
+        Reference(push_to, "--push-to", None, needs_hub=True, hub_only=True),
+    )
     path = convert_checkpoint(
         base,
         codebook,
@@ -183,12 +223,20 @@ def profile(
     FLOPs; write a Markdown and a JSON table."""
     import shlex
 
+    from .hub_access import Reference, check_references
     from .profile import parse_batch_sizes, parse_budgets, parse_strategies, parse_tile_skipping, run_profile
+    from .profile_prompts import image_prompts, read_prompts
     from .profile_report import render_markdown, write_report
 
     parsed_budgets, parsed_strategies = parse_budgets(budgets), parse_strategies(strategies)
     parsed_batch_sizes = parse_batch_sizes(batch_size)
     parse_tile_skipping(tile_skipping)
+    # Missing image or prompt files are named before the model is looked for (which may mean the Hub).
+    if images:
+        image_prompts(images, prompt)
+    if prompts:
+        read_prompts(prompts)
+    check_references(Reference(model, "--model"))
     options = {
         "--model": model,
         "--images": ",".join(images) if images else None,

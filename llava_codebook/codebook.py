@@ -26,6 +26,18 @@ FEATURE_SPACE = "post-projector"
 _PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
+# What a codebook's card says about the family of its base model, by stock `model_type`: the family's name, the
+# `model_type` of a model converted with the codebook, and the threshold the paper released for that family (None
+# where it released none). Here and not in families.py: this file ships as remote code, families.py does not.
+CARD_FAMILIES: dict[str, tuple[str, str, float | None]] = {
+    "llava": ("LLaVA 1.5", "llava_codebook", 0.45),
+    "llava_next": ("LLaVA-NeXT", "llava_next_codebook", 0.11),
+    "llava_onevision": ("LLaVA-OneVision", "llava_onevision_codebook", 0.5),
+    "llava_next_video": ("LLaVA-NeXT-Video", "llava_next_video_codebook", None),
+}
+RELEASED_THRESHOLDS = "0.45 for LLaVA-1.5-7B, 0.11 for LLaMA3-LLaVA-NeXT-8B, 0.5 for LLaVA-OneVision-Qwen2-7B"
+
+
 class CodebookError(ValueError):
     """A codebook that cannot be used: wrong format, wrong dimension, or missing."""
 
@@ -57,6 +69,9 @@ class RedundancyCodebook:
         vision_feature_layer: the vision tower layer whose hidden states fed the projector.
         build_parameters: every parameter of the build (thresholds, cluster sizes, image ids, ...).
         package_version: the llava-codebook version that wrote the codebook.
+        base_model_type: the stock `model_type` of the base model's family (`"llava"`, `"llava_next"`,
+            `"llava_onevision"`, `"llava_next_video"`; a converted type's `_codebook` suffix is dropped), when known.
+            The card names the family and the release's threshold from it.
     """
 
     prototypes: torch.Tensor
@@ -65,8 +80,11 @@ class RedundancyCodebook:
     vision_feature_layer: int | list[int] | None = -2
     build_parameters: dict[str, Any] = field(default_factory=dict)
     package_version: str = field(default_factory=_package_version)
+    base_model_type: str | None = None
 
     def __post_init__(self):
+        if self.base_model_type is not None:
+            self.base_model_type = self.base_model_type.removesuffix("_codebook")
         if not isinstance(self.prototypes, torch.Tensor) or self.prototypes.ndim != 2:
             shape = tuple(self.prototypes.shape) if isinstance(self.prototypes, torch.Tensor) else type(self.prototypes)
             raise CodebookError(f"A codebook's prototypes must be a 2-D tensor [K, D], got {shape}.")
@@ -102,6 +120,7 @@ class RedundancyCodebook:
             "dim": self.dim,
             "dtype": str(self.prototypes.dtype).removeprefix("torch."),
             "base_model": self.base_model,
+            "base_model_type": self.base_model_type,
             "feature_space": self.feature_space,
             "vision_feature_layer": self.vision_feature_layer,
             "build_parameters": self.build_parameters,
@@ -147,10 +166,12 @@ class RedundancyCodebook:
 
     def model_card(self, repo_id: str | None = None) -> ModelCard:
         """A card that says what the codebook is for, how it was built and how to reference it from a model config."""
+        family = CARD_FAMILIES.get(self.base_model_type or "")
+        tags = ["llava-codebook", "redundancy-codebook", "visual-token-pruning"]
         data = ModelCardData(
             library_name="llava-codebook",
             license="apache-2.0",
-            tags=["llava-codebook", "redundancy-codebook", "visual-token-pruning", "llava-next"],
+            tags=tags + ([self.base_model_type] if family else []),
             base_model=self.base_model.split("@")[0] if self.base_model else None,
         )
         reference = repo_id or "<this repo id>"
@@ -159,26 +180,50 @@ class RedundancyCodebook:
             f"| `{_table_cell(k)}` | `{_table_cell(json.dumps(v)[:200])}` |"
             for k, v in sorted(self.build_parameters.items())
         )
+        base = self.base_model or "<base model>"
+        if family is None:
+            name, model_type, threshold = "a supported LLaVA family", None, None
+        else:
+            name, model_type, threshold = family
+        if threshold is not None:
+            setting = f"codebook_threshold={threshold}"
+            rule = (
+                f"whose best cosine similarity to a prototype reaches the model's `codebook_threshold` (the paper's "
+                f"release uses {threshold} for {name})"
+            )
+            fields = f', "codebook_threshold": {threshold}'
+        else:
+            setting = 'pruning_mode="budget", keep_ratio=0.25'
+            rule = (
+                "whose best cosine similarity to a prototype reaches the model's `codebook_threshold`, or keeps a "
+                f"fixed share of the least redundant tokens (budget mode; the paper's release has no threshold for "
+                f"{'this family' if family else 'an unknown family'}: its thresholds are {RELEASED_THRESHOLDS})"
+            )
+            fields = ""
+        where = (
+            f"the `config.json` of a `{model_type}` model (a repo made by `llava-codebook convert`)"
+            if model_type
+            else "the `config.json` of a pruning-enabled model of the base model's family"
+        )
         body = f"""
 # Redundancy codebook{f" for {self.base_model}" if self.base_model else ""}
 
 {self.num_prototypes} prototype visual tokens of dimension {self.dim} ({self.feature_space} features, vision
-feature layer {self.vision_feature_layer}). A LLaVA-NeXT model configured with this codebook drops every visual token
-whose best cosine similarity to a prototype reaches the model's `codebook_threshold`.
+feature layer {self.vision_feature_layer}) for {name}. A {name if family else "pruning-enabled"} model configured with
+this codebook drops every visual token {rule}.
 
 ## Use it
 
 ```python
-from transformers import AutoModelForImageTextToText
 from llava_codebook import load_pruned_model
 
-model = load_pruned_model("{self.base_model or "<base model>"}", codebook_repo="{reference}", codebook_threshold=0.11)
+model = load_pruned_model("{base}", codebook_repo="{reference}", {setting})
 ```
 
-or set these fields in a `llava_next_codebook` model's `config.json`:
+or set these fields in {where}:
 
 ```json
-{{"codebook_repo": "{reference}", "codebook_filename": "{CODEBOOK_FILENAME}", "codebook_revision": null}}
+{{"codebook_repo": "{reference}", "codebook_filename": "{CODEBOOK_FILENAME}", "codebook_revision": null{fields}}}
 ```
 
 ## Provenance
@@ -186,6 +231,7 @@ or set these fields in a `llava_next_codebook` model's `config.json`:
 | field | value |
 |---|---|
 | base model | `{self.base_model}` |
+| family (`model_type`) | {f"{name} (`{self.base_model_type}`)" if family else "unknown"} |
 | feature space | `{self.feature_space}` |
 | vision feature layer | `{self.vision_feature_layer}` |
 | prototypes | {self.num_prototypes} x {self.dim}, {str(self.prototypes.dtype).removeprefix("torch.")} |
@@ -233,8 +279,10 @@ or set these fields in a `llava_next_codebook` model's `config.json`:
         if not path.is_file():
             raise CodebookNotFoundError(f"Codebook file {str(path)!r} does not exist.")
         with open(path, "rb") as handle:
-            head = handle.read(4)
-        if head.startswith(_PICKLE_MAGICS):
+            head = handle.read(9)
+        # A safetensors file opens with its header's length (8 bytes, little-endian) and the header's "{"; that
+        # length can itself begin like a pickle (a 640-byte header is b"\x80\x02..."), so the "{" decides.
+        if head[8:9] != b"{" and head.startswith(_PICKLE_MAGICS):
             raise CodebookError(
                 f"{str(path)!r} is a pickled PyTorch file, not safetensors. Pickles can run code when loaded, so the "
                 f"model never reads them; convert it once with `llava-codebook import-seed {path} --out DIR` "
@@ -252,7 +300,14 @@ or set these fields in a `llava_next_codebook` model's `config.json`:
         except SafetensorError as err:
             raise CodebookError(f"{str(path)!r} is not a readable safetensors file: {err}") from err
         info = {}
-        for key in ("base_model", "feature_space", "vision_feature_layer", "build_parameters", "package_version"):
+        for key in (
+            "base_model",
+            "base_model_type",
+            "feature_space",
+            "vision_feature_layer",
+            "build_parameters",
+            "package_version",
+        ):
             if key in meta:
                 try:
                     info[key] = json.loads(meta[key])

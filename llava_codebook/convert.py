@@ -68,7 +68,9 @@ def _video_example(family: Family) -> str:
     if "video" not in family.modalities:
         return ""
     return """
-# Videos: a list of frames (PIL images or a [frames, height, width, 3] array) per video, pruned per video.
+# Videos: a list of frames (PIL images or a [frames, height, width, 3] array) per video, pruned per video. The
+# stock video processor needs torchvision.
+frames = [Image.open(f"clip/frame-{i:02d}.jpg") for i in range(16)]
 video = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens in this video?"}]}]
 prompt = processor.apply_chat_template(video, add_generation_prompt=True)
 inputs = processor(videos=[frames], text=[prompt], return_tensors="pt")
@@ -77,6 +79,8 @@ out = model.generate(**inputs, max_new_tokens=64, return_dict_in_generate=True)
 
 
 def model_card(config, base: str, repo_id: str | None, base_revision: str | None) -> ModelCard:
+    from . import __version__
+
     repo = repo_id or "<this repo>"
     family = family_for_model_type(config.model_type)
     data = ModelCardData(
@@ -126,7 +130,7 @@ with model.pruning_disabled():                      # exact stock behaviour
 | always_keep_newline | `{config.always_keep_newline}` |
 | position_mode | `{config.position_mode}` |
 
-Made with [llava-codebook](https://pypi.org/project/llava-codebook/) `convert`.
+Made with `llava-codebook convert` (llava-codebook {__version__}).
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 

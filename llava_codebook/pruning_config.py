@@ -196,11 +196,11 @@ PRUNING_FIELDS_DOC = r"""
     codebook_revision (`str`, *optional*):
         Branch, tag or commit of `codebook_repo` on the Hub. Pin a commit for reproducible results.
     pruning_strategy (`str`, *optional*, defaults to `"codebook"`):
-        The rule that chooses the kept tokens (`llava_codebook.strategies`; the README compares them): `"codebook"`
-        prunes tokens too similar to a codebook prototype; `"codebook_diverse"` drops the codebook-redundant tokens,
-        then keeps the most diverse of the rest (MMDP) up to the budget; `"cls_attention"` (FasterVLM),
-        `"visionzip"` (VisionZip, merges), `"divprune"` (DivPrune), `"hired"` (HiRED), `"random"` and `"uniform"`
-        are the peers and baselines; `"none"` keeps every token. Every strategy but `"codebook"` needs
+        The rule that chooses the kept tokens (`llava_codebook.strategies`; docs/strategies.md compares them):
+        `"codebook"` prunes tokens too similar to a codebook prototype; `"codebook_diverse"` drops the
+        codebook-redundant tokens, then keeps the most diverse of the rest (MMDP) up to the budget; `"cls_attention"`
+        (FasterVLM), `"visionzip"` (VisionZip, merges), `"divprune"` (DivPrune), `"hired"` (HiRED), `"random"` and
+        `"uniform"` are the peers and baselines; `"none"` keeps every token. Every strategy but `"codebook"` needs
         `pruning_mode="budget"`.
     pruning_mode (`str`, *optional*, defaults to `"threshold"`):
         `"threshold"` keeps token *i* iff `max_k cos(z_i, C_k) < codebook_threshold` (the kept count varies per

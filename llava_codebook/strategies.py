@@ -13,7 +13,7 @@ same batch and the same budget vocabulary:
 
 A strategy declares what it needs (`Strategy.signals`: [CLS] attention, keys or projector inputs of the vision
 tower, captured during the one tower pass, see `signals.py`; `uses_codebook`; the modes it defines). Adding a rule
-is one function and one entry in `STRATEGIES`; the model, the Space and the benchmarks find it there. The README
+is one function and one entry in `STRATEGIES`; the model, the Space and the benchmarks find it there. docs/strategies.md
 compares the rules and states where each departs from its published code.
 """
 

@@ -147,6 +147,7 @@ def flat_colour_codebook(model, processor, colours=None, side: int = 112) -> Red
     return RedundancyCodebook(
         prototypes=rows.detach().clone(),
         base_model="llava-codebook/tiny-random (built in code)",
+        base_model_type=model.config.model_type,
         build_parameters={"method": "flat-colour patches", "colours": [list(c) for c in colours], "side": side},
     )
 

@@ -189,7 +189,7 @@ def check_mode(mode) -> str:
 
 
 # The strategies the Space can offer, as the selectors name them (`llava_codebook.strategies.STRATEGIES`; a model
-# serves those it can run, `Backend.strategies`). The README's table says more of each.
+# serves those it can run, `Backend.strategies`). The table in docs/strategies.md says more of each.
 STRATEGY_LABELS = {
     "codebook": "codebook: redundancy codebook",
     "codebook_diverse": "codebook_diverse: codebook, then the most diverse",

@@ -107,15 +107,17 @@ def release_select_in_image(probes: dict, low_info: dict, preset) -> list[tuple]
 
 def release_prototypes(rows: list[tuple], preset) -> list[int]:
     """The release's global step over `(image_id, ..., vector)` rows: cluster them all, keep each cluster whose rows
-    come from more than `min_unique_images` images. Returns the kept row indices, cluster by cluster in the order
-    their first row appears."""
+    come from more than the release's threshold of images, which is `min_unique_images - 1` (the preset counts the
+    images a kept cluster needs at least). Returns the kept row indices, cluster by cluster in the order their first
+    row appears."""
+    release_threshold = preset.min_unique_images - 1
     labels = release_dpc_knn([row[-1] for row in rows], preset.prototype_cluster_nums, k=preset.knn_k)
     clusters: dict[int, list[int]] = {}
     for index, label in enumerate(labels):
         clusters.setdefault(label, []).append(index)
     kept = []
     for members in clusters.values():
-        if len({rows[m][0] for m in members}) > preset.min_unique_images:
+        if len({rows[m][0] for m in members}) > release_threshold:
             kept += members
     return kept
 

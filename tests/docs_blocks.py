@@ -111,9 +111,11 @@ def reader_env(path: Path) -> dict:
 
 
 def run_shell(code: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """A shell block as a reader runs it: in bash, stopping at the first failing command, a failing pipe included."""
+    """A shell block as a reader runs it: in bash, stopping at the first failing command. Like a reader's shell it
+    judges a pipeline by its last command (`inspect | head -8` may end `inspect` by SIGPIPE); the callers check
+    stderr for errors."""
     return subprocess.run(
-        ["bash", "-e", "-o", "pipefail", "-c", code],
+        ["bash", "-e", "-c", code],
         check=False,
         cwd=cwd,
         env=reader_env(cwd),

@@ -64,6 +64,18 @@ def test_a_pickled_file_given_to_the_loader_is_refused_and_points_to_import_seed
         RedundancyCodebook.from_pretrained(tmp_path)
 
 
+def test_a_safetensors_file_whose_header_length_reads_like_a_pickle_opcode_loads(tmp_path):
+    """A 640-byte header makes the file start with b"\\x80\\x02", as a protocol-2 pickle does; it is still safetensors."""
+    path = tmp_path / "codebook.safetensors"
+    for size in range(700):
+        save_file({"prototypes": torch.ones(3, 8)}, path, {"note": "x" * size})
+        if path.read_bytes()[:2] == b"\x80\x02":
+            break
+    else:
+        pytest.fail("no metadata size gave a 640-byte header")
+    assert torch.equal(RedundancyCodebook.from_pretrained(tmp_path).prototypes, torch.ones(3, 8))
+
+
 def test_a_file_without_the_prototypes_tensor_is_refused(tmp_path):
     save_file({"weights": torch.randn(3, 8)}, tmp_path / "codebook.safetensors")
     with pytest.raises(CodebookError, match="no tensor named 'prototypes'"):

@@ -217,3 +217,34 @@ def test_build_options_override_the_preset_recipe_and_are_recorded(tiny_checkpoi
     args = build_args(tiny_checkpoint, folder, tmp_path / "y", "--group-selection", "once")
     line = error_line(CliRunner().invoke(app, args))
     assert "group_selection='once' is unknown" in line and "'unique'" in line
+
+
+def test_min_unique_images_is_the_least_number_of_images_a_kept_cluster_spans(tiny_checkpoint, tmp_path):
+    """`--min-unique-images 1` on six images keeps every cluster (each spans at least one image), as 0 does; 2 keeps
+    only clusters drawn from two images or more; 7 cannot be met by six images and says so."""
+    folder = tmp_path / "images"
+    save_images(folder, synthetic_images(6))
+    work = ["--work-dir", tmp_path / "probes"]  # probed once, clustered four times
+
+    def build(minimum):
+        result = CliRunner().invoke(
+            app, build_args(tiny_checkpoint, folder, tmp_path / f"cb{minimum}", "--min-unique-images", minimum, *work)
+        )
+        return result, (
+            RedundancyCodebook.from_pretrained(tmp_path / f"cb{minimum}") if result.exit_code == 0 else None
+        )
+
+    spans = {}
+    for minimum in (0, 1, 2):
+        result, codebook = build(minimum)
+        assert result.exit_code == 0, result.output
+        params = codebook.build_parameters
+        images_of = {}
+        for cluster, image in zip(params["prototype_clusters"], params["prototype_image_ids"]):
+            images_of.setdefault(cluster, set()).add(image)
+        assert all(len(images) >= minimum for images in images_of.values())
+        spans[minimum] = (codebook.prototypes, sorted(len(images) for images in images_of.values()))
+    assert torch.equal(spans[0][0], spans[1][0])
+    assert spans[2][1] == [n for n in spans[1][1] if n >= 2] and min(spans[1][1]) == 1  # 2 drops the one-image ones
+    line = error_line(build(7)[0])
+    assert "spans at least min_unique_images=7 images" in line

@@ -87,6 +87,36 @@ def test_files_that_need_arbitrary_unpickling_or_hold_no_matrix_are_refused(tmp_
     assert result.exit_code == 1 and "float [K, D]" in result.output
 
 
+PAD_EMBEDDINGS = sorted((SEED_CODEBOOKS / "pad_embs").glob("*.pt"))
+
+
+@pytest.mark.parametrize("shape", [(4096,), (1, 4096)])
+def test_a_single_vector_is_refused_as_no_prototype_matrix_and_named_as_a_pad_embedding(shape, tmp_path):
+    vector = _seed_file(tmp_path, torch.randn(*shape, dtype=torch.float16), "pad_token_ids_0_word_token_embedding.pt")
+    args = [
+        "import-seed",
+        str(vector),
+        "--base-model",
+        "org/base",
+        "--no-verify-base-model",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    line = error_line(CliRunner().invoke(app, args))
+    assert f"shape {list(shape)}, not a float [K, D] prototype matrix" in line and "--pad-embedding" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("pad", PAD_EMBEDDINGS, ids=lambda path: path.name)
+def test_the_released_pad_embeddings_are_refused_before_the_base_model_is_read(pad, tmp_path, monkeypatch):
+    # An empty offline cache: were the base model read first, the error would be about it.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    args = ["import-seed", str(pad), "--base-model", "llava-hf/llava-1.5-7b-hf", "--out", str(tmp_path / "o")]
+    line = error_line(CliRunner().invoke(app, args))
+    assert "not a float [K, D] prototype matrix" in line and "pad-token embedding" in line
+
+
 def _seed_file(tmp_path, value, name="seed.pt"):
     torch.save(value, tmp_path / name)
     return tmp_path / name
@@ -242,3 +272,35 @@ def test_import_seed_refuses_a_base_model_of_an_unsupported_family_or_one_it_can
     )
     assert "org/missing" in line and "--no-verify-base-model" in line
     assert not (tmp_path / "q").exists() and not (tmp_path / "m").exists()
+
+
+RELEASE_CARDS = [
+    (RELEASED[0][0], "llava-hf/llava-1.5-7b-hf", {"model_type": "llava", "text_config": {"model_type": "llama"}},
+     "LLaVA 1.5", "llava_codebook", 0.45),
+    (RELEASED[1][0], "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+     {"model_type": "llava_onevision", "vision_feature_layer": -1,
+      "text_config": {"model_type": "qwen2", "hidden_size": 3584}},
+     "LLaVA-OneVision", "llava_onevision_codebook", 0.5),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, base_model, config, family, model_type, threshold", RELEASE_CARDS)
+def test_an_imported_release_card_names_its_family_model_type_and_the_releases_threshold(
+    name, base_model, config, family, model_type, threshold, tmp_path, monkeypatch
+):
+    source = SEED_CODEBOOKS / name
+    if not source.is_file():
+        pytest.skip(f"{source} is not present")
+    seed_hub_cache(tmp_path / "hub", base_model, {"config.json": json.dumps(config).encode()})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    args = ["import-seed", str(source), "--base-model", base_model, "--out", str(tmp_path / "cb")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "cb" / "README.md").read_text()
+    assert f"for {family}. A {family} model configured with" in card
+    assert f"codebook_threshold={threshold})" in card and f'"codebook_threshold": {threshold}' in card
+    assert f"a `{model_type}` model" in card and f"{family} (`{model_type.removesuffix('_codebook')}`)" in card
+    assert "LLaVA-NeXT" not in card and "0.11" not in card and "llava_next_codebook" not in card
+    # The card's code runs against the codebook it describes: its load call names this codebook and threshold.
+    assert f'load_pruned_model("{base_model}", codebook_repo="<this repo id>", codebook_threshold={threshold})' in card

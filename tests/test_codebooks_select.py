@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -7,9 +9,10 @@ from llava_codebook.codebooks.select import redundant_mask, select_in_image, sel
 
 def test_presets_hold_the_release_numbers():
     table = {
-        "llava-1.5": (0.15, 2e-3, 8, 64, 64),
-        "llava-next-llama3": (0.10, 2e-3, 8, 64, 64),
-        "llava-ov": (0.08, 1.8e-3, 3, 24, 16),
+        # The release keeps clusters from more than 64 (16) images: at least 65 (17).
+        "llava-1.5": (0.15, 2e-3, 8, 64, 65),
+        "llava-next-llama3": (0.10, 2e-3, 8, 64, 65),
+        "llava-ov": (0.08, 1.8e-3, 3, 24, 17),
     }
     for name, values in table.items():
         p = PRESETS[name]
@@ -61,9 +64,9 @@ def test_per_image_selection_keeps_redundant_tokens_in_small_clusters_only():
     assert select_in_image(tokens, redundant, preset).tolist() == [6, 7, 8, 9]
 
 
-def test_global_clusters_are_kept_when_they_span_more_than_min_unique_images():
+def test_global_clusters_are_kept_when_they_span_at_least_min_unique_images():
     preset = BuildPreset(top1_prob_thres=1, jsd_thres=1, cluster_size_thres=3, prototype_cluster_nums=2,
-                         min_unique_images=2, knn_k=2)  # fmt: skip
+                         min_unique_images=3, knn_k=2)  # fmt: skip
     generator = torch.Generator().manual_seed(1)
     shared = torch.full((4, 4), 3.0) + 0.01 * torch.randn(4, 4, generator=generator)  # images 0, 1, 2, 2
     lonely = torch.full((4, 4), -3.0) + 0.01 * torch.randn(4, 4, generator=generator)  # images 3, 3, 4, 4
@@ -71,3 +74,8 @@ def test_global_clusters_are_kept_when_they_span_more_than_min_unique_images():
     out = select_prototype_clusters(torch.cat([shared, lonely]), image_of, preset)
     assert out["members"].tolist() == [0, 1, 2, 3]
     assert sorted(out["unique_images"].tolist()) == [2, 3]
+    # One fewer admits the two-image cluster as well; one more admits nothing.
+    two = select_prototype_clusters(torch.cat([shared, lonely]), image_of, replace(preset, min_unique_images=2))
+    assert two["members"].tolist() == list(range(8))
+    four = select_prototype_clusters(torch.cat([shared, lonely]), image_of, replace(preset, min_unique_images=4))
+    assert four["members"].tolist() == []

@@ -220,3 +220,21 @@ def test_the_docs_checks_catch_a_renamed_option_a_missing_module_and_an_unknown_
     assert shell_commands("A=1 llava-codebook inspect x | head -8  # note\nbash s.sh && echo ok\n") == [
         ["llava-codebook", "inspect", "x"], ["head", "-8"], ["bash", "s.sh"], ["echo", "ok"]
     ]  # fmt: skip
+
+
+def test_the_readme_is_a_front_page_two_commands_then_one_quick_start_then_links():
+    text = README.read_text()
+    headings = re.findall(r"^## (.*)$", text, flags=re.M)
+    assert headings[:2] == ["The two commands", "Quick start"] and headings.count("Quick start") == 1
+    first = page_blocks(README)[0]
+    assert [line.split("#")[0].strip() for line in first.code.splitlines()] == [
+        "bash scripts/demo.sh",
+        "bash scripts/test.sh",
+    ]
+    assert first.line < 40  # on the first screen, after what the project is
+    assert "source .venv/bin/activate" in quick_start_blocks()[0].code  # the installed command lives in .venv
+    for page in DOC_PAGES[1:]:
+        assert f"(docs/{page.name})" in text, f"the README does not link {page.name}"
+    for note in ("No GPU was available", "no Hub access", "not met", "this work"):  # development notes live elsewhere
+        assert note not in text
+    assert len(text.splitlines()) < 150

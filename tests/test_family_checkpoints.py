@@ -4,6 +4,7 @@ family's stock class loads from the same directory, and convert into repos that 
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -161,6 +162,9 @@ def test_convert_ships_exactly_the_family_files_and_the_base_processor_unchanged
     card = (out / "README.md").read_text()
     assert f"- {OTHER_FAMILIES[family].architecture}" in card and "trust_remote_code=True" in card
     assert ("processor(videos=" in card) == (OTHER_FAMILIES[family].video_token is not None)
+    assert ("frames = " in card) == ("videos=[frames]" in card)  # the card's video snippet defines what it uses
+    # Every link of the card leads somewhere that exists: the base checkpoint, local here (no package index page).
+    assert re.findall(r"\]\((\S+?)\)", card) == [str(checkpoints[family])]
 
 
 LOAD_SCRIPT = r"""
@@ -214,3 +218,75 @@ def test_converted_repos_load_by_hub_id_through_remote_code_offline_in_a_fresh_i
         loaded = load_file(dumps / f"{family}.safetensors")
         assert torch.equal(loaded.pop("__codebook__"), RedundancyCodebook.from_pretrained(codebooks[family]).prototypes)
         assert_every_tensor_equal(stock_tensors(family, checkpoints[family]), loaded)
+
+
+PROCESSOR_SCRIPT = r"""
+import json, sys
+from transformers import AutoProcessor, AutoTokenizer
+repos, kwargs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for family, repo in repos.items():
+    try:
+        print("LOADED", family, type(AutoProcessor.from_pretrained(repo, **kwargs)).__name__)
+    except ImportError as err:  # the stock video processors need torchvision, absent beside this torch build
+        if "Torchvision" not in str(err):
+            raise
+        print("NEEDS-TORCHVISION", family, type(AutoTokenizer.from_pretrained(repo, **kwargs)).__name__)
+assert "llava_codebook" not in sys.modules  # a Hub user without the package
+"""
+
+
+def documented_processor_kwargs() -> dict:
+    """The keyword arguments the docs' real-checkpoint snippets pass to `AutoProcessor.from_pretrained` (all alike)."""
+    import ast
+
+    from docs_blocks import REPO_ROOT, page_blocks
+
+    found = []
+    for block in page_blocks(REPO_ROOT / "docs" / "real-checkpoints.md"):
+        if block.lang != "python":
+            continue
+        for node in ast.walk(ast.parse(block.code)):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "AutoProcessor.from_pretrained":
+                found.append({kw.arg: ast.literal_eval(kw.value) for kw in node.keywords})
+    assert len(found) >= 2 and all(kwargs == found[0] for kwargs in found), found
+    return found[0]
+
+
+@pytest.mark.slow
+def test_a_converted_repos_processor_loads_as_the_docs_write_it_without_asking_anything(hub_checkpoints, tmp_path):
+    """`AutoProcessor.from_pretrained("ov-codebook", ...)` as docs/real-checkpoints.md writes it, for every family, in a
+    fresh interpreter without llava_codebook and with no terminal to answer transformers' remote-code question."""
+    from hub_fixtures import build_stock_checkpoint
+
+    checkpoints, codebooks = hub_checkpoints
+    next_checkpoint = build_stock_checkpoint("vicuna-7b", tmp_path / "llava-next")
+    hidden = json.loads((next_checkpoint / "config.json").read_text())["text_config"]["hidden_size"]
+    next_codebook = RedundancyCodebook(torch.randn(4, hidden), base_model="vicuna").save_pretrained(tmp_path / "cb")
+    sources = {
+        **{f: (checkpoints[f], codebooks[f]) for f in FAMILY_NAMES},
+        "llava-next": (next_checkpoint, next_codebook),
+    }
+    repos = {
+        f: str(convert_checkpoint(str(base), str(cb), tmp_path / f"{f}-codebook")) for f, (base, cb) in sources.items()
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run(
+        [sys.executable, "-c", PROCESSOR_SCRIPT, json.dumps(repos), json.dumps(documented_processor_kwargs())],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert "Do you wish to run the custom code" not in done.stdout + done.stderr
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = dict(line.split(" ", 1)[1].split(" ") for line in done.stdout.splitlines() if line.startswith("LOADED"))
+    assert loaded["llava-1.5-7b"] == "LlavaProcessor" and loaded["llava-next"] == "LlavaNextCodebookProcessor"
+    try:
+        import torchvision  # noqa: F401
+
+        video_loaded = True
+    except Exception:
+        video_loaded = False
+    for family, name in (("llava-onevision-qwen2-7b-ov", "LlavaOnevisionProcessor"),
+                         ("llava-next-video-7b", "LlavaNextVideoProcessor")):  # fmt: skip
+        if video_loaded:
+            assert loaded[family] == name
+        else:
+            assert f"NEEDS-TORCHVISION {family}" in done.stdout

@@ -274,7 +274,7 @@ def assemble_codebook(
         raise CodebookBuildError(
             f"No prototype cluster passed the filters ({summary.num_redundant} of {summary.num_probes} probes were "
             f"redundant, {summary.num_after_image_clusters} survived per-image clustering, and no global cluster "
-            f"spans more than min_unique_images={preset.min_unique_images} images). Use more images, or lower "
+            f"spans at least min_unique_images={preset.min_unique_images} images). Use more images, or lower "
             "min_unique_images / raise the thresholds; the probes are kept in the work directory, so a rerun with "
             "new thresholds does not probe again."
         )
@@ -408,6 +408,7 @@ def build_codebook(
     codebook = RedundancyCodebook(
         prototypes=prototypes,
         base_model=f"{base_model}@{base_model_revision}" if base_model and base_model_revision else base_model,
+        base_model_type=model.config.model_type,
         vision_feature_layer=model.config.vision_feature_layer,
         build_parameters={
             "method": "redundancy-codebook (single-token probe + leave-one-out + DPC-KNN), arXiv 2503.20540",

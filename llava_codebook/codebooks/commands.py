@@ -66,7 +66,7 @@ def build(
         Optional[int], typer.Option(help="Override the number of global clusters.")
     ] = None,
     min_unique_images: Annotated[
-        Optional[int], typer.Option(help="Override: a kept cluster spans more images than this.")
+        Optional[int], typer.Option(help="Override: a kept cluster has members from at least this many images.")
     ] = None,
     divergence: Annotated[
         Optional[str], typer.Option(help="'release' (default, the thresholds' scale) or 'jsd'.")
@@ -150,6 +150,7 @@ def build(
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from ..hub_access import Reference, check_references
     from ..output_dir import refuse_source_overlap
     from .build import build_codebook, partial_state
     from .data import open_image_source
@@ -175,6 +176,11 @@ def build(
     # Bad input fails before the model is loaded.
     get_preset(preset, **overrides)
     ranks = _parse_ranks(probe_ranks) if probe_ranks else RELEASE_PROBE_RANKS
+    check_references(
+        Reference(model, "--model", revision=revision),
+        Reference(images, "--images", None, repo_type="dataset"),
+        Reference(pad_embedding, "--pad-embedding", None, kind="file", local_only=True),
+    )
     source = open_image_source(
         images,
         split=split,
@@ -257,8 +263,14 @@ def push(
     token: Annotated[Optional[str], typer.Option(help="Hub token (default: the logged-in one).")] = None,
 ) -> None:
     """Publish a codebook on the Hub, after checking it fits its declared base model."""
+    from ..hub_access import Reference, check_references
     from .hub import push_codebook
 
+    check_references(
+        Reference(path, "PATH", None, local_only=True),
+        Reference(repo, "--repo", None, needs_hub=True, hub_only=True),
+        fix="push when the Hub can be reached (check the connection, HF_ENDPOINT and proxy settings)",
+    )
     info = push_codebook(
         path, repo, revision=revision, create_pr=create_pr, private=private, token=token,
         verify_base_model=verify_base_model,
@@ -290,8 +302,17 @@ def import_seed(
     The base model's config is read (Hub, its cache, or a local directory): it must be a supported LLaVA family
     whose language model's hidden size is the codebook's dimension (--no-verify-base-model skips the check).
     """
-    from .release import import_release_codebook
+    from ..hub_access import OFFLINE_FIX, Reference, check_references
+    from .release import import_release_codebook, load_release_tensor
 
+    check_references(Reference(path, "FILE", None, kind="file", local_only=True))
+    # A wrong file is refused before the Hub is asked for the base model (read again below: a few MB).
+    load_release_tensor(path, key=key)
+    if verify_base_model:
+        check_references(
+            Reference(base_model, "--base-model"),
+            fix=f"{OFFLINE_FIX}, or skip the base-model check with --no-verify-base-model",
+        )
     codebook = import_release_codebook(
         path,
         base_model,
@@ -315,8 +336,11 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Describe a codebook: size, dtype, base model, build parameters, duplicate rows."""
+    from ..codebook import CODEBOOK_FILENAME
+    from ..hub_access import Reference, check_references
     from .hub import inspect_codebook
 
+    check_references(Reference(reference, "CODEBOOK", CODEBOOK_FILENAME, revision))
     info = inspect_codebook(reference, revision=revision)
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))

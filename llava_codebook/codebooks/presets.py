@@ -94,7 +94,9 @@ class BuildPreset:
     """The thresholds of the redundancy test and the clustering, and the probe recipe, of one release run.
 
     A probed token is redundant iff `ctx_weight * div_ctx + global_weight * div_global < jsd_thres` and
-    `p_max < top1_prob_thres`. `divergence` picks the divergence those thresholds apply to: `"release"` (the
+    `p_max < top1_prob_thres`. A global cluster is kept when its members come from at least `min_unique_images`
+    distinct images (the release's rule is "more than" its threshold, so its 64 and 16 are 65 and 17 here).
+    `divergence` picks the divergence those thresholds apply to: `"release"` (the
     default) is the release's `0.5 * (KL(M||P) + KL(M||Q))` averaged over the top-k entries, the quantity its
     thresholds were tuned on; `"jsd"` is the textbook Jensen-Shannon divergence `0.5 * (KL(P||M) + KL(Q||M))`
     summed over the entries (for small perturbations the two agree up to a factor: the JSD is about `top_logits`
@@ -181,7 +183,7 @@ PRESETS: dict[str, BuildPreset] = {
         jsd_thres=2e-3,
         cluster_size_thres=8,
         prototype_cluster_nums=64,
-        min_unique_images=64,
+        min_unique_images=65,  # the release: more than 64
         conversation="llava_v1",
         skip_first_token="▁A",
         pad_token_id=0,
@@ -191,7 +193,7 @@ PRESETS: dict[str, BuildPreset] = {
         jsd_thres=2e-3,
         cluster_size_thres=8,
         prototype_cluster_nums=64,
-        min_unique_images=64,
+        min_unique_images=65,  # the release: more than 64
         conversation="llava_llama_3",
         pad_token_id=0,
     ),
@@ -200,7 +202,7 @@ PRESETS: dict[str, BuildPreset] = {
         jsd_thres=1.8e-3,
         cluster_size_thres=3,
         prototype_cluster_nums=24,
-        min_unique_images=16,
+        min_unique_images=17,  # the release: more than 16
         conversation="qwen_1_5",
         pad_token_id=151643,
         index_rank_start=1,

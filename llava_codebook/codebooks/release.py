@@ -60,9 +60,18 @@ def load_release_tensor(path: str | os.PathLike, key: str | None = None) -> tupl
     where = f"{str(path)!r}" + (f" (entry {picked!r})" if picked is not None else "")
     if not isinstance(value, torch.Tensor):
         raise CodebookError(f"{where} holds a {type(value).__name__}, expected one [K, D] tensor.")
-    if value.ndim != 2 or not value.is_floating_point():
+    if value.ndim != 2 or not value.is_floating_point() or value.shape[0] < 2:
+        # The release ships its pad-token embeddings as .pt files beside the codebooks: one row of the same width.
+        single_vector = value.ndim == 1 or (value.ndim == 2 and value.shape[0] == 1)
+        hint = (
+            " A single vector, such as a pad-token embedding (the release's pad_embs/*.pt), is not a codebook; "
+            "`llava-codebook build` takes one as --pad-embedding."
+            if single_vector
+            else ""
+        )
         raise CodebookError(
-            f"{where} holds a {value.dtype} tensor of shape {tuple(value.shape)}, expected a float [K, D] tensor."
+            f"{where} holds a {str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}, not a "
+            f"float [K, D] prototype matrix with at least 2 rows.{hint}"
         )
     return value, picked
 
@@ -100,18 +109,7 @@ def import_release_codebook(
     sources = {"release file": path}
     if out is not None:
         check_output_dir(out, overwrite=overwrite, sources=sources)
-    reference = f"{base_model}@{base_model_revision}" if base_model_revision else base_model
-    if verify_base_model:
-        from ..families import family_for_config
-        from .hub import base_model_config
-
-        config = base_model_config(reference, token=token)
-        family = family_for_config(config, base_model)
-        if vision_feature_layer is None:
-            default = family.config_class.__dataclass_fields__["vision_feature_layer"].default
-            vision_feature_layer = config.get("vision_feature_layer", default)
-    elif vision_feature_layer is None:
-        vision_feature_layer = -2
+    # The file first: a wrong one is refused before the base model is read (which may mean the Hub).
     prototypes, picked = load_release_tensor(path, key=key)
     named = re.search(r"numPrototypes-(\d+)", path.name)
     if named and int(named.group(1)) != prototypes.shape[0]:
@@ -119,10 +117,25 @@ def import_release_codebook(
             f"{path.name!r} says {named.group(1)} prototypes but holds {prototypes.shape[0]} rows: the file is not the "
             "released one (re-download it)."
         )
+    reference = f"{base_model}@{base_model_revision}" if base_model_revision else base_model
+    model_type = None
+    if verify_base_model:
+        from ..families import family_for_config
+        from .hub import base_model_config
+
+        config = base_model_config(reference, token=token)
+        family = family_for_config(config, base_model)
+        model_type = family.stock_model_type
+        if vision_feature_layer is None:
+            default = family.config_class.__dataclass_fields__["vision_feature_layer"].default
+            vision_feature_layer = config.get("vision_feature_layer", default)
+    elif vision_feature_layer is None:
+        vision_feature_layer = -2
     unique_rows = torch.unique(prototypes, dim=0).shape[0]
     codebook = RedundancyCodebook(
         prototypes=prototypes.contiguous(),
         base_model=reference,
+        base_model_type=model_type,
         vision_feature_layer=vision_feature_layer,
         build_parameters={
             "method": "imported from a released codebook (arXiv 2503.20540)",

@@ -64,7 +64,7 @@ def select_in_image(
 
 def select_prototype_clusters(tokens: torch.Tensor, image_of: torch.Tensor, preset: BuildPreset) -> dict:
     """Stage 4b: DPC-KNN over every token kept by 4a into `prototype_cluster_nums` clusters; keep whole clusters
-    whose members come from more than `min_unique_images` distinct images.
+    whose members come from at least `min_unique_images` distinct images (the release's "more than 64" is 65).
 
     Returns `members` (ascending indices into `tokens` of the kept clusters' members), `labels` `[N]`,
     `kept_clusters` (cluster ids) and `unique_images` per cluster.
@@ -75,6 +75,6 @@ def select_prototype_clusters(tokens: torch.Tensor, image_of: torch.Tensor, pres
     labels, _ = dpc_knn(tokens, preset.prototype_cluster_nums, k=preset.knn_k, dtype=preset.cluster_dtype)
     n_clusters = int(labels.max()) + 1
     unique_images = torch.tensor([int(image_of[labels == c].unique().numel()) for c in range(n_clusters)])
-    kept = (unique_images > preset.min_unique_images).nonzero().squeeze(-1)
+    kept = (unique_images >= preset.min_unique_images).nonzero().squeeze(-1)
     members = torch.isin(labels, kept).nonzero().squeeze(-1)
     return {"members": members, "labels": labels, "kept_clusters": kept, "unique_images": unique_images}

@@ -15,7 +15,7 @@ TINY_PRESET = BuildPreset(
     jsd_thres=1e-2,
     cluster_size_thres=8,
     prototype_cluster_nums=8,
-    min_unique_images=1,
+    min_unique_images=2,
     per_image_clusters=4,
 )
 
