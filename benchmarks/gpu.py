@@ -5,14 +5,18 @@ LLaVA-NeXT-7B, LLaVA-1.5-7B and Qwen2.5-VL-7B (its language model and vision tow
     bash benchmarks/gpu.sh            # a CUDA GPU: sized to finish in under 8 minutes on one H100
     bash benchmarks/gpu.sh --smoke    # tiny geometry on the CPU, one repeat: checks the script runs (the tests do)
 
-For each geometry in `GEOMETRIES` a random-weight model is built directly on the GPU at the real shapes (bf16), with
-a codebook of 969 random prototypes, and profiled by the measurement behind `llava-codebook profile`
-(`llava_codebook.profile.profile_model`): `none`, `codebook` and every peer strategy of the registry the model
-serves (no [CLS] rules on Qwen-VL) at 320, 160 and 64 visual tokens per image, on eight mixed prompts (one image at the real sizes, two images, text only) in batches of
-1 and of 8, all interleaved in one run. Per configuration and batch size it reports TTFT and prefill (with their
-shares of `none`), the prefill width, the vision tower's time and the selection's share of it, decode, generated
-tokens/s, the KV-cache bytes and the peak GPU memory. Repeats stop when another would overrun the time budget
-(`--time-budget`, shared by the geometries); the report says how many ran.
+For each geometry in `GEOMETRIES` a random-weight model is built directly on the GPU at the real shapes (bf16), with a
+codebook of 969 random prototypes, and profiled by the measurement behind `llava-codebook profile`
+(`llava_codebook.profile.profile_model`): `none`, `codebook` and every peer strategy of the registry the model serves
+(no [CLS] rules on Qwen-VL) at 320, 160 and 64 visual tokens per image, on eight mixed prompts (one image at the real
+sizes, two images, text only) in batches of 1 and of 8, all interleaved in one run. Per configuration and batch size it
+reports TTFT and prefill (with their shares of `none`), the prefill width, the vision tower's time and the selection's
+share of it, decode, generated tokens/s, the KV-cache bytes and the peak GPU memory. For a geometry with AnyRes tiles
+(LLaVA-NeXT), a second section runs `none` and `codebook` at the same budgets without and with tile skipping at
+`tile_skip_share=0` (every tile skipped, the base views alone: the most the vision tower can save, whatever the
+codebook; with a trained codebook the saving depends on the image), with the crops the tower ran on and their FLOPs.
+Repeats stop when another would overrun the time budget (`--time-budget`, shared by the sections); the report says how
+many ran.
 
 Random weights: the times, memory and cache are what these shapes cost; the answers are noise, and with a random
 codebook `codebook_diverse` may keep fewer tokens than its budget. Writes `benchmarks/results/gpu-<hardware>.md`
@@ -55,6 +59,8 @@ BUDGETS = (320, 160, 64)
 SMOKE_BUDGETS = (8, 4, 2)
 BATCH_SIZES = (1, 8)
 PROTOTYPES = 969
+# The tile-skipping section skips every tile (see the module docstring): the floor of the vision tower's cost.
+SKIP_SHARE = 0.0
 MINIMUM_TRANSFORMERS = "5.23"  # pyproject.toml's lower bound
 ANYRES_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -237,10 +243,11 @@ class Geometry:
 
     title: str
     build: Callable
+    tiles: bool = False  # AnyRes tiles, so a tile-skipping section too
 
 
 GEOMETRIES = {
-    "llava-next-7b": Geometry("LLaVA-NeXT-7B (Vicuna-7B, CLIP-L/336, AnyRes up to 672 px)", llava_next_7b),
+    "llava-next-7b": Geometry("LLaVA-NeXT-7B (Vicuna-7B, CLIP-L/336, AnyRes up to 672 px)", llava_next_7b, tiles=True),
     "llava-1.5-7b": Geometry("LLaVA-1.5-7B (Vicuna-7B, CLIP-L/336, one 336 px view)", llava_15_7b),
     "qwen2.5-vl-7b": Geometry(
         "Qwen2.5-VL-7B (Qwen2-7B, its 32-block windowed ViT, 2x2-merged tokens at native resolution)", qwen25_vl_7b
@@ -343,49 +350,62 @@ def main(argv=None) -> Path:
     deadline = time.perf_counter() + args.time_budget
     command = "bash benchmarks/gpu.sh " + " ".join(argv if argv is not None else sys.argv[1:])
     reports = []
-    for position, name in enumerate(names):
+    sections_left = sum(2 if GEOMETRIES[name].tiles else 1 for name in names)
+    for name in names:
         geometry = GEOMETRIES[name]
         started = time.perf_counter()
         model, processor = build_model(geometry, args.smoke, device, dtype)
         built = time.perf_counter() - started
-        share = max(deadline - time.perf_counter(), 0.0) / (len(names) - position)
-        print(f"{name}: built in {built:.0f} s; measuring for at most about {share:.0f} s", flush=True)
-        result = profile_model(
-            model,
-            processor,
-            prompts,
-            # A family runs the strategies its tower can serve (no [CLS] rules on Qwen-VL's ViT).
-            strategies=[name for name in strategies if name in model.available_strategies("image")],
-            budgets=[Budget(keep_tokens=b) for b in budgets],
-            batch_sizes=BATCH_SIZES,
-            repeats=repeats,
-            warmup=warmup,
-            max_new_tokens=args.max_new_tokens,
-            time_budget_s=share,
-            progress=lambda message, name=name: print(f"{name}: {message}", flush=True),
-        )
-        reports.append(
-            {
-                "geometry": name,
-                "title": geometry.title + (" (SMOKE RUN: tiny geometry, not a measurement)" if args.smoke else ""),
-                "command": command.strip(),
-                "hardware": hardware(device),
-                "device": str(device),
-                "software": software(),
-                "model": {"id": f"random weights at {name} geometry", **describe_model(model)},
-                "settings": {
-                    "prompts": [{"text": p.text, "images": [Path(i).name for i in p.images]} for p in prompts],
-                    "max_new_tokens": args.max_new_tokens,
-                    "repeats": result["repeats_done"],
-                    "warmup": warmup,
-                    "batch_sizes": list(BATCH_SIZES),
-                    "memory": "CUDA allocator peak" if device.type == "cuda" else "process peak resident set size",
-                    "build_seconds": built,
-                    "measure_seconds": result["seconds"],
-                },
-                "rows": result["rows"],
-            }
-        )
+        # (title suffix, strategies, tile skipping) of each section this geometry gets.
+        parts = [("", strategies, "off")]
+        if geometry.tiles:
+            parts.append((", with and without tile skipping", ["none", "codebook"], "both"))
+            model.config.tile_skip_share = SKIP_SHARE
+        for suffix, section_strategies, skipping in parts:
+            share = max(deadline - time.perf_counter(), 0.0) / sections_left
+            sections_left -= 1
+            print(f"{name}{suffix}: built in {built:.0f} s; measuring for at most about {share:.0f} s", flush=True)
+            result = profile_model(
+                model,
+                processor,
+                prompts,
+                # A family runs the strategies its tower can serve (no [CLS] rules on Qwen-VL's ViT).
+                strategies=[name for name in section_strategies if name in model.available_strategies("image")],
+                budgets=[Budget(keep_tokens=b) for b in budgets],
+                batch_sizes=BATCH_SIZES,
+                repeats=repeats,
+                warmup=warmup,
+                max_new_tokens=args.max_new_tokens,
+                time_budget_s=share,
+                progress=lambda message, name=name: print(f"{name}: {message}", flush=True),
+                tile_skipping=skipping,
+            )
+            reports.append(
+                {
+                    "geometry": name,
+                    "title": geometry.title
+                    + suffix
+                    + (" (SMOKE RUN: tiny geometry, not a measurement)" if args.smoke else ""),
+                    "command": command.strip(),
+                    "hardware": hardware(device),
+                    "device": str(device),
+                    "software": software(),
+                    "model": {"id": f"random weights at {name} geometry", **describe_model(model)},
+                    "settings": {
+                        "prompts": [{"text": p.text, "images": [Path(i).name for i in p.images]} for p in prompts],
+                        "max_new_tokens": args.max_new_tokens,
+                        "repeats": result["repeats_done"],
+                        "warmup": warmup,
+                        "batch_sizes": list(BATCH_SIZES),
+                        "memory": "CUDA allocator peak" if device.type == "cuda" else "process peak resident set size",
+                        "build_seconds": built,
+                        "measure_seconds": result["seconds"],
+                        "tile_skipping": skipping,
+                        "tile_skip_share": model.config.tile_skip_share,
+                    },
+                    "rows": result["rows"],
+                }
+            )
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

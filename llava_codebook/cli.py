@@ -197,6 +197,13 @@ def profile(
     budgets: Annotated[
         str, typer.Option(help="Comma-separated budgets per image: visual tokens (320) or shares (0.25, 25%).")
     ] = "320,160,64",
+    tile_skipping: Annotated[
+        str,
+        typer.Option(help="off, on, or both (each pruned configuration also with tile skipping)."),
+    ] = "off",
+    tile_skip_share: Annotated[
+        Optional[float], typer.Option(help="tile_skip_share for tile skipping (default: the model config's).")
+    ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Interleaved timed repeats per image and configuration.")] = 3,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed calls per configuration first.")] = 1,
     max_new_tokens: Annotated[int, typer.Option(min=2, help="Tokens generated per call (EOS suppressed).")] = 16,
@@ -218,12 +225,13 @@ def profile(
     import shlex
 
     from .hub_access import Reference, check_references
-    from .profile import parse_batch_sizes, parse_budgets, parse_strategies, run_profile
+    from .profile import parse_batch_sizes, parse_budgets, parse_strategies, parse_tile_skipping, run_profile
     from .profile_prompts import image_prompts, read_prompts
     from .profile_report import render_markdown, write_report
 
     parsed_budgets, parsed_strategies = parse_budgets(budgets), parse_strategies(strategies)
     parsed_batch_sizes = parse_batch_sizes(batch_size)
+    parse_tile_skipping(tile_skipping)
     # Missing image or prompt files are named before the model is looked for (which may mean the Hub).
     if images:
         image_prompts(images, prompt)
@@ -237,6 +245,8 @@ def profile(
         "--batch-size": batch_size,
         "--strategies": strategies,
         "--budgets": budgets,
+        "--tile-skipping": tile_skipping if tile_skipping != "off" else None,
+        "--tile-skip-share": tile_skip_share,
         "--repeats": repeats,
         "--warmup": warmup,
         "--max-new-tokens": max_new_tokens,
@@ -256,6 +266,8 @@ def profile(
         batch_sizes=parsed_batch_sizes,
         strategies=parsed_strategies,
         budgets=parsed_budgets,
+        tile_skipping=tile_skipping,
+        tile_skip_share=tile_skip_share,
         repeats=repeats,
         warmup=warmup,
         max_new_tokens=max_new_tokens,

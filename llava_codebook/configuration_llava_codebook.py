@@ -24,6 +24,8 @@ class LlavaCodebookConfig(PruningConfigMixin, LlavaConfig):
     )
 
     model_type = "llava_codebook"
+    # One 336 px view per image: no AnyRes tiles, so `tile_skipping=True` is refused.
+    has_image_tiles = False
 
 
 __all__ = ["LlavaCodebookConfig"]

@@ -25,6 +25,9 @@ class Qwen2_5_VLCodebookConfig(LayoutPositionsConfigMixin, PruningConfigMixin, Q
     )
 
     model_type = "qwen2_5_vl_codebook"
+    # Each image is one grid of merged tokens at its own resolution: no AnyRes tiles, so `tile_skipping=True` is
+    # refused.
+    has_image_tiles = False
 
 
 __all__ = ["Qwen2_5_VLCodebookConfig"]

@@ -25,6 +25,9 @@ class Qwen2VLCodebookConfig(LayoutPositionsConfigMixin, PruningConfigMixin, Qwen
     )
 
     model_type = "qwen2_vl_codebook"
+    # Each image is one grid of merged tokens at its own resolution: no AnyRes tiles, so `tile_skipping=True` is
+    # refused.
+    has_image_tiles = False
 
 
 __all__ = ["Qwen2VLCodebookConfig"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import LlavaNextForConditionalGeneration, LlavaNextModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextCausalLMOutputWithPast,
     LlavaNextModelOutputWithPast,
@@ -26,6 +27,7 @@ from .pruning_loading import (
 )
 from .pruning_settings import PRUNING_FIELDS, PruningSettings, VisualTokenSelection
 from .strategies import Segment
+from .tile_skipping import anyres_tiles, decide_skips, encode_skipping_tiles, skipped_token_masks, split_crops
 
 register_stock_checkpoint_layout(LlavaNextCodebookConfig.model_type, "llava_next")
 # Stock also maps its base model by class name (`LlavaNextModel`: legacy `language_model.model.*` <->
@@ -106,9 +108,12 @@ class LlavaNextImageLayout:
         packed = self.pack_crop_values(ids, image_sizes, vision_feature_select_strategy)
         return [p.nan_to_num(-1).long() for p in packed]
 
-    def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
+    tile_skipping_modalities = ("image",)
+
+    def _pop_image_inputs(self, call: dict):
+        """`(pixel_values, image_sizes)` popped from `call`, or `None` when it has no images."""
         pixel_values = call.get("pixel_values")
-        if modality != "image" or pixel_values is None or pixel_values.size(0) == 0:
+        if pixel_values is None or pixel_values.size(0) == 0:
             return None
         image_sizes = call.get("image_sizes")
         if image_sizes is None:
@@ -117,7 +122,13 @@ class LlavaNextImageLayout:
                 "width) to unpad its AnyRes tiles. Pass the `image_sizes` the processor returns with `pixel_values` "
                 "(`model(**processor(images=..., text=..., return_tensors='pt'))`)."
             )
-        call.pop("pixel_values"), call.pop("image_sizes")
+        return call.pop("pixel_values"), call.pop("image_sizes")
+
+    def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
+        inputs = self._pop_image_inputs(call) if modality == "image" else None
+        if inputs is None:
+            return None
+        pixel_values, image_sizes = inputs
         strategy = call.get("vision_feature_select_strategy")
         outputs = self.get_image_features(
             pixel_values,
@@ -138,6 +149,74 @@ class LlavaNextImageLayout:
             num_crops=[self._num_crops(size) for size in image_sizes],
             crop_grids=[self.tile_grid(size) for size in image_sizes],
         )
+
+    def tile_regions(self, image_sizes) -> list[torch.BoolTensor]:
+        """Per image, `[num_tiles, side * side]`: the base-view tokens in each tile's region (`tile_skipping.py`)."""
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        pinpoints = self.config.image_grid_pinpoints
+        return [anyres_tiles(size, pinpoints, vision.image_size).regions(side) for size in image_sizes]
+
+    def _skipped_masks(self, image_sizes, strategy, skipped_tiles, crop_ids) -> list[torch.BoolTensor]:
+        return skipped_token_masks(
+            lambda values: self.pack_crop_values(values, image_sizes, strategy),
+            [self._num_crops(size) for size in image_sizes],
+            skipped_tiles,
+            self._tokens_per_crop(strategy),
+            crop_ids,
+        )
+
+    def encode_skipping_tiles(self, modality: str, call: dict, settings: PruningSettings) -> VisualInputs | None:
+        inputs = self._pop_image_inputs(call) if modality == "image" else None
+        if inputs is None:
+            return None
+        pixel_values, image_sizes = inputs
+        strategy = call.get("vision_feature_select_strategy") or self.config.vision_feature_select_strategy
+        layer = call.get("vision_feature_layer")
+        layer = self.config.vision_feature_layer if layer is None else layer
+        vision = self.config.vision_config
+        counts = [self._num_crops(size) for size in image_sizes]
+        encoding = encode_skipping_tiles(
+            self,
+            split_crops(pixel_values, counts),
+            self.tile_regions(image_sizes),
+            settings,
+            vision.image_size // vision.patch_size,
+            vision_feature_layer=layer,
+            vision_feature_select_strategy=strategy,
+        )
+        packed, _ = self.pack_image_features(
+            encoding.crop_features, image_sizes, strategy, image_newline=self.image_newline
+        )
+        crop_ids = self.crop_ids(image_sizes, strategy)
+        return VisualInputs.from_crop_ids(
+            "image",
+            self.config.image_token_id,
+            packed,
+            crop_ids,
+            BaseModelOutputWithPooling(pooler_output=packed),
+            mismatch="image_sizes does not describe pixel_values",
+            num_crops=counts,
+            crop_grids=[self.tile_grid(size) for size in image_sizes],
+            skipped=self._skipped_masks(image_sizes, strategy, encoding.skipped_tiles, crop_ids),
+            skipped_tiles=encoding.skipped_tiles,
+        )
+
+    def skip_encoded_tiles(
+        self, segments: list[Segment], image_sizes, settings: PruningSettings, vision_feature_select_strategy=None
+    ) -> tuple[list[torch.BoolTensor], list[torch.LongTensor]]:
+        """Tile skipping for images encoded in full already (an app's cached encodings): per image the packed tokens
+        skipping takes away and the tiles it skips, by the rule `encode_skipping_tiles` applies
+        (`tile_skipping.decide_skips`) read on the base view's packed tokens. Encoded crops do not depend on one
+        another, so `select_segments(segments, settings, *these)` is what the model selects with skipping on (up to
+        the rounding of a different tower batch)."""
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        vision = self.config.vision_config
+        bases = torch.stack([s.features[(s.crop_ids == 0).to(s.features.device)] for s in segments])
+        regions = self.tile_regions(image_sizes)
+        skipped_tiles = decide_skips(self, bases, regions, settings, vision.image_size // vision.patch_size)
+        crop_ids = [s.crop_ids for s in segments]
+        return self._skipped_masks(image_sizes, strategy, skipped_tiles, crop_ids), skipped_tiles
 
     def select_visual_tokens(
         self,

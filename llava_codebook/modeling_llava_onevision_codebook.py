@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_onevision.modeling_llava_onevision import (
     LlavaOnevisionCausalLMOutputWithPast,
     LlavaOnevisionModelOutputWithPast,
@@ -26,6 +27,7 @@ from .configuration_llava_onevision_codebook import LlavaOnevisionCodebookConfig
 from .pruning_core import PruningForConditionalGenerationMixin, PruningModelMixin, VisualInputs
 from .pruning_loading import register_stock_checkpoint_layout
 from .pruning_settings import VisualTokenSelection
+from .tile_skipping import anyres_tiles, decide_skips, encode_skipping_tiles, skipped_token_masks, split_crops
 
 register_stock_checkpoint_layout(LlavaOnevisionCodebookConfig.model_type, "llava_onevision")
 # The stock base class's own key mapping, looked up by class name before the model type (see the LLaVA-NeXT family).
@@ -61,6 +63,7 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
     # Large images' tile grids are resized after the tower, and video frames pooled: no packed token maps onto one
     # tower token, so no tower signal can be handed over (SigLIP has no [CLS] token either).
     tower_signal_modalities = ()
+    tile_skipping_modalities = ("image",)
 
     def encode_for_pruning(self, modality: str, call: dict) -> VisualInputs | None:
         if modality == "image":
@@ -120,7 +123,8 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
         packed = self.pack_crop_values(ids, image_sizes, batch_num_images, vision_aspect_ratio)
         return [p.nan_to_num(-1).round().long() for p in packed]
 
-    def _encode_images(self, call: dict) -> VisualInputs | None:
+    def _pop_image_inputs(self, call: dict):
+        """`(pixel_values, image_sizes, batch_num_images)` popped from `call`, or `None` when it has no images."""
         pixel_values = call.get("pixel_values")
         if pixel_values is None or pixel_values.size(0) == 0:
             return None
@@ -130,8 +134,13 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
                 "`pixel_values` were given without `image_sizes`: LLaVA-OneVision needs each image's original (height, "
                 "width) to lay out its AnyRes tiles. Pass the `image_sizes` the processor returns with `pixel_values`."
             )
-        call.pop("pixel_values"), call.pop("image_sizes")
-        batch_num_images = call.pop("batch_num_images", None)
+        return call.pop("pixel_values"), call.pop("image_sizes"), call.pop("batch_num_images", None)
+
+    def _encode_images(self, call: dict) -> VisualInputs | None:
+        inputs = self._pop_image_inputs(call)
+        if inputs is None:
+            return None
+        pixel_values, image_sizes, batch_num_images = inputs
         aspect = call.get("vision_aspect_ratio")
         outputs = self.get_image_features(
             pixel_values,
@@ -152,6 +161,81 @@ class LlavaOnevisionCodebookModel(PruningModelMixin, LlavaOnevisionModel):
             mismatch="image_sizes / batch_num_images do not describe pixel_values",
             pack_crop_values=lambda values: self.pack_crop_values(values, image_sizes, batch_num_images, aspect),
         )
+
+    def tile_regions(self, image_sizes, batch_num_images=None) -> list[torch.BoolTensor | None]:
+        """Per image, `[num_tiles, side * side]`: the base-view tokens in each tile's region (`tile_skipping.py`);
+        `None` for an image of a multi-image prompt, which is its base view alone."""
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        pinpoints = self.config.image_grid_pinpoints
+        return [
+            anyres_tiles(size, pinpoints, vision.image_size).regions(side) if crops > 1 else None
+            for size, crops in zip(image_sizes, self._crops_per_image(image_sizes, batch_num_images))
+        ]
+
+    def _skipped_masks(self, image_sizes, batch_num_images, aspect, skipped_tiles, crop_ids):
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        return skipped_token_masks(
+            lambda values: self.pack_crop_values(values, image_sizes, batch_num_images, aspect),
+            self._crops_per_image(image_sizes, batch_num_images),
+            skipped_tiles,
+            side * side,
+            crop_ids,
+        )
+
+    def encode_skipping_tiles(self, modality: str, call: dict, settings) -> VisualInputs | None:
+        inputs = self._pop_image_inputs(call) if modality == "image" else None
+        if inputs is None:
+            return None
+        pixel_values, image_sizes, batch_num_images = inputs
+        aspect = call.get("vision_aspect_ratio") or self.config.vision_aspect_ratio
+        layer = call.get("vision_feature_layer")
+        layer = self.config.vision_feature_layer if layer is None else layer
+        select = call.get("vision_feature_select_strategy") or self.config.vision_feature_select_strategy
+        vision = self.config.vision_config
+        counts = self._crops_per_image(image_sizes, batch_num_images)
+        regions = self.tile_regions(image_sizes, batch_num_images)
+        encoding = encode_skipping_tiles(
+            self,
+            split_crops(pixel_values, counts),
+            regions,
+            settings,
+            vision.image_size // vision.patch_size,
+            vision_feature_layer=layer,
+            vision_feature_select_strategy=select,
+        )
+        packed, _ = self.pack_image_features(
+            encoding.crop_features, image_sizes, image_newline=self.image_newline, vision_aspect_ratio=aspect
+        )
+        crop_ids = self.image_crop_ids(image_sizes, batch_num_images, aspect)
+        return VisualInputs.from_crop_ids(
+            "image",
+            self.config.image_token_id,
+            packed,
+            crop_ids,
+            BaseModelOutputWithPooling(pooler_output=packed),
+            mismatch="image_sizes / batch_num_images do not describe pixel_values",
+            pack_crop_values=lambda values: self.pack_crop_values(values, image_sizes, batch_num_images, aspect),
+            skipped=self._skipped_masks(image_sizes, batch_num_images, aspect, encoding.skipped_tiles, crop_ids),
+            skipped_tiles=[
+                tiles if region is not None else None for tiles, region in zip(encoding.skipped_tiles, regions)
+            ],
+        )
+
+    def skip_encoded_tiles(
+        self, segments, image_sizes, settings, batch_num_images=None, vision_aspect_ratio=None
+    ) -> tuple[list[torch.BoolTensor], list[torch.LongTensor | None]]:
+        """Tile skipping for images encoded in full already (see the LLaVA-NeXT family's `skip_encoded_tiles`)."""
+        aspect = vision_aspect_ratio or self.config.vision_aspect_ratio
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        bases = torch.stack([s.features[(s.crop_ids == 0).to(s.features.device)][-side * side :] for s in segments])
+        regions = self.tile_regions(image_sizes, batch_num_images)
+        skipped_tiles = decide_skips(self, bases, regions, settings, side)
+        masks = self._skipped_masks(
+            image_sizes, batch_num_images, aspect, skipped_tiles, [s.crop_ids for s in segments]
+        )
+        return masks, [tiles if region is not None else None for tiles, region in zip(skipped_tiles, regions)]
 
     # ------------------------------------------------------------------ videos
     def pack_frame_values(self, values: list[torch.Tensor]) -> list[torch.Tensor]:

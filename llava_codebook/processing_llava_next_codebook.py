@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 from transformers import LlavaNextProcessor
-from transformers.image_processing_utils import select_best_resolution
 
 from .pruning_config import PRUNING_VALIDATORS, validate_pruning_settings
+from .tile_skipping import anyres_tiles
 
 BASE = "base"
 TILE = "tile"
@@ -87,19 +87,12 @@ def anyres_layout(image_size, crop_size: int, patch_size: int, grid_pinpoints) -
             f"grid_pinpoints must be a non-empty list of [height, width] multiples of crop_size={crop_size}, "
             f"got {grid_pinpoints!r}."
         )
-    canvas_h, canvas_w = select_best_resolution((height, width), pinpoints)
-
-    # Resize with aspect ratio to fit the canvas (transformers' `get_patch_output_size`), then pad centrally with
-    # the extra pixel of an odd margin on the bottom / right (`_get_padding_size`).
-    scale_w, scale_h = canvas_w / width, canvas_h / height
-    if scale_w < scale_h:
-        resized = (min(int(np.ceil(height * scale_w)), canvas_h), canvas_w)
-    else:
-        resized = (canvas_h, min(int(np.ceil(width * scale_h)), canvas_w))
-    paste = ((canvas_h - resized[0]) // 2, (canvas_w - resized[1]) // 2)
+    # The pixel side (best-fit canvas, aspect-preserving resize, central padding, the split into crops) is the one
+    # tile skipping maps tiles with.
+    tiles = anyres_tiles((height, width), pinpoints, crop_size)
+    (canvas_h, canvas_w), resized, paste, tile_grid = tiles.canvas, tiles.resized, tiles.paste, tiles.grid
 
     side = crop_size // patch_size
-    tile_grid = (canvas_h // crop_size, canvas_w // crop_size)
     token_h, token_w = tile_grid[0] * side, tile_grid[1] * side
     # Token-space unpadding, as the stock `unpad_image`: the same margin is cut from both ends of the padded axis.
     if width / height > token_w / token_h:

@@ -4,7 +4,8 @@ The work is a list of prompts (text only, one image or several; `profile_prompts
 batch size asked for. For every batch and every configuration (a strategy at a budget, and the unpruned `none`), one
 `generate` call is timed from the inside:
 
-- vision tower: the vision tower's forward passes (hooks), signal probes of the strategy included;
+- vision tower: the vision tower's forward passes (hooks), signal probes of the strategy included, the crops it ran
+  on and their FLOPs (`flops.vision_tower_flops`): with tile skipping (`--tile-skipping on` or `both`), fewer;
 - selection: the strategy choosing the kept tokens (`select_segments`);
 - vision + selection: from the call to the start of the language model's prefill (the two above, the projector,
   prompt compaction and `generate`'s own set-up);
@@ -33,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .flops import prefill_flops
+from .flops import prefill_flops, vision_tower_flops
+from .pruning_config import TILE_SKIPPING_STRATEGIES
 from .integrations.accounting import account_rows
 from .profile_prompts import DEFAULT_PROMPT, Prompt, batches, encode_batch, image_prompts, read_prompts
 
@@ -58,18 +60,24 @@ class Budget:
 class Configuration:
     strategy: str
     budget: Budget | None = None  # None: the strategy keeps every token (`none`)
+    tile_skipping: bool = False
 
     @property
     def label(self) -> str:
-        return self.strategy if self.budget is None else f"{self.strategy} @ {self.budget.label}"
+        label = self.strategy if self.budget is None else f"{self.strategy} @ {self.budget.label}"
+        return label + (" + tile skipping" if self.tile_skipping else "")
 
     def overrides(self) -> dict:
+        skipping = {"tile_skipping": True} if self.tile_skipping else {}
         if self.budget is None:
-            return {"pruning_strategy": self.strategy}
+            return {"pruning_strategy": self.strategy, **skipping}
         budget = {"keep_tokens": self.budget.keep_tokens} if self.budget.keep_tokens else {}
         if self.budget.keep_ratio is not None:
             budget = {"keep_ratio": self.budget.keep_ratio}  # the model is loaded with keep_tokens=None
-        return {"pruning_strategy": self.strategy, "pruning_mode": "budget", **budget}
+        return {"pruning_strategy": self.strategy, "pruning_mode": "budget", **budget, **skipping}
+
+
+TILE_SKIPPING_CHOICES = ("off", "on", "both")
 
 
 def parse_budgets(text: str) -> list[Budget]:
@@ -120,18 +128,33 @@ def parse_strategies(text: str) -> list[str]:
     return names
 
 
+def parse_tile_skipping(text: str) -> str:
+    """`off`, `on` or `both`: which configurations skip tiles (`configurations`)."""
+    if text not in TILE_SKIPPING_CHOICES:
+        raise ValueError(
+            f"--tile-skipping {text!r} is unknown: use off, on (every pruned configuration skips tiles) or both (each "
+            "pruned configuration without and with tile skipping)."
+        )
+    return text
+
+
 def check_counts(repeats: int, warmup: int, max_new_tokens: int) -> None:
     if repeats < 1 or warmup < 0 or max_new_tokens < 2:
         raise ValueError("Need repeats >= 1, warmup >= 0 and max_new_tokens >= 2 (decode time needs two tokens).")
 
 
-def configurations(strategies: Sequence[str], budgets: Sequence[Budget]) -> list[Configuration]:
+def configurations(strategies: Sequence[str], budgets: Sequence[Budget], tile_skipping: str = "off") -> list:
+    """Every strategy at every budget (`none` once). `tile_skipping`: "off", "on" (every pruned configuration skips
+    tiles) or "both" (each pruned configuration without, then with tile skipping). A strategy that reads the vision
+    tower's signals cannot skip tiles (`TILE_SKIPPING_STRATEGIES`) and runs without (no `+ tile skipping` row)."""
+    variants = {"off": (False,), "on": (True,), "both": (False, True)}[parse_tile_skipping(tile_skipping)]
     out = []
     for strategy in strategies:
         if strategy == "none":
             out.append(Configuration("none"))
         else:
-            out.extend(Configuration(strategy, budget) for budget in budgets)
+            own = variants if strategy in TILE_SKIPPING_STRATEGIES else (False,)
+            out.extend(Configuration(strategy, budget, skip) for budget in budgets for skip in own)
     return out
 
 
@@ -208,6 +231,7 @@ class _Timeline:
         self.prefill_width: int | None = None
         self.kv_cache_bytes: int | None = None
         self.vision_tower_s = 0.0
+        self.crops_encoded: int | None = 0
         self.selection_s = 0.0
         self._tower_start = None
         self._prompt_seen = False
@@ -237,6 +261,12 @@ class _Timeline:
 
     def _tower_before(self, module, args):
         self._tower_start = self._now()
+        # A tower fed whole crops (`[crops, C, H, W]`) is counted in crops; one fed flattened patches is not.
+        pixels = args[0] if args else None
+        if self.crops_encoded is not None and isinstance(pixels, torch.Tensor) and pixels.dim() == 4:
+            self.crops_encoded += pixels.shape[0]
+        else:
+            self.crops_encoded = None
 
     def _tower_after(self, module, args, output):
         self.vision_tower_s += self._now() - self._tower_start
@@ -311,6 +341,9 @@ def measure_one(model, inputs, configuration: Configuration, max_new_tokens: int
         "prefill_flops": rows * prefill_flops(text_config, timeline.prefill_width),
         "prefill_flops_unpruned": rows * prefill_flops(text_config, unpruned_width),
         "vision_tower_s": timeline.vision_tower_s,
+        "crops_encoded": timeline.crops_encoded,
+        "vision_tower_flops": _tower_flops(model, timeline.crops_encoded),
+        "tiles_skipped": sum(a.tiles_skipped for a in accounts),
         "selection_s": timeline.selection_s,
         "vision_selection_s": prefill_start - start,
         "prefill_s": prefill_end - prefill_start,
@@ -323,6 +356,15 @@ def measure_one(model, inputs, configuration: Configuration, max_new_tokens: int
         "peak_memory_above_start_bytes": above_start,
         "kv_cache_bytes": timeline.kv_cache_bytes,
     }
+
+
+def _tower_flops(model, crops: int | None) -> float | None:
+    """`vision_tower_flops` of `crops` crops, where the tower is a ViT of square crops (CLIP, SigLIP)."""
+    vision = getattr(model.config, "vision_config", None)
+    needed = ("hidden_size", "intermediate_size", "num_hidden_layers", "image_size", "patch_size")
+    if crops is None or vision is None or not all(isinstance(getattr(vision, n, None), int) for n in needed):
+        return None
+    return vision_tower_flops(vision, crops)
 
 
 def hardware(device: torch.device) -> str:
@@ -380,11 +422,13 @@ def profile_model(
     max_new_tokens: int = 16,
     time_budget_s: float | None = None,
     progress: Callable[[str], None] | None = None,
+    tile_skipping: str = "off",
 ) -> dict:
     """Profile a loaded model (on its device) on `prompts` at every batch size; returns the rows of the report.
 
     `time_budget_s`: stop repeating once another repeat would not fit in this many seconds (measured from the first
-    warm-up call); at least one repeat always runs. The report says how many ran.
+    warm-up call); at least one repeat always runs. The report says how many ran. `tile_skipping`: "off", "on" or
+    "both" (`configurations`).
     """
     check_counts(repeats, warmup, max_new_tokens)
     if not prompts:
@@ -392,7 +436,7 @@ def profile_model(
     if not any(prompt.images for prompt in prompts):
         raise ValueError("Every prompt is text only: give at least one prompt with an image, or nothing is pruned.")
     device = next(model.parameters()).device
-    configs = configurations(strategies, budgets)
+    configs = configurations(strategies, budgets, tile_skipping)
     say = progress or (lambda message: None)
     work = []  # (batch size, index, prompts, inputs)
     for size in batch_sizes:
@@ -454,6 +498,7 @@ def profile_model(
             row["prefill_flops_share"] = row["prefill_flops"] / row["prefill_flops_unpruned"]
             row["prefill_time_share"] = row["prefill_s"] / baseline["prefill_s"] if baseline else None
             row["ttft_share"] = row["ttft_s"] / baseline["ttft_s"] if baseline else None
+            row["vision_tower_share"] = row["vision_tower_s"] / baseline["vision_tower_s"] if baseline else None
             row["selection_share_of_tower"] = (
                 row["selection_s"] / row["vision_tower_s"] if row["vision_tower_s"] else None
             )
@@ -497,10 +542,14 @@ def run_profile(
     progress=None,
     prompts_file: str | None = None,
     batch_sizes: Sequence[int] = (1,),
+    tile_skipping: str = "off",
+    tile_skip_share: float | None = None,
 ) -> dict:
     """Profile `model_id` (a pruning-enabled repo or a stock checkpoint this package loads) and return the report.
 
     The prompts are one per image of `images` (asking `prompt`), then those of `prompts_file`, in that order.
+    `tile_skipping`: "off", "on" or "both" (each pruned configuration without and with tile skipping), at
+    `tile_skip_share` (default: the model config's).
     """
     from .loading import load_pruned_model
     from .processors import load_processor
@@ -520,6 +569,8 @@ def run_profile(
     # keep_tokens=None: a repo whose config sets a token budget must not override a share given here (a per-call
     # `keep_tokens=None` means "the config's value").
     load_kwargs = {"dtype": DTYPES.get(dtype, dtype), "keep_tokens": None}
+    if tile_skip_share is not None:
+        load_kwargs["tile_skip_share"] = tile_skip_share
     if attn_implementation:
         load_kwargs["attn_implementation"] = attn_implementation
     model = load_pruned_model(model_id, **load_kwargs).to(target).eval()
@@ -535,6 +586,7 @@ def run_profile(
         warmup=warmup,
         max_new_tokens=max_new_tokens,
         progress=progress,
+        tile_skipping=tile_skipping,
     )
     return {
         "command": command,
@@ -548,6 +600,8 @@ def run_profile(
             "repeats": result["repeats_done"],
             "warmup": warmup,
             "batch_sizes": list(batch_sizes),
+            "tile_skipping": tile_skipping,
+            "tile_skip_share": model.config.tile_skip_share,
             "memory": {"cuda": "CUDA allocator peak", "rss": "process peak resident set size (VmHWM)"}.get(
                 _MemoryProbe(target).kind, "not measured on this platform"
             ),
@@ -565,6 +619,7 @@ __all__ = [
     "parse_batch_sizes",
     "parse_budgets",
     "parse_strategies",
+    "parse_tile_skipping",
     "profile_model",
     "run_profile",
     "software",

@@ -14,7 +14,8 @@ COLUMNS = (
     "visual tokens kept / total",
     "prefill width (unpruned)",
     "predicted prefill GFLOPs (share)",
-    "vision tower ms",
+    "vision tower ms (share)",
+    "crops encoded (tower GFLOPs)",
     "selection ms (share of tower)",
     "vision + selection ms",
     "prefill ms (share)",
@@ -31,7 +32,9 @@ COLUMN_NOTES = (
     "the unpruned prompt's; the predicted prefill FLOPs of that width times the rows "
     "(`llava_codebook.flops.prefill_flops`: `2 * n * P + 4 * n^2 * d_attn` per layer, `P` the attention and MLP "
     "weights, plus the LM head on the last token) and their share of the unpruned batch's; vision tower = its "
-    "forward passes (a strategy's signal probes included); selection = the strategy choosing the kept tokens, and "
+    "forward passes (a strategy's signal probes included), the crops it ran on and their FLOPs "
+    "(`llava_codebook.flops.vision_tower_flops`; `+ tile skipping` rows leave the tiles the codebook finds redundant "
+    "unencoded); selection = the strategy choosing the kept tokens, and "
     "its share of the vision tower's time; vision + selection = from the call to the start of the language model's "
     "prefill; prefill = the language model's first forward pass; TTFT = time to the first new token; decode = mean "
     "time per following token; generated tokens/s = new tokens of all rows over the time of the calls (all batches of "
@@ -61,6 +64,13 @@ def _percent(value) -> str:
     return "" if value is None else f" ({value:.1%})"
 
 
+def _crops(row: dict) -> str:
+    if row.get("crops_encoded") is None:
+        return "n/a"
+    flops = row.get("vision_tower_flops")
+    return f"{row['crops_encoded']:,.1f}".removesuffix(".0") + ("" if flops is None else f" ({_flops(flops)})")
+
+
 def table_row(row: dict) -> str:
     cells = [
         str(row["batch_size"]),
@@ -68,7 +78,8 @@ def table_row(row: dict) -> str:
         f"{row['visual_tokens_kept']:,.0f} / {row['visual_tokens_total']:,.0f}",
         f"{row['prefill_width']:,.0f} ({row['prefill_width_unpruned']:,.0f})",
         f"{_flops(row['prefill_flops'])} ({row['prefill_flops_share']:.2f})",
-        _fmt(row["vision_tower_s"], 1e3),
+        _fmt(row["vision_tower_s"], 1e3) + _share(row.get("vision_tower_share")),
+        _crops(row),
         _fmt(row["selection_s"], 1e3, 2) + _percent(row["selection_share_of_tower"]),
         _fmt(row["vision_selection_s"], 1e3),
         _fmt(row["prefill_s"], 1e3) + _share(row["prefill_time_share"]),
@@ -112,6 +123,14 @@ def width_tables(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _skipping_note(settings: dict) -> str:
+    mode = settings.get("tile_skipping", "off")
+    if mode == "off":
+        return ""
+    which = "every pruned configuration" if mode == "on" else "each pruned configuration, also"
+    return f" Tile skipping: {which} with `tile_skipping=True` at `tile_skip_share={settings['tile_skip_share']:g}`."
+
+
 def render_markdown(report: dict, title: str = "Efficiency profile", level: int = 1) -> str:
     """The report as Markdown, its title a heading of `level` (2 where it is one section of a longer page)."""
     settings, model = report["settings"], report["model"]
@@ -134,7 +153,7 @@ def render_markdown(report: dict, title: str = "Efficiency profile", level: int 
             f"{' and of '.join(str(s) for s in settings['batch_sizes'])} (left-padded), "
             f"{settings['max_new_tokens']} new tokens per call; {settings['warmup']} warm-up call(s) per configuration "
             f"and batch size, then {settings['repeats']} interleaved repeats; each time is the median over repeats, "
-            f"averaged over the batches of a batch size. Peak memory: {settings['memory']}."
+            f"averaged over the batches of a batch size. Peak memory: {settings['memory']}." + _skipping_note(settings)
         ),
         "",
         "| " + " | ".join(COLUMNS) + " |",

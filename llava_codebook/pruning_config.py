@@ -6,7 +6,7 @@
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 CODEBOOK_FILENAME = "codebook.safetensors"
 PRUNING_STRATEGIES = (
@@ -24,6 +24,10 @@ PRUNING_STRATEGIES = (
 THRESHOLD_STRATEGIES = ("codebook", "none")
 PRUNING_MODES = ("threshold", "budget")
 POSITION_MODES = ("contiguous", "original")
+# The strategies that read the packed features alone (no signal captured inside the vision tower): the only ones that
+# can run on tiles encoded apart from their base view, so the only ones tile skipping combines with. A test checks
+# the registry agrees.
+TILE_SKIPPING_STRATEGIES = ("codebook", "codebook_diverse", "divprune", "random", "uniform", "none")
 
 
 def _is_number(value) -> bool:
@@ -63,11 +67,6 @@ def check_min_visual_tokens(value) -> None:
         raise ValueError(f"min_visual_tokens={value!r} must be an integer >= 0 (visual tokens kept per image).")
 
 
-def check_always_keep_newline(value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"always_keep_newline={value!r} must be True or False.")
-
-
 def check_pruning_seed(value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"pruning_seed={value!r} must be an integer >= 0 (seeds the random and uniform strategies).")
@@ -92,6 +91,14 @@ def check_share(name: str, meaning: str):
     return check
 
 
+def check_flag(name: str):
+    def check(value) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} must be True or False.")
+
+    return check
+
+
 def check_codebook_filename(value) -> None:
     if not isinstance(value, str) or not value.endswith(".safetensors"):
         raise ValueError(
@@ -110,7 +117,7 @@ PRUNING_VALIDATORS = {
     "keep_ratio": check_keep_ratio,
     "keep_tokens": check_keep_tokens,
     "min_visual_tokens": check_min_visual_tokens,
-    "always_keep_newline": check_always_keep_newline,
+    "always_keep_newline": check_flag("always_keep_newline"),
     "position_mode": check_choice("position_mode", POSITION_MODES),
     "pruning_seed": check_pruning_seed,
     "cls_attention_layer": check_layer_index("cls_attention_layer"),
@@ -121,8 +128,22 @@ PRUNING_VALIDATORS = {
         "hired_base_share", "the share of each image's budget HiRED gives to the base view"
     ),
     "hired_budget_layer": check_layer_index("hired_budget_layer"),
+    "tile_skipping": check_flag("tile_skipping"),
+    "tile_skip_share": check_share(
+        "tile_skip_share",
+        "the share of a tile's region of the base view that must be codebook-redundant for the tile to be skipped",
+    ),
 }
-FLOAT_FIELDS = ("codebook_threshold", "keep_ratio", "visionzip_dominant_ratio", "hired_base_share")
+FLOAT_FIELDS = ("codebook_threshold", "keep_ratio", "visionzip_dominant_ratio", "hired_base_share", "tile_skip_share")
+
+
+def check_family_has_tiles(config_class, tile_skipping) -> None:
+    if tile_skipping and not getattr(config_class, "has_image_tiles", True):
+        raise ValueError(
+            f"tile_skipping=True asks to skip AnyRes tiles, but a {config_class.__name__} model encodes each image as "
+            "one view with no tiles: there is nothing to skip. Tile skipping applies to the images of LLaVA-NeXT, "
+            "LLaVA-OneVision and LLaVA-NeXT-Video; leave tile_skipping=False here."
+        )
 
 
 def check_strategy_mode(pruning_strategy, pruning_mode) -> None:
@@ -131,6 +152,17 @@ def check_strategy_mode(pruning_strategy, pruning_mode) -> None:
         raise ValueError(
             f"pruning_strategy={pruning_strategy!r} has no threshold mode (only {THRESHOLD_STRATEGIES[0]!r} does): "
             "pass pruning_mode='budget' with keep_tokens=... or keep_ratio=... (per call or in the config)."
+        )
+
+
+def check_tile_skipping_strategy(tile_skipping, pruning_strategy) -> None:
+    """Tile skipping encodes the base views and the tiles left in two tower passes, so it combines only with the
+    strategies that read the packed features alone."""
+    if tile_skipping and pruning_strategy not in TILE_SKIPPING_STRATEGIES:
+        raise ValueError(
+            f"tile_skipping=True cannot run with pruning_strategy={pruning_strategy!r}: that strategy reads signals "
+            "captured inside one vision-tower pass over every crop, and tile skipping encodes the base views and the "
+            f"tiles it keeps in two passes. Use one of {TILE_SKIPPING_STRATEGIES[:-1]}, or tile_skipping=False."
         )
 
 
@@ -146,6 +178,8 @@ def validate_pruning_settings(**settings) -> dict:
         PRUNING_VALIDATORS[name](value)
     if "pruning_strategy" in settings and "pruning_mode" in settings:
         check_strategy_mode(settings["pruning_strategy"], settings["pruning_mode"])
+    if "tile_skipping" in settings and "pruning_strategy" in settings:
+        check_tile_skipping_strategy(settings["tile_skipping"], settings["pruning_strategy"])
     return {name: float(value) if name in FLOAT_FIELDS else value for name, value in settings.items()}
 
 
@@ -204,6 +238,20 @@ PRUNING_FIELDS_DOC = r"""
     hired_budget_layer (`int`, *optional*, defaults to 0):
         Vision-tower layer whose [CLS] attention on the base view distributes HiRED's tile budget (the first layer,
         as published).
+    tile_skipping (`bool`, *optional*, defaults to `False`):
+        Codebook-guided tile skipping (LLaVA-NeXT, LLaVA-OneVision and LLaVA-NeXT-Video images): encode each image's
+        base view first, score its tokens with the codebook, and never send to the vision tower an AnyRes tile whose
+        region of the base view is redundant: at least `tile_skip_share` of the base-view tokens in that region score
+        at or above `codebook_threshold` (a tile showing padding only is skipped too). A skipped tile's packed tokens
+        count as dropped (a row newline goes with its row when skipping empties the row); the remaining tokens are
+        selected by `pruning_strategy` as usual, under the same budget (`keep_ratio` is a share of the image's full
+        token count) and minimum. Needs a codebook whatever the strategy, and a strategy that reads the features
+        alone (`codebook`, `codebook_diverse`, `divprune`, `random`, `uniform`). Videos have no tiles and are pruned
+        as usual; LLaVA-1.5 refuses the setting.
+    tile_skip_share (`float`, *optional*, defaults to 0.9):
+        Share, in `[0, 1]`, of a tile's region of the base view that must be codebook-redundant for the tile to be
+        skipped (`tile_skipping`). 1.0 skips only tiles whose whole region is redundant; 0.0 skips every tile (the
+        base view alone, as the released LLaVA-NeXT evaluation runs).
 """
 
 
@@ -230,18 +278,25 @@ class PruningConfigMixin:
     visionzip_dominant_ratio: float | int = 0.84375
     hired_base_share: float | int = 0.5
     hired_budget_layer: int = 0
+    tile_skipping: bool = False
+    tile_skip_share: float | int = 0.9
+    # Whether the family's images have AnyRes tiles at all; a family without them (LLaVA-1.5) refuses tile skipping.
+    has_image_tiles: ClassVar[bool] = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         # Fields are assigned one by one, so a rule between two of them is checked once all are set (and again on
         # every call's settings and before any save).
         check_strategy_mode(self.pruning_strategy, self.pruning_mode)
+        check_tile_skipping_strategy(self.tile_skipping, self.pruning_strategy)
 
     def __setattr__(self, name, value):
         # Runs at construction, on `config.x = ...` and for `from_pretrained(..., x=...)` (which sets attributes after
         # loading), so no path can store an invalid value. `@strict` has type-checked `value` already.
         if name in PRUNING_VALIDATORS:
             PRUNING_VALIDATORS[name](value)
+            if name == "tile_skipping":
+                check_family_has_tiles(type(self), value)
             if name in FLOAT_FIELDS:
                 value = float(value)
         elif name == "codebook_filename":

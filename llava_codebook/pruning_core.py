@@ -19,6 +19,7 @@ deepstack) prunes them in `kept_encoder_output`. Nothing here knows a family's l
 """
 
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from .pruning_settings import (
 )
 from .signals import SignalRequest, capture_tower_signals, pack_tower_signals
 from .strategies import STRATEGIES, Segment
+from .tile_skipping import select_around_skipped
 
 
 @dataclass
@@ -59,6 +61,10 @@ class VisualInputs:
         order (LLaVA-NeXT AnyRes), else `None`.
     signals: per segment, the vision-tower signals a strategy asked for (`signals.py`), in packed order; set by the
         core when the active strategy needs any.
+    skipped: per segment, `[L]` bool mask of the packed tokens tile skipping took away (`tile_skipping.py`), or
+        `None` where nothing was skipped.
+    skipped_tiles: per segment, the crop ids of the tiles skipping left unencoded (`None` for a segment that has no
+        tiles to skip, e.g. a video).
     """
 
     modality: str
@@ -71,6 +77,8 @@ class VisualInputs:
     num_crops: list[int] | None = None
     crop_grids: list[tuple[int, int] | None] | None = None
     signals: list[dict] | None = None
+    skipped: list[torch.Tensor | None] | None = None
+    skipped_tiles: list[torch.Tensor | None] | None = None
 
     @classmethod
     def from_crop_ids(
@@ -278,6 +286,14 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
             return None
         return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
+    # The modalities whose segments have AnyRes tiles a family can leave unencoded (`encode_skipping_tiles`).
+    tile_skipping_modalities: tuple[str, ...] = ()
+
+    def encode_skipping_tiles(self, modality: str, call: dict, settings: PruningSettings) -> VisualInputs | None:
+        """`encode_for_pruning` with codebook-guided tile skipping (`tile_skipping.py`): the tiles whose region of the
+        base view is redundant are never encoded, and `VisualInputs.skipped` marks the packed tokens they took away."""
+        raise NotImplementedError
+
     def stock_encoder_outputs(self, mm_encoder_outputs: dict) -> dict:
         """`mm_encoder_outputs` in the container the stock `forward` reads, called before every stock forward.
 
@@ -384,9 +400,16 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
         return visual
 
     # ------------------------------------------------------------------ selection
-    def select_segments(self, segments: list[Segment], settings: PruningSettings) -> VisualTokenSelection:
-        """Run the strategy of `settings` on every segment of a call; returns the selection report."""
-        result = STRATEGIES[settings.pruning_strategy](segments, settings, self)
+    def select_segments(
+        self, segments: list[Segment], settings: PruningSettings, skipped=None, skipped_tiles=None
+    ) -> VisualTokenSelection:
+        """Run the strategy of `settings` on every segment of a call; returns the selection report. `skipped` /
+        `skipped_tiles` (per segment, from tile skipping) keep the tokens of unencoded tiles out of the choice."""
+        strategy = STRATEGIES[settings.pruning_strategy]
+        if skipped is None:
+            result = strategy(segments, settings, self)
+        else:
+            result = select_around_skipped(strategy, segments, skipped, settings, self)
         return VisualTokenSelection(
             num_kept=torch.tensor([k.numel() for k in result.kept]),
             num_total=torch.tensor([s.features.shape[0] for s in segments]),
@@ -396,6 +419,7 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
             modalities=[s.modality for s in segments],
             strategy=settings.pruning_strategy,
             merged_features=result.features,
+            skipped_tiles=skipped_tiles,
         )
 
     def placeholder_mask(
@@ -429,10 +453,23 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
         self._refuse_strategy_it_cannot_run(settings)
         input_ids, inputs_embeds = call.get("input_ids"), call.get("inputs_embeds")
         request = STRATEGIES[settings.pruning_strategy].signal_request(settings)
-        encoded = [self._encode_with_signals(modality, call, request) for modality in self.pruning_modalities]
+        encoded = [
+            self.encode_skipping_tiles(modality, call, settings)
+            if settings.tile_skipping and modality in self.tile_skipping_modalities
+            else self._encode_with_signals(modality, call, request)
+            for modality in self.pruning_modalities
+        ]
         encoded = [visual for visual in encoded if visual is not None]
         if not encoded:
             return None
+        untiled = sorted({v.modality for v in encoded if v.modality not in self.tile_skipping_modalities})
+        if settings.tile_skipping and untiled:
+            warnings.warn(
+                f"tile_skipping applies to AnyRes image tiles; this call's {' and '.join(untiled)} inputs have none "
+                "and are pruned as usual (their `skipped_tiles` entries are None).",
+                UserWarning,
+                stacklevel=2,
+            )
         if input_ids is None and inputs_embeds is None:
             raise ValueError("Pass `input_ids` (or `inputs_embeds`) together with the visual inputs.")
         placeholder = {}
@@ -449,7 +486,14 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
             placeholder[visual.modality] = mask
         segments = [segment for visual in encoded for segment in visual.segments()]
         order = prompt_order(encoded, placeholder)
-        selection = self.select_segments([segments[i] for i in order], settings)
+        if settings.tile_skipping:
+            skipped = [m for visual in encoded for m in (visual.skipped or [None] * len(visual.packed))]
+            tiles = [t for visual in encoded for t in (visual.skipped_tiles or [None] * len(visual.packed))]
+            selection = self.select_segments(
+                [segments[i] for i in order], settings, [skipped[i] for i in order], [tiles[i] for i in order]
+            )
+        else:
+            selection = self.select_segments([segments[i] for i in order], settings)
         # The selection lists segments in prompt order; each modality's hand-off lists its own in their order.
         masks, merged = selection.keep_masks(), selection.merged_features or [None] * len(segments)
         rank = {segment: position for position, segment in enumerate(order)}

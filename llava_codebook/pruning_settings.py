@@ -16,7 +16,7 @@ import torch
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import ModelOutput
 
-from .pruning_config import PRUNING_VALIDATORS, validate_pruning_settings
+from .pruning_config import PRUNING_VALIDATORS, check_family_has_tiles, validate_pruning_settings
 
 PRUNING_FIELDS = tuple(PRUNING_VALIDATORS)
 OVERRIDE_NAMES = PRUNING_FIELDS + ("pruning",)
@@ -45,6 +45,8 @@ class PruningSettings:
     visionzip_dominant_ratio: float = 0.84375
     hired_base_share: float = 0.5
     hired_budget_layer: int = 0
+    tile_skipping: bool = False
+    tile_skip_share: float = 0.9
 
     @property
     def active(self) -> bool:
@@ -79,6 +81,10 @@ class VisualTokenSelection(ModelOutput):
         For a merging strategy (`"visionzip"`), per segment the `[num_kept, D]` features handed to the language model
         for the kept tokens (merged tokens differ from their own packed features); `None` when every kept token
         carries its own features.
+    skipped_tiles (`list[torch.LongTensor | None]`, *optional*):
+        With `tile_skipping`, per segment the crop ids of the AnyRes tiles that were never encoded (1 = the first
+        tile, row-major, as in `pixel_values`; empty when none was skipped; `None` for a segment with no tiles to
+        skip, such as a video). Their packed tokens count as dropped. `None` when tile skipping was off.
     """
 
     num_kept: torch.LongTensor | None = None
@@ -89,6 +95,7 @@ class VisualTokenSelection(ModelOutput):
     modalities: list[str] | None = None
     strategy: str | None = None
     merged_features: list[torch.FloatTensor | None] | None = None
+    skipped_tiles: list[torch.LongTensor | None] | None = None
 
     def keep_masks(self) -> list[torch.BoolTensor]:
         """Per segment, a bool mask over its packed tokens (True = kept)."""
@@ -130,6 +137,7 @@ def resolve_settings(config, overrides: dict, enabled: bool = True) -> PruningSe
         values["pruning_strategy"] = "codebook"
     if pruning is False or not enabled:
         values["pruning_strategy"] = "none"
+    check_family_has_tiles(type(config), values["tile_skipping"])
     return PruningSettings(**validate_pruning_settings(**values))
 
 

@@ -69,6 +69,11 @@ SPACE_CSS = """
 """
 THRESHOLD_LABEL = "Threshold t"
 THRESHOLD_INFO = "A scored token (base view or tile) is kept iff its score < t."
+TILE_SKIPPING_INFO = (
+    "Never encode a high-res tile whose region of the base view the codebook finds redundant: the vision tower "
+    "runs on fewer crops. Skipped tiles are hatched grey; their tokens count as dropped."
+)
+TILE_SHARE_INFO = "A tile is skipped when at least this share of its base-view tokens score at or above t."
 BUDGET_LABEL = "Token budget: share of the scored tokens kept"
 BUDGET_INFO = "Scored = base view + tiles, as in the table; row newlines are not counted and always kept."
 STRATEGY_INFO = (
@@ -108,7 +113,7 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
             "below. Move the controls: the overlays are re-scored from cached features, without re-running the "
             "vision tower.\n\n"
             "**Legend:** clear = kept · dark = dropped · yellow = crop borders · magenta = a strip no tile token sees "
-            "(the stock unpadding works in whole tokens)."
+            "(the stock unpadding works in whole tokens) · hatched grey = a tile never encoded (tile skipping)."
         )
         gr.Markdown(backend.notice, elem_id="model-notice")
         # The pictures first, side by side: the overlays stay next to the input at any width.
@@ -174,6 +179,24 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                     label=BUDGET_LABEL,
                     info=BUDGET_INFO,
                     elem_id="keep-ratio",
+                    visible=False,
+                )
+                has_tiles = "image" in getattr(backend.model.model, "tile_skipping_modalities", ())
+                tile_skipping = gr.Checkbox(
+                    False,
+                    label="Skip redundant tiles (tile skipping)",
+                    info=TILE_SKIPPING_INFO,
+                    elem_id="tile-skipping",
+                    visible=has_tiles,
+                )
+                tile_skip_share = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=0.9,
+                    step=0.05,
+                    label="Tile skip share",
+                    info=TILE_SHARE_INFO,
+                    elem_id="tile-skip-share",
                     visible=False,
                 )
                 max_new_tokens = gr.Slider(
@@ -249,16 +272,29 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
         asked = gr.State(None)  # what the answer being made is made with
         answered = gr.State(None)  # what the answers on screen were made with
 
-        preview_inputs = [image, mode, threshold, keep_ratio, question, strategy]
+        preview_inputs = [image, mode, threshold, keep_ratio, question, strategy, tile_skipping, tile_skip_share]
         preview_outputs = [base_view, tile_view, counts, details]
-        answer_inputs = [image, question, mode, threshold, keep_ratio, max_new_tokens, strategy]
+        answer_inputs = [
+            image,
+            question,
+            mode,
+            threshold,
+            keep_ratio,
+            max_new_tokens,
+            strategy,
+            tile_skipping,
+            tile_skip_share,
+        ]
         compare_inputs = [image, compare_a, compare_b, compare_budget, threshold, question]
         compare_outputs = compare_views + [compare_counts, compare_details]
         answer_outputs = preview_outputs + [pruned_answer, pruned_time, full_answer, full_time]
         freshness_outputs = [answer_notice, pruned_answer, full_answer, pruned_time, full_time]
         private = {"api_visibility": "private", "preprocess": False, "show_progress": "hidden"}
         events = []  # every event that takes the image: its payload is checked before Gradio processes it
-        for control in (image, mode, threshold, keep_ratio):
+        tile_skipping.change(
+            lambda on: gr.Slider(visible=on), [tile_skipping], [tile_skip_share], queue=False, **private
+        )
+        for control in (image, mode, threshold, keep_ratio, tile_skipping, tile_skip_share):
             events.append(
                 control.change(
                     page.on_preview,
@@ -292,7 +328,17 @@ def build_demo(backend: Backend, examples_dir: str | Path | None = None) -> gr.B
                     **PREVIEW_EVENT,
                 )
             )
-        for control in (image, question, mode, threshold, keep_ratio, max_new_tokens, strategy):
+        for control in (
+            image,
+            question,
+            mode,
+            threshold,
+            keep_ratio,
+            max_new_tokens,
+            strategy,
+            tile_skipping,
+            tile_skip_share,
+        ):
             events.append(
                 control.change(
                     page.on_controls_changed,

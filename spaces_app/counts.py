@@ -3,7 +3,7 @@ show them (one image, a grid-drawn family, two strategies compared)."""
 
 import numpy as np
 
-from llava_codebook.flops import prefill_flops
+from llava_codebook.flops import prefill_flops, vision_tower_flops
 from llava_codebook.processing_llava_next_codebook import view_counts
 
 from .render import MAX_SHOWN_ASPECT, overlay_stretch
@@ -33,6 +33,27 @@ def flops_estimate(text_config, text_tokens: int, visual_tokens: int, kept_visua
     full = prefill_flops(text_config, text_tokens + visual_tokens)
     pruned = prefill_flops(text_config, text_tokens + kept_visual_tokens)
     return {"full": full, "pruned": pruned, "percent_saved": 100.0 * (1.0 - pruned / full)}
+
+
+def tower_flops_estimate(vision_config, tiles: int, tiles_skipped: int) -> dict:
+    """Vision-tower FLOPs of one image of `tiles` AnyRes tiles (plus its base view), encoded in full and with
+    `tiles_skipped` of them skipped (`llava_codebook.flops.vision_tower_flops`)."""
+    per_crop = vision_tower_flops(vision_config)
+    full = (1 + tiles) * per_crop
+    return {
+        "tiles": tiles,
+        "tiles_skipped": tiles_skipped,
+        "full": full,
+        "with_skipping": full - tiles_skipped * per_crop,
+    }
+
+
+def format_tile_skipping(tower: dict) -> str:
+    """The line under the counts when tile skipping is on: how many tiles were never encoded, and the tower FLOPs."""
+    return (
+        f"**Tile skipping:** {tower['tiles_skipped']} of {tower['tiles']} high-res tiles not encoded (hatched grey; "
+        f"their tokens count as dropped). Vision tower: {format_flops(tower['full'], tower['with_skipping'])}."
+    )
 
 
 FLOPS_UNITS = (("PFLOPs", 1e15), ("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3))

@@ -116,6 +116,7 @@ class EncodedVisual:
     signals: what the tower computed for these tokens that the offered strategies read ([CLS] attention, keys,
         projector inputs; `signals.pack_tower_signals`), empty when none of them needs any.
     geometry: for LLaVA-NeXT's pixel drawing, each token's box in the image (`geometry_for_processor`), else `None`.
+    image_size: `(height, width)` of an image as the processor reports it (what tile skipping maps tiles with).
     token_grid: `(rows, cols)` of the tokens of one crop where the processor says it (Qwen-VL: its merged tokens,
         each a 2 x 2 block of patches, from `image_grid_thw` / `video_grid_thw`), else `None` (square crops).
     frames_per_crop: frames that one crop of a video covers (Qwen-VL: a temporal patch of 2 frames), else 1.
@@ -128,6 +129,7 @@ class EncodedVisual:
     crop_grid: tuple[int, int] | None = None
     signals: dict = field(default_factory=dict)
     geometry: object = None
+    image_size: tuple[int, int] | None = None
     token_grid: tuple[int, int] | None = None
     frames_per_crop: int = 1
 
@@ -202,9 +204,11 @@ def encode_visual(backend: Backend, modality: str, media) -> EncodedVisual:
                     f"The processor's geometry lists {len(geometry)} tokens but the model packed {packed.shape[0]}: "
                     "the processor and model configs disagree (crop size, patch size or grid pinpoints)."
                 )
+        sizes = call.get("image_sizes")  # LLaVA-1.5's and Qwen-VL's processors give none: no tiles
+        size = tuple(int(v) for v in sizes[0]) if sizes is not None else None
         token_grid, frames_per_crop = merged_token_grid(backend, modality, call)
         return EncodedVisual(
-            modality, packed, newline, crop_ids, crop_grid, signals, geometry, token_grid, frames_per_crop
+            modality, packed, newline, crop_ids, crop_grid, signals, geometry, size, token_grid, frames_per_crop
         )
 
     return backend.cache.get_or_compute(key, compute)
@@ -222,7 +226,9 @@ def score_visual(backend: Backend, encoded: EncodedVisual, overrides: dict):
 
 def select_cached(backend: Backend, encoded: EncodedVisual, settings, on_device: bool):
     """`select_segments` on one cached encoding under `settings` (`pruning_settings`), moved to the model's device
-    first with `on_device`; the selection comes back on the CPU."""
+    first with `on_device`; the selection comes back on the CPU. With tile skipping, the tiles the model would not
+    encode are read from the cached base view (`skip_encoded_tiles`: encoded crops do not depend on one another, so
+    this is what the model itself keeps)."""
     from llava_codebook.strategies import Segment
 
     device = backend.model.device if on_device else torch.device("cpu")
@@ -234,8 +240,13 @@ def select_cached(backend: Backend, encoded: EncodedVisual, settings, on_device:
         crop_grid=encoded.crop_grid,
         signals=_to_device(encoded.signals, device),
     )
+    base = backend.model.model
     with torch.no_grad():
-        selection = backend.model.model.select_segments([segment], settings)
+        if settings.tile_skipping and encoded.modality == "image":
+            skipped = base.skip_encoded_tiles([segment], torch.tensor([encoded.image_size]), settings)
+            selection = base.select_segments([segment], settings, *skipped)
+        else:
+            selection = base.select_segments([segment], settings)
     return _to_device(selection, torch.device("cpu")) if on_device else selection
 
 

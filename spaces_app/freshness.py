@@ -16,15 +16,28 @@ SETTING_NAMES = {
     "threshold": "the threshold",
     "keep_ratio": "the token budget",
     "max_new_tokens": "max new tokens",
+    "tile_skipping": "tile skipping",
+    "tile_skip_share": "the tile skip share",
 }
 
 STALE_CLASS = "stale"
 
 
-def answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy="codebook") -> dict:
+def answer_signature(
+    image,
+    question,
+    mode,
+    threshold,
+    keep_ratio,
+    max_new_tokens,
+    strategy="codebook",
+    tile_skipping=False,
+    tile_skip_share=0.9,
+) -> dict:
     """What an answer depends on, comparable between events: the image (its path in the upload cache: a new upload
     is a new image), the question as it is asked, the strategy, the pruning rule with the settings it reads (the
-    budget, the threshold, or both for a budget strategy that reads the codebook's threshold), and max new tokens."""
+    budget, the threshold, or both for a budget strategy that reads the codebook's threshold), tile skipping (with its
+    share and the threshold its rule reads, when on) and max new tokens."""
     if isinstance(image, dict):
         image = image.get("path")
     signature = {
@@ -33,13 +46,16 @@ def answer_signature(image, question, mode, threshold, keep_ratio, max_new_token
         "strategy": strategy,
         "mode": mode,
         "max_new_tokens": max_new_tokens,
+        "tile_skipping": tile_skipping,
     }
+    if tile_skipping:
+        signature["tile_skip_share"] = tile_skip_share
     if mode == "budget":
         signature["keep_ratio"] = keep_ratio
     reads_threshold = mode == "threshold"
     if strategy in STRATEGIES and mode in PRUNING_MODES:
         reads_threshold = strategy_reads_threshold(strategy, mode)
-    if reads_threshold:
+    if reads_threshold or tile_skipping:
         signature["threshold"] = threshold
     return signature
 
@@ -47,7 +63,7 @@ def answer_signature(image, question, mode, threshold, keep_ratio, max_new_token
 def changed_settings(answered: dict, current: dict) -> list[str]:
     """The names (`SETTING_NAMES`) of what differs between two `answer_signature`s; a change of pruning rule or
     strategy is named once, not also as a setting that only one side reads."""
-    settings = ("threshold", "keep_ratio")
+    settings = ("threshold", "keep_ratio", "tile_skip_share")
     names = [
         name
         for name in SETTING_NAMES

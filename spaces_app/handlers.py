@@ -66,9 +66,22 @@ class Handlers:
         self.overlays = overlays
 
     # ------------------------------------------------------------------------------------------------ image
-    def on_preview(self, image, mode, threshold, keep_ratio, question, strategy):
+    def on_preview(
+        self, image, mode, threshold, keep_ratio, question, strategy, tile_skipping=False, tile_skip_share=0.9
+    ):
         try:
-            shown = preview(self.backend, image, mode, threshold, keep_ratio, question, self.allowed_dirs, strategy)
+            shown = preview(
+                self.backend,
+                image,
+                mode,
+                threshold,
+                keep_ratio,
+                question,
+                self.allowed_dirs,
+                strategy,
+                tile_skipping,
+                tile_skip_share,
+            )
             pictures = self.overlays.save(shown.base_overlay), self.overlays.save(shown.tile_overlay)
         except MissingImage:
             return None, None, UPLOAD_PROMPT, {}
@@ -76,7 +89,18 @@ class Handlers:
             return None, None, _in_place(exc), {}
         return *pictures, shown.markdown, {"counts": shown.counts, "flops": shown.flops}
 
-    def on_ask(self, image, question, mode, threshold, keep_ratio, max_new_tokens, strategy):
+    def on_ask(
+        self,
+        image,
+        question,
+        mode,
+        threshold,
+        keep_ratio,
+        max_new_tokens,
+        strategy,
+        tile_skipping=False,
+        tile_skip_share=0.9,
+    ):
         """The page's first step of Ask: check the inputs. A user error is a message (a warning toast), not a failed
         event: it leaves every output as it was, where a failed answer would mark each one with an error badge. The
         hidden error stops the chain. Returns what the answer will be made with, for `on_answered`."""
@@ -92,6 +116,8 @@ class Handlers:
                 strategy,
                 max_new_tokens,
                 required=True,
+                tile_skipping=tile_skipping,
+                tile_skip_share=tile_skip_share,
             )
         except InputError as exc:
             message = user_error(exc).message
@@ -99,9 +125,22 @@ class Handlers:
             raise gr.Error(message, visible=False, print_exception=False) from None
         except Exception as exc:  # noqa: BLE001 - every error is shown; `user_error` logs unexpected ones
             raise user_error(exc) from None
-        return answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy)
+        return answer_signature(
+            image, question, mode, threshold, keep_ratio, max_new_tokens, strategy, tile_skipping, tile_skip_share
+        )
 
-    def on_answer(self, image, question, mode, threshold, keep_ratio, max_new_tokens, strategy):
+    def on_answer(
+        self,
+        image,
+        question,
+        mode,
+        threshold,
+        keep_ratio,
+        max_new_tokens,
+        strategy,
+        tile_skipping=False,
+        tile_skip_share=0.9,
+    ):
         try:
             result = answer(
                 self.backend,
@@ -113,6 +152,8 @@ class Handlers:
                 max_new_tokens,
                 self.allowed_dirs,
                 strategy,
+                tile_skipping,
+                tile_skip_share,
             )
             shown = result.preview
             pictures = self.overlays.save(shown.base_overlay), self.overlays.save(shown.tile_overlay)
@@ -121,20 +162,46 @@ class Handlers:
         details = {"counts": shown.counts, "flops": shown.flops}
         return *pictures, shown.markdown, details, *generation_outputs(result.generations)
 
-    def on_answered(self, image, question, mode, threshold, keep_ratio, max_new_tokens, strategy, asked):
+    def on_answered(
+        self,
+        image,
+        question,
+        mode,
+        threshold,
+        keep_ratio,
+        max_new_tokens,
+        strategy,
+        tile_skipping,
+        tile_skip_share,
+        asked=None,
+    ):
         """After an answer arrived: remember what it was made with, and if the controls moved meanwhile, mark it out
         of date and bring the overlays and counts (which the answer reset to its own settings) back to the controls."""
-        current = answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy)
+        tiles = tile_skipping, tile_skip_share
+        current = answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy, *tiles)
         if current == asked:
             refreshed = [gr.skip()] * 4
         else:
-            refreshed = list(self.on_preview(image, mode, threshold, keep_ratio, question, strategy))
+            refreshed = list(self.on_preview(image, mode, threshold, keep_ratio, question, strategy, *tiles))
         return [asked, *freshness_updates(asked, current), *refreshed]
 
-    def on_controls_changed(self, image, question, mode, threshold, keep_ratio, max_new_tokens, strategy, answered):
-        return freshness_updates(
-            answered, answer_signature(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy)
+    def on_controls_changed(
+        self,
+        image,
+        question,
+        mode,
+        threshold,
+        keep_ratio,
+        max_new_tokens,
+        strategy,
+        tile_skipping,
+        tile_skip_share,
+        answered=None,
+    ):
+        current = answer_signature(
+            image, question, mode, threshold, keep_ratio, max_new_tokens, strategy, tile_skipping, tile_skip_share
         )
+        return freshness_updates(answered, current)
 
     def on_mode(self, mode, strategy):
         """Only the controls the strategy reads under the rule are shown (a hidden one keeps its value)."""

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from llava_codebook.strategies import image_budget
+from llava_codebook.tile_skipping import anyres_tiles
 
 from .counts import (
     counts_by_mask,
@@ -16,14 +17,24 @@ from .counts import (
     format_comparison,
     format_counts,
     format_grid_counts,
+    format_tile_skipping,
     kept_overlap,
     token_counts,
+    tower_flops_estimate,
 )
 from .encoding import EncodedVisual, encode_visual, merged_count, score_visual
 from .gpu import on_model_device
-from .inputs import NOT_TAKEN, STRATEGY_LABELS, Inputs, check_strategy, pruning_overrides, validate_inputs
+from .inputs import (
+    NOT_TAKEN,
+    STRATEGY_LABELS,
+    InputError,
+    Inputs,
+    check_strategy,
+    pruning_overrides,
+    validate_inputs,
+)
 from .model import Backend, Generations, generate_both, text_token_count
-from .render import grid_views, render_grid, render_overlay, shown_size
+from .render import grid_views, hatch_boxes, render_grid, render_overlay, shown_size
 
 
 @dataclass
@@ -45,12 +56,25 @@ def preview(
     question: str = "",
     allowed_dirs=None,
     strategy: str = "codebook",
+    tile_skipping=False,
+    tile_skip_share=0.9,
 ) -> Preview:
     """Overlays and counts for the current settings; the vision tower runs only the first time an image is seen.
-    With `allowed_dirs`, an image given as a path must lie in one of those folders (see `locate_image`)."""
-    return show_selection(
-        backend, image_inputs(backend, image, question, mode, threshold, keep_ratio, allowed_dirs, strategy)
+    With `allowed_dirs`, an image given as a path must lie in one of those folders (see `locate_image`). With
+    `tile_skipping`, the tiles the model would not encode are hatched grey and counted with the tower FLOPs saved."""
+    inputs = image_inputs(
+        backend,
+        image,
+        question,
+        mode,
+        threshold,
+        keep_ratio,
+        allowed_dirs,
+        strategy,
+        tile_skipping=tile_skipping,
+        tile_skip_share=tile_skip_share,
     )
+    return show_selection(backend, inputs)
 
 
 def image_placeholder(backend: Backend) -> str:
@@ -68,10 +92,12 @@ def image_inputs(
     strategy,
     max_new_tokens=NOT_TAKEN,
     required=False,
+    tile_skipping=False,
+    tile_skip_share=0.9,
 ) -> Inputs:
     """`validate_inputs` for an image request to this backend: its image placeholder, the strategies it serves for
-    images (the image twin of `videos.video_inputs`)."""
-    return validate_inputs(
+    images, tile skipping only where its images have AnyRes tiles (the image twin of `videos.video_inputs`)."""
+    checked = validate_inputs(
         image,
         question,
         mode,
@@ -83,7 +109,15 @@ def image_inputs(
         allowed_dirs=allowed_dirs,
         strategy=strategy,
         strategies=backend.strategies("image"),
+        tile_skipping=tile_skipping,
+        tile_skip_share=tile_skip_share,
     )
+    if checked.tile_skipping and "image" not in getattr(backend.model.model, "tile_skipping_modalities", ()):
+        raise InputError(
+            f"{backend.name} encodes each image without AnyRes tiles, so there are no tiles to skip; leave tile "
+            "skipping off (it applies to LLaVA-NeXT, LLaVA-OneVision and LLaVA-NeXT-Video)."
+        )
+    return checked
 
 
 def show_selection(backend: Backend, inputs: Inputs) -> Preview:
@@ -136,6 +170,17 @@ def draw_selection(backend: Backend, image, encoded: EncodedVisual, selection, q
     lead = f"**Strategy:** {STRATEGY_LABELS.get(strategy, strategy)}."
     if merged:
         lead += f" {merged} of the kept tokens are contextual tokens carrying merged features (drawn kept)."
+    skipped = selection.skipped_tiles[0] if selection.skipped_tiles is not None else None
+    if skipped is not None:
+        model = backend.model
+        layout = anyres_tiles(
+            encoded.image_size, model.config.image_grid_pinpoints, model.config.vision_config.image_size
+        )
+        flops["vision_tower"] = tower_flops_estimate(model.config.vision_config, layout.num_tiles, skipped.numel())
+        boxes = [box for box in (layout.content_box(int(t) - 1) for t in skipped) if box is not None]
+        if tile_overlay is not None and boxes:
+            tile_overlay = hatch_boxes(tile_overlay, boxes, image.size)
+        markdown += "\n\n" + format_tile_skipping(flops["vision_tower"])
     return Preview(base_overlay, tile_overlay, counts, flops, f"{lead}\n\n{markdown}", selection)
 
 
@@ -155,10 +200,23 @@ def answer(
     max_new_tokens: int = 24,
     allowed_dirs=None,
     strategy: str = "codebook",
+    tile_skipping=False,
+    tile_skip_share=0.9,
 ) -> Answer:
     """Check the inputs, show the selection (cached features), then answer with pruning and without."""
     inputs = image_inputs(
-        backend, image, question, mode, threshold, keep_ratio, allowed_dirs, strategy, max_new_tokens, required=True
+        backend,
+        image,
+        question,
+        mode,
+        threshold,
+        keep_ratio,
+        allowed_dirs,
+        strategy,
+        max_new_tokens,
+        required=True,
+        tile_skipping=tile_skipping,
+        tile_skip_share=tile_skip_share,
     )
     shown = show_selection(backend, inputs)
     generations = on_model_device(

@@ -176,6 +176,12 @@ def check_number(value, what: str, low: float, high: float, low_open: bool = Fal
     return int(value) if whole else float(value)
 
 
+def check_flag(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(f"{what} must be true or false; got {_type_name(value)}.")
+    return value
+
+
 def check_mode(mode) -> str:
     if not isinstance(mode, str) or mode not in PRUNING_MODES:
         raise InputError(f"Unknown pruning mode {repr(mode)[:60]}; choose 'threshold' or 'budget'.")
@@ -245,6 +251,8 @@ SCALAR_CHECKS = {
     "strategy": check_strategy_name,
     "strategy_a": check_strategy_name,
     "strategy_b": check_strategy_name,
+    "tile_skipping": lambda value: check_flag(value, "Tile skipping"),
+    "tile_skip_share": lambda value: check_number(value, "The tile skip share", 0.0, 1.0),
 }
 
 
@@ -259,11 +267,15 @@ class Inputs:
     keep_ratio: float
     max_new_tokens: int | None = None  # None: the endpoint does not take it
     strategy: str = "codebook"
+    tile_skipping: bool = False
+    tile_skip_share: float = 0.9
 
     @property
     def overrides(self) -> dict:
         """Per-call pruning arguments for the model."""
-        return pruning_overrides(self.mode, self.threshold, self.keep_ratio, self.strategy)
+        return pruning_overrides(
+            self.mode, self.threshold, self.keep_ratio, self.strategy, self.tile_skipping, self.tile_skip_share
+        )
 
 
 # `validate_inputs(max_new_tokens=NOT_TAKEN)`: the endpoint does not take that input. A sentinel, not `None`: `None`
@@ -287,14 +299,18 @@ def validate_inputs(
     strategies: tuple[str, ...] = ("codebook",),
     modality: str = "image",
     check_media=None,
+    tile_skipping=False,
+    tile_skip_share=0.9,
 ) -> Inputs:
     """Check every input of a request (the cheap ones first, the picture last) and return them typed, or raise an
     `InputError` that names the problem and the fix. `max_new_tokens=NOT_TAKEN`: the endpoint does not take it.
     `check_media(image, allowed_dirs)` reads the picture (default `check_image`; a video's is
     `video_inputs.check_video`, and `Inputs.image` is then its list of frames); `reserved_tokens` are further
     placeholders (`<video>`) a question must not hold. `strategy` must be one of `strategies` (what the model serves
-    for `modality`) and define `mode`."""
+    for `modality`) and define `mode`. `tile_skipping` / `tile_skip_share`: codebook-guided tile skipping (images)."""
     strategy = check_strategy(strategy, strategies, modality)
+    tile_skipping = SCALAR_CHECKS["tile_skipping"](tile_skipping)
+    tile_skip_share = SCALAR_CHECKS["tile_skip_share"](tile_skip_share)
     mode = SCALAR_CHECKS["mode"](mode)
     check_strategy_mode(strategy, mode)
     threshold = SCALAR_CHECKS["threshold"](threshold)
@@ -304,12 +320,17 @@ def validate_inputs(
     for token in reserved_tokens:
         check_question(question, required=False, image_token=token)
     image = (check_media or check_image)(image, allowed_dirs)
-    return Inputs(image, question, mode, threshold, keep_ratio, max_new_tokens, strategy)
+    return Inputs(
+        image, question, mode, threshold, keep_ratio, max_new_tokens, strategy, tile_skipping, tile_skip_share
+    )
 
 
-def pruning_overrides(mode, threshold, keep_ratio, strategy: str = "codebook") -> dict:
+def pruning_overrides(
+    mode, threshold, keep_ratio, strategy: str = "codebook", tile_skipping: bool = False, tile_skip_share: float = 0.9
+) -> dict:
     """Per-call pruning arguments for the model from the pruning inputs (each one checked): the strategy, its rule
-    and the rule's setting (a budget strategy that reads the codebook's threshold gets that too)."""
+    and the rule's setting (a budget strategy that reads the codebook's threshold gets that too), and tile skipping
+    with its share when it is on (its rule reads the codebook's threshold too)."""
     mode = SCALAR_CHECKS["mode"](mode)
     threshold = SCALAR_CHECKS["threshold"](threshold)
     keep_ratio = SCALAR_CHECKS["keep_ratio"](keep_ratio)
@@ -318,6 +339,9 @@ def pruning_overrides(mode, threshold, keep_ratio, strategy: str = "codebook") -
     overrides = {"pruning_strategy": strategy, "pruning_mode": mode}
     if mode == "budget":
         overrides["keep_ratio"] = keep_ratio
-    if strategy_reads_threshold(strategy, mode):
+    if strategy_reads_threshold(strategy, mode) or tile_skipping:
         overrides["codebook_threshold"] = threshold
+    if SCALAR_CHECKS["tile_skipping"](tile_skipping):
+        overrides["tile_skipping"] = True
+        overrides["tile_skip_share"] = SCALAR_CHECKS["tile_skip_share"](tile_skip_share)
     return overrides

@@ -8,6 +8,7 @@
   tokens per temporal patch of two frames).
 - `render_grid`: a picture with a grid of kept / dropped cells drawn over a region of it; `render_strip` puts one
   such panel per frame side by side.
+- `hatch_boxes`: the AnyRes tiles tile skipping left unencoded, greyed and hatched over an overlay.
 """
 
 from __future__ import annotations
@@ -166,6 +167,32 @@ def render_grid(
             for c in range(cols):
                 draw.rectangle([xs[c], ys[r], xs[c + 1] - 1, ys[r + 1] - 1], outline=(255, 255, 255, 60))
     return picture
+
+
+SKIPPED_GREY = np.array([150, 150, 150], dtype=np.float32)
+
+
+def hatch_boxes(picture: Image.Image, boxes, image_size: tuple[int, int]) -> Image.Image:
+    """`picture` (an overlay of a whole image of `image_size` = (width, height), at any display size) with each
+    `(x0, y0, x1, y1)` box of the image greyed and hatched diagonally: the tiles that were never encoded."""
+    width, height = image_size
+    sx, sy = picture.width / width, picture.height / height
+    pixels = np.asarray(picture.convert("RGB"), dtype=np.float32).copy()
+    shown = [(round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)) for x0, y0, x1, y1 in boxes]
+    for x0, y0, x1, y1 in shown:
+        pixels[y0:y1, x0:x1] = 0.35 * pixels[y0:y1, x0:x1] + 0.65 * SKIPPED_GREY
+    out = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out, "RGBA")
+    step = max(6, round(min(out.size) / 24))
+    for x0, y0, x1, y1 in shown:
+        for offset in range(-(y1 - y0), x1 - x0, step):
+            # A 45-degree line through the box, clipped to it.
+            start = (x0 + max(offset, 0), y0 + max(-offset, 0))
+            length = min(x1 - start[0], y1 - start[1])
+            if length > 0:
+                draw.line([start, (start[0] + length, start[1] + length)], fill=(60, 60, 60, 200), width=2)
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(60, 60, 60, 255), width=2)
+    return out
 
 
 def cell_centres(keep_grid_shape, region, display_scale=(1.0, 1.0)) -> np.ndarray:

@@ -82,21 +82,67 @@ def test_the_gpu_check_runs_every_strategy_at_both_batch_sizes_in_its_cpu_smoke_
     for title in ("LLaVA-NeXT-7B", "LLaVA-1.5-7B", "Qwen2.5-VL-7B"):
         assert re.search(rf"^## {re.escape(title)} .*\(SMOKE RUN", table, re.MULTILINE), title
     reports = json.loads(markdown.with_suffix(".json").read_text())
-    assert [report["geometry"] for report in reports] == ["llava-next-7b", "llava-1.5-7b", "qwen2.5-vl-7b"]
-    assert reports[2]["model"]["class"] == "Qwen2_5_VLCodebookForConditionalGeneration"
+    # LLaVA-NeXT has AnyRes tiles, so a second section: none and codebook without and with tile skipping. Qwen2.5-VL
+    # has none (one grid of merged tokens per image) and serves only the strategies its ViT (no [CLS] token) can.
+    geometries = ["llava-next-7b", "llava-next-7b", "llava-1.5-7b", "qwen2.5-vl-7b"]
+    assert [report["geometry"] for report in reports] == geometries
+    assert [report["settings"]["tile_skipping"] for report in reports] == ["off", "both", "off", "off"]
+    assert reports[3]["model"]["class"] == "Qwen2_5_VLCodebookForConditionalGeneration"
     cls_rules = {"cls_attention", "visionzip", "hired"}
-    for report in reports:
-        offered = [name for name in REGISTRY if name != "none"]
-        if report["geometry"].startswith("qwen"):
-            offered = [name for name in offered if name not in cls_rules]
-        expected = {(size, "none") for size in (1, 8)} | {
+
+    def every_strategy(offered) -> set:
+        return {(size, "none") for size in (1, 8)} | {
             (size, f"{name} @ {budget} tokens") for size in (1, 8) for name in offered for budget in (8, 4, 2)
         }
+
+    expected = every_strategy([name for name in REGISTRY if name != "none"])
+    qwen = every_strategy([name for name in REGISTRY if name != "none" and name not in cls_rules])
+    skipping = {(size, "none") for size in (1, 8)} | {
+        (size, f"codebook @ {budget} tokens{suffix}")
+        for size in (1, 8)
+        for budget in (8, 4, 2)
+        for suffix in ("", " + tile skipping")
+    }
+    for report, rows_expected in zip(reports, (expected, skipping, expected, qwen)):
         rows = {(row["batch_size"], row["configuration"]): row for row in report["rows"]}
-        assert set(rows) == expected, report["geometry"]
+        assert set(rows) == rows_expected, report["geometry"]
+        if report["settings"]["tile_skipping"] == "both":
+            # tile_skip_share=0 skips every tile: only the base view of each image is encoded.
+            for (size, configuration), row in rows.items():
+                for batch in row["per_batch"]:
+                    images = sum(int(kind.split()[0]) for kind in batch["prompts"] if kind != "text only")
+                    if configuration.endswith("+ tile skipping"):
+                        assert batch["crops_encoded"] == images and (batch["tiles_skipped"] > 0) == (images > 0)
+                    else:
+                        assert batch["crops_encoded"] >= 3 * images and batch["tiles_skipped"] == 0
         for (size, configuration), row in rows.items():
             assert f"| {size} | {configuration} |" in table
             assert row["kv_cache_bytes"] > 0 and row["peak_memory_bytes"] > 0
             if configuration != "none":
                 assert row["selection_share_of_tower"] > 0
                 assert row["prefill_width"] < row["prefill_width_unpruned"]
+
+
+@pytest.mark.slow
+def test_the_tile_skipping_benchmark_runs_and_counts_the_crops_each_configuration_encodes(tmp_path):
+    out = tmp_path / "tile-skipping.md"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "tile_skipping.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.read_text()
+    assert table.startswith("# Tile skipping: vision-tower time (SMOKE RUN: tiny geometry")
+    rows = {
+        (calls, label): int(crops)
+        for calls, label, crops in re.findall(
+            r"^\| (1 image per call|4 images in one call) \| (off|share [\d.]+) \| (\d+) \|", table, re.MULTILINE
+        )
+    }
+    for calls in ("1 image per call", "4 images in one call"):
+        # Four images of five crops each (base view + 2 x 2 tiles at every aspect the drawn set has at tiny geometry);
+        # share 0 skips every tile, so only the base views are encoded; a higher share never skips more.
+        assert rows[calls, "off"] == 20 and rows[calls, "share 0"] == 4
+        assert rows[calls, "share 0.9"] >= rows[calls, "share 0.5"] >= rows[calls, "share 0"]

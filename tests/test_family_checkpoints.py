@@ -31,6 +31,7 @@ CORE_FILES = {
     "signals.py",
     "selection.py",
     "codebook.py",
+    "tile_skipping.py",
 }
 SHIPPED = {
     "llava-1.5-7b": {"configuration_llava_codebook.py", "modeling_llava_codebook.py"},

@@ -32,6 +32,7 @@ REMOTE_FILES = [
     "pruning_settings.py",
     "strategies.py",
     "signals.py",
+    "tile_skipping.py",
 ]
 # The other families' own remote-code files (their converted repos ship these plus the core above; see
 # test_family_checkpoints.py for the exact set per family).

@@ -206,6 +206,35 @@ def test_the_run_summary_gets_the_means(tiny_repo, docs):
     reset_logged_metrics()
 
 
+def test_tile_skipping_comes_through_the_model_args_and_each_request_logs_its_skipped_tiles(tiny_repo, docs):
+    """`tile_skipping=True,tile_skip_share=0.5` parsed by lmms-eval's own argument parser reaches the model, and each
+    request logs the tiles the model skipped for it (as the model reports them alone) and their tower FLOPs."""
+    from lmms_eval.models.model_utils.gen_metrics import reset_logged_metrics, summarize_logged_metrics
+
+    from llava_codebook.flops import vision_tower_flops
+
+    reset_logged_metrics()
+    lm = LlavaCodebook.create_from_arg_string(
+        f"pretrained={tiny_repo},device=cpu,keep_tokens=4,batch_size=2,tile_skipping=True,tile_skip_share=0.5"
+    )
+    lm.task_dict = {TASK: {SPLIT: docs}}
+    assert (lm.model.config.tile_skipping, lm.model.config.tile_skip_share) == (True, 0.5)
+    _, counts = texts_and_counts(lm.generate_until(generate_requests(docs, two_images)))
+    per_crop = vision_tower_flops(lm.model.config.vision_config) / 1e12
+    for doc, count in zip(docs, counts):
+        inputs = lm.processor(
+            images=[doc["image"], doc["image_b"]], text=[lm._prompt(doc["question"], 2, 0)], return_tensors="pt"
+        )
+        report = lm.model.generate(**inputs, max_new_tokens=1, return_dict_in_generate=True).visual_token_selection
+        assert count["tiles_skipped"] == sum(t.numel() for t in report.skipped_tiles)
+        assert count["visual_tokens_kept"] == int(report.num_kept.sum())
+        assert count["vision_tflops_saved"] == pytest.approx(count["tiles_skipped"] * per_crop)
+    assert len({c["tiles_skipped"] for c in counts}) > 1, "the drawn images differ in how many tiles are redundant"
+    summary = summarize_logged_metrics()
+    assert summary["avg_tiles_skipped"] == pytest.approx(sum(c["tiles_skipped"] for c in counts) / len(counts))
+    reset_logged_metrics()
+
+
 def test_a_video_request_to_an_image_only_family_is_refused_by_name(tiny_repo, docs):
     lm = make_model(tiny_repo, docs)
     with pytest.raises(ValueError, match="takes images only"):

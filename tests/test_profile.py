@@ -291,3 +291,65 @@ def test_command_profiles_a_prompts_file_at_several_batch_sizes(tiny_repo, promp
     assert "| 8 | codebook @ 3 tokens |" in result.stdout and "Batch size 8:" in result.stdout
     assert "integers >= 1" in error_line(runner.invoke(app, [*base, "--batch-size", "0", *quick]))
     assert "No prompts given" in error_line(runner.invoke(app, ["profile", "--model", str(tiny_repo), *quick]))
+
+
+def test_tile_skipping_rows_encode_fewer_crops_and_report_the_tower_flops(tiny_repo, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    from llava_codebook import load_pruned_model
+    from llava_codebook.flops import vision_tower_flops
+
+    # Noise with a flat white part (white is in the tiny codebook): the right half, and the bottom half.
+    rng = np.random.default_rng(0)
+    for name, (height, width), flat in (("a.png", (112, 112), np.s_[:, 56:]), ("b.png", (90, 150), np.s_[45:, :])):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        pixels[flat] = 255
+        Image.fromarray(pixels).save(tmp_path / name)
+    report = run_profile(
+        str(tiny_repo),
+        [str(tmp_path / "a.png"), str(tmp_path / "b.png")],
+        strategies=["none", "codebook"],
+        budgets=[Budget(keep_tokens=4)],
+        repeats=1,
+        warmup=0,
+        max_new_tokens=2,
+        device="cpu",
+        tile_skipping="both",
+        tile_skip_share=0.5,
+    )
+    none, plain, skipping = report["rows"]
+    assert [row["configuration"] for row in report["rows"]] == [
+        "none",
+        "codebook @ 4 tokens",
+        "codebook @ 4 tokens + tile skipping",
+    ]
+    config = load_pruned_model(str(tiny_repo)).config
+    per_crop = vision_tower_flops(config.vision_config)
+    crops = [
+        image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
+        for size in ((112, 112), (90, 150))
+    ]
+    for row in (none, plain):
+        assert [entry["crops_encoded"] for entry in row["per_batch"]] == crops
+        assert all(entry["tiles_skipped"] == 0 for entry in row["per_batch"])
+    for entry, all_crops in zip(skipping["per_batch"], crops):
+        assert entry["crops_encoded"] == all_crops - entry["tiles_skipped"]
+        assert entry["vision_tower_flops"] == per_crop * entry["crops_encoded"]
+    assert sum(entry["tiles_skipped"] for entry in skipping["per_batch"]) > 0
+    assert skipping["vision_tower_share"] is not None and report["settings"]["tile_skip_share"] == 0.5
+    markdown = render_markdown({**report, "command": None})
+    assert "| codebook @ 4 tokens + tile skipping |" in markdown
+    assert (
+        "Tile skipping: each pruned configuration, also with `tile_skipping=True` at `tile_skip_share=0.5`" in markdown
+    )
+
+
+def test_tile_skipping_variants_go_only_to_strategies_that_can_skip_tiles():
+    from llava_codebook.profile import configurations
+
+    labels = [c.label for c in configurations(["none", "codebook", "hired"], [Budget(keep_tokens=4)], "both")]
+    assert labels == ["none", "codebook @ 4 tokens", "codebook @ 4 tokens + tile skipping", "hired @ 4 tokens"]
+    with pytest.raises(ValueError, match="--tile-skipping 'sometimes' is unknown: use off, on"):
+        configurations(["codebook"], [Budget(keep_tokens=4)], "sometimes")

@@ -411,3 +411,21 @@ def test_generate_from_inputs_embeds_alone_matches_the_stock_generate_on_the_mas
     )
     assert torch.equal(out.sequences, expected.sequences)
     assert_logits_close(out.logits, expected.logits)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_tile_skipping_is_refused_because_a_qwen_image_has_no_tiles(families, checkpoints, name):
+    """Each image is one grid of merged tokens: `tile_skipping=True` is refused in the config, at load and per call,
+    with the reason and the families it applies to; `tile_skipping=False` runs as usual."""
+    model, _, processor = families[name]
+    config_class = type(model.config)
+    with pytest.raises(ValueError, match="encodes each image as one view with no tiles: there is nothing to skip"):
+        config_class(tile_skipping=True)
+    with pytest.raises(ValueError, match="nothing to skip"):
+        load_pruned_model(checkpoints[name], dtype=torch.float32, tile_skipping=True)
+    inputs = encode(processor, cases(processor)["image_and_video_and_a_text_only_sample"])
+    attach_codebook_from(model, inputs)
+    with pytest.raises(ValueError, match="LLaVA-NeXT, LLaVA-OneVision and LLaVA-NeXT-Video; leave tile_skipping=False"):
+        model.generate(**inputs, pruning_strategy="codebook", tile_skipping=True, **PRUNE, **GREEDY)
+    out = model.generate(**inputs, pruning_strategy="codebook", tile_skipping=False, **PRUNE, **GREEDY)
+    assert out.shape[0] == 2

@@ -284,7 +284,7 @@ def test_concurrent_uploads_and_previews_keep_the_folder_under_its_bound_and_the
         examples = sorted((tmp_path / "examples").glob("*.png"))
         for index in range(PREVIEWS_EACH):
             data = [{"path": str(examples[index % len(examples)])}, "threshold", 0.3 + 0.1 * index + 0.01 * worker]
-            event, result = call_raw(url, "preview", [*data, 0.25, "", "codebook"])
+            event, result = call_raw(url, "preview", [*data, 0.25, "", "codebook", False, 0.9])
             if event != "complete" or not result[3]:
                 errors.append((event, result))
             else:

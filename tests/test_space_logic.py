@@ -573,14 +573,14 @@ def test_an_answer_made_while_the_controls_moved_arrives_marked_and_the_overlays
     demo = app.build_demo(backend, examples_dir=tmp_path / "examples")
     on_answered = page_step(demo, "on_answered")
     image = str(sorted((tmp_path / "examples").glob("*.png"))[0])
-    controls = [image, "what is it ?", "threshold", 0.9, 0.25, 8, "codebook"]
+    controls = [image, "what is it ?", "threshold", 0.9, 0.25, 8, "codebook", False, 0.9]
     asked = freshness.answer_signature(*controls)
     # Unchanged while the answer was made: remembered, unmarked, the answer's own overlays left in place.
     remembered, notice, *_, base, tile, counts, details = on_answered(*controls, asked)
     assert remembered == asked and notice.visible is False
     assert all(isinstance(update, type(gr.skip())) for update in (base, tile, counts, details))
     # The threshold moved meanwhile: marked, and the preview redone for the controls as they are now.
-    moved = [image, "what is it ?", "threshold", 0.5, 0.25, 8, "codebook"]
+    moved = [image, "what is it ?", "threshold", 0.5, 0.25, 8, "codebook", False, 0.9]
     remembered, notice, pruned, *_, base, tile, counts, details = on_answered(*moved, asked)
     assert remembered == asked and notice.visible is True and "the threshold" in notice.value
     assert freshness.STALE_CLASS in pruned.elem_classes

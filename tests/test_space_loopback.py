@@ -213,8 +213,9 @@ def test_two_concurrent_clients_get_their_own_results(served, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- security
-ANSWER_ARGS = ["what is it ?", "threshold", 0.9, 0.25, 3, "codebook"]  # everything /answer takes after the image
-PREVIEW_ARGS = ["threshold", 0.9, 0.25, "", "codebook"]  # everything /preview takes after the image
+# Everything /answer and /preview take after the image (the last two: tile skipping off, its share).
+ANSWER_ARGS = ["what is it ?", "threshold", 0.9, 0.25, 3, "codebook", False, 0.9]
+PREVIEW_ARGS = ["threshold", 0.9, 0.25, "", "codebook", False, 0.9]
 COMPARE_ARGS = ["codebook", "divprune", 0.25, 0.9, ""]  # everything /compare takes after the image
 
 
@@ -349,93 +350,106 @@ IMAGE_FORM_START = "The image must be a file uploaded to this Space"
 BAD_INPUTS = {
     "image token in the question": (
         "answer",
-        '[IMAGE, "what is <image> here", "threshold", 0.9, 0.25, 3, "codebook"]',
+        '[IMAGE, "what is <image> here", "threshold", 0.9, 0.25, 3, "codebook", false, 0.9]',
         "image placeholder (<image>)",
     ),
     "image token, preview": (
         "preview",
-        '[IMAGE, "threshold", 0.9, 0.25, "a <image>", "codebook"]',
+        '[IMAGE, "threshold", 0.9, 0.25, "a <image>", "codebook", false, 0.9]',
         "image placeholder (&lt;image&gt;)",
     ),
     "max_new_tokens NaN": (
         "answer",
-        '[IMAGE, "what", "threshold", 0.9, 0.25, NaN, "codebook"]',
+        '[IMAGE, "what", "threshold", 0.9, 0.25, NaN, "codebook", false, 0.9]',
         "max_new_tokens must be a finite number; got nan",
     ),
     "threshold infinite": (
         "preview",
-        '[IMAGE, "threshold", Infinity, 0.25, "", "codebook"]',
+        '[IMAGE, "threshold", Infinity, 0.25, "", "codebook", false, 0.9]',
         "The threshold must be a finite number; got inf",
     ),
     "lone surrogate": (
         "answer",
-        '[IMAGE, "what \\ud800 is it", "threshold", 0.9, 0.25, 3, "codebook"]',
+        '[IMAGE, "what \\ud800 is it", "threshold", 0.9, 0.25, 3, "codebook", false, 0.9]',
         "contains U+D800",
     ),
-    "lone surrogate, preview": ("preview", '[IMAGE, "threshold", 0.9, 0.25, "\\udfff", "codebook"]', "contains U+DFFF"),
+    "lone surrogate, preview": (
+        "preview",
+        '[IMAGE, "threshold", 0.9, 0.25, "\\udfff", "codebook", false, 0.9]',
+        "contains U+DFFF",
+    ),
     "threshold as text": (
         "answer",
-        '[IMAGE, "what", "threshold", "high", 0.25, 3, "codebook"]',
+        '[IMAGE, "what", "threshold", "high", 0.25, 3, "codebook", false, 0.9]',
         "The threshold must be a number; got str",
     ),
     "budget as a bool": (
         "preview",
-        '[IMAGE, "budget", 0.9, true, "", "codebook"]',
+        '[IMAGE, "budget", 0.9, true, "", "codebook", false, 0.9]',
         "The token budget must be a number; got bool",
     ),
     "max_new_tokens fractional": (
         "answer",
-        '[IMAGE, "what", "threshold", 0.9, 0.25, 2.5, "codebook"]',
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 2.5, "codebook", false, 0.9]',
         "max_new_tokens must be a whole number",
     ),
     "max_new_tokens too many": (
         "answer",
-        '[IMAGE, "what", "threshold", 0.9, 0.25, 100000, "codebook"]',
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 100000, "codebook", false, 0.9]',
         "max_new_tokens must lie in [1, 128]",
     ),
     "question as a number": (
         "answer",
-        '[IMAGE, 42, "threshold", 0.9, 0.25, 3, "codebook"]',
+        '[IMAGE, 42, "threshold", 0.9, 0.25, 3, "codebook", false, 0.9]',
         "The question must be text; got int",
     ),
     "question as an object": (
         "preview",
-        '[IMAGE, "threshold", 0.9, 0.25, {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "codebook"]',
+        '[IMAGE, "threshold", 0.9, 0.25, {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "codebook", false, 0.9]',
         "The question must be text; got dict",
     ),
-    "mode unknown": ("preview", '[IMAGE, "random", 0.9, 0.25, "", "codebook"]', "Unknown pruning mode 'random'"),
-    "image as a number": ("answer", '[7, "what", "threshold", 0.9, 0.25, 3, "codebook"]', IMAGE_FORM_START),
+    "mode unknown": (
+        "preview",
+        '[IMAGE, "random", 0.9, 0.25, "", "codebook", false, 0.9]',
+        "Unknown pruning mode 'random'",
+    ),
+    "image as a number": ("answer", '[7, "what", "threshold", 0.9, 0.25, 3, "codebook", false, 0.9]', IMAGE_FORM_START),
     "image as a URL": (
         "preview",
-        '[{"path": "https://example.com/a.png", "meta": {"_type": "gradio.FileData"}}, "threshold", 0.9, 0.25, "", "codebook"]',
+        '[{"path": "https://example.com/a.png", "meta": {"_type": "gradio.FileData"}}, "threshold", 0.9, 0.25, "", "codebook", false, 0.9]',
         "this Space does not download images",
     ),
-    "image missing": ("answer", '[null, "what", "threshold", 0.9, 0.25, 3, "codebook"]', "Upload an image"),
-    "question missing": ("answer", '[IMAGE, null, "threshold", 0.9, 0.25, 3, "codebook"]', "Type a question"),
+    "image missing": ("answer", '[null, "what", "threshold", 0.9, 0.25, 3, "codebook", false, 0.9]', "Upload an image"),
+    "question missing": (
+        "answer",
+        '[IMAGE, null, "threshold", 0.9, 0.25, 3, "codebook", false, 0.9]',
+        "Type a question",
+    ),
     "too few inputs": (
         "answer",
         '[IMAGE, "what"]',
-        "This endpoint takes 7 inputs, in this order: image, question, mode, threshold, keep_ratio, max_new_tokens, "
-        "strategy; got 2.",
+        "This endpoint takes 9 inputs, in this order: image, question, mode, threshold, keep_ratio, max_new_tokens, "
+        "strategy, tile_skipping, tile_skip_share; got 2.",
     ),
     "too many inputs": (
         "preview",
-        '[IMAGE, "threshold", 0.9, 0.25, "", "codebook", 3]',
-        "This endpoint takes 6 inputs, in this order: image, mode, threshold, keep_ratio, question, strategy; got 7.",
+        '[IMAGE, "threshold", 0.9, 0.25, "", "codebook", false, 0.9, 3]',
+        "This endpoint takes 8 inputs, in this order: image, mode, threshold, keep_ratio, question, strategy, "
+        "tile_skipping, tile_skip_share; got 9.",
     ),
     "strategy unknown": (
         "preview",
-        '[IMAGE, "budget", 0.9, 0.25, "", "fastest"]',
+        '[IMAGE, "budget", 0.9, 0.25, "", "fastest", false, 0.9]',
         "Unknown pruning strategy 'fastest'",
     ),
     "strategy without the rule": (
         "answer",
-        '[IMAGE, "what", "threshold", 0.9, 0.25, 3, "divprune"]',
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 3, "divprune", false, 0.9]',
         "The 'divprune' strategy keeps a token budget and has no threshold",
     ),
     "strategy as an object": (
         "answer",
-        '[IMAGE, "what", "budget", 0.9, 0.25, 3, {"path": "/etc/hostname"}]',
+        '[IMAGE, "what", "budget", 0.9, 0.25, 3, {"path": "/etc/hostname"}, false, 0.9]',
         "The strategy must be one of the listed names; got dict",
     ),
     "compare strategy unknown": (
@@ -457,27 +471,27 @@ BAD_INPUTS = {
     # null is a bad value for every number an endpoint takes.
     "max_new_tokens null": (
         "answer",
-        '[IMAGE, "what", "threshold", 0.9, 0.25, null, "codebook"]',
+        '[IMAGE, "what", "threshold", 0.9, 0.25, null, "codebook", false, 0.9]',
         "max_new_tokens must be a number; got nothing.",
     ),
     "threshold null": (
         "answer",
-        '[IMAGE, "what", "threshold", null, 0.25, 3, "codebook"]',
+        '[IMAGE, "what", "threshold", null, 0.25, 3, "codebook", false, 0.9]',
         "The threshold must be a number; got nothing.",
     ),
     "budget null": (
         "answer",
-        '[IMAGE, "what", "budget", 0.9, null, 3, "codebook"]',
+        '[IMAGE, "what", "budget", 0.9, null, 3, "codebook", false, 0.9]',
         "The token budget must be a number; got nothing.",
     ),
     "preview threshold null": (
         "preview",
-        '[IMAGE, "threshold", null, 0.25, "", "codebook"]',
+        '[IMAGE, "threshold", null, 0.25, "", "codebook", false, 0.9]',
         "The threshold must be a number; got nothing.",
     ),
     "preview budget null": (
         "preview",
-        '[IMAGE, "budget", 0.9, null, "", "codebook"]',
+        '[IMAGE, "budget", 0.9, null, "", "codebook", false, 0.9]',
         "The token budget must be a number; got nothing.",
     ),
     "compare budget null": (
@@ -489,6 +503,16 @@ BAD_INPUTS = {
         "compare",
         '[IMAGE, "codebook", "divprune", 0.25, null, ""]',
         "The threshold must be a number; got nothing.",
+    ),
+    "tile skipping as text": (
+        "preview",
+        '[IMAGE, "threshold", 0.9, 0.25, "", "codebook", "yes", 0.9]',
+        "Tile skipping must be true or false; got str",
+    ),
+    "tile skip share out of range": (
+        "answer",
+        '[IMAGE, "what", "threshold", 0.9, 0.25, 3, "codebook", true, 1.5]',
+        "The tile skip share must lie in [0, 1]; got 1.5",
     ),
     # Picking an example sends its index: anything else is named.
     "example index past the end": ("load_example", "[4]", "Pick one of the 4 examples"),
@@ -522,7 +546,7 @@ def test_request_bodies_over_the_limit_are_refused_before_they_are_parsed(served
 
     limit = limits.max_request_bytes()
     base = served.url.rstrip("/")
-    over = ('{"data": [null, "threshold", 0.9, 0.25, "' + "x" * limit + '", "codebook"]}').encode()
+    over = ('{"data": [null, "threshold", 0.9, 0.25, "' + "x" * limit + '", "codebook", false, 0.9]}').encode()
     routes = ["/gradio_api/call/preview", "/gradio_api/call/answer", "/gradio_api/queue/join"]
     for route in routes:
         declared = httpx.post(base + route, content=over, headers={"Content-Type": "application/json"}, timeout=30)
@@ -532,7 +556,7 @@ def test_request_bodies_over_the_limit_are_refused_before_they_are_parsed(served
         streamed = httpx.post(base + route, content=chunks, headers={"Content-Type": "application/json"}, timeout=30)
         assert streamed.status_code == 413 and "Request body too large" in streamed.text, (route, streamed.text)
     # Just under the limit the body is parsed, and the question then refused by the endpoint's own check.
-    under = '{"data": [null, "threshold", 0.9, 0.25, "' + "x" * 2000 + '", "codebook"]}'
+    under = '{"data": [null, "threshold", 0.9, 0.25, "' + "x" * 2000 + '", "codebook", false, 0.9]}'
     assert call_raw(served.url, "preview", body=under) == (
         "complete",
         [None, None, "⚠️ The question is 2000 characters long; keep it under 1000.", {}],

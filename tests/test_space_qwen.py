@@ -132,7 +132,7 @@ def test_each_qwen_family_is_served_and_draws_its_merged_tokens_as_the_model_kep
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_each_qwen_family_offers_and_compares_only_the_strategies_without_cls(served, name):
+def test_each_qwen_family_offers_and_compares_only_the_strategies_without_cls_and_refuses_tile_skipping(served, name):
     backend = served[name]
     assert backend.strategies("image") == backend.strategies("video") == OFFERED
     image = the_image()
@@ -143,6 +143,8 @@ def test_each_qwen_family_offers_and_compares_only_the_strategies_without_cls(se
             settings = inputs.pruning_overrides("budget", THRESHOLD, 0.3, strategy)
             assert np.array_equal(keep, model_keep_mask(backend, "image", image, **settings)), strategy
             assert side.tile_overlay is None
+    with pytest.raises(inputs.InputError, match="without AnyRes tiles, so there are no tiles to skip"):
+        images.preview(backend, image, "threshold", THRESHOLD, 0.3, tile_skipping=True)
     for rule in CLS_RULES:
         with pytest.raises(inputs.InputError, match=rf"'{rule}' strategy .*\[CLS\]"):
             images.preview(backend, image, "budget", THRESHOLD, 0.3, strategy=rule)
@@ -219,6 +221,12 @@ def test_a_qwen_model_is_served_over_http_images_and_videos(served, tmp_path_fac
             expected = images.preview(backend, the_image(), "threshold", THRESHOLD, 0.25)
             assert details["counts"] == expected.counts and markdown == expected.markdown
             assert np.array_equal(np.asarray(Image.open(base).convert("RGB")), np.asarray(expected.base_overlay))
+            # No tiles to skip: the request is refused with the reason, in place of the counts.
+            base, _, refused, details = client.predict(
+                gradio_client.handle_file(str(image_path)), "threshold", THRESHOLD, 0.25, "", "codebook", True, 0.9,
+                api_name="/preview",
+            )  # fmt: skip
+            assert base is None and details == {} and "no tiles to skip" in refused
             clip_path = write_gif(tmp_path / "clip.gif", the_clip())
             strip, markdown, details = client.predict(
                 gradio_client.handle_file(clip_path), "budget", THRESHOLD, 0.4, "", "divprune",

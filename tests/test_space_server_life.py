@@ -41,7 +41,7 @@ def test_session_state_is_bounded_under_concurrent_callers(tmp_path, monkeypatch
 
     def call(worker: int):
         for index in range(5):
-            outcomes.append(call_raw(url, "preview", [example, "threshold", 0.5, 0.25, "", "codebook"])[0])
+            outcomes.append(call_raw(url, "preview", [example, "threshold", 0.5, 0.25, "", "codebook", False, 0.9])[0])
             sizes.append(len(demo.state_holder.session_data))
 
     try:

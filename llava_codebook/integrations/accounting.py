@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..flops import prefill_flops
+from ..flops import prefill_flops, vision_tower_flops
 
 MODALITIES = ("image", "video")
 
@@ -23,6 +23,8 @@ class RowAccount:
         without pruning (row newlines included, as the selection report counts them).
     prompt_tokens / prompt_tokens_unpruned: the prompt length that reached the language model / without pruning.
     prefill_flops / prefill_flops_unpruned: `llava_codebook.flops.prefill_flops` of those two lengths.
+    tiles_skipped: AnyRes tiles of the prompt's images that tile skipping left unencoded.
+    vision_flops_saved: the vision-tower FLOPs those tiles would have cost (`flops.vision_tower_flops`).
     """
 
     visual_tokens_kept: int
@@ -31,6 +33,8 @@ class RowAccount:
     prompt_tokens_unpruned: int
     prefill_flops: float
     prefill_flops_unpruned: float
+    tiles_skipped: int = 0
+    vision_flops_saved: float = 0.0
 
 
 def modality_token_ids(config) -> dict[str, int]:
@@ -45,17 +49,19 @@ def modality_token_ids(config) -> dict[str, int]:
     return ids
 
 
-def _kept_per_row(selection, modality: str, placeholders: list[int]) -> list[int]:
-    kept = [int(k) for k, m in zip(selection.num_kept, selection.modalities) if m == modality]
-    total = [int(t) for t, m in zip(selection.num_total, selection.modalities) if m == modality]
+def _segments_per_row(selection, modality: str, placeholders: list[int]) -> list[list[int]]:
+    """Per row, the indices of the selection's `modality` segments that fill its placeholders."""
+    own = [i for i, m in enumerate(selection.modalities) if m == modality]
+    total = [int(selection.num_total[i]) for i in own]
     rows, segment = [], 0
     for need in placeholders:
-        covered = row_kept = 0
+        covered, members = 0, []
         while covered < need and segment < len(total):
-            covered, row_kept, segment = covered + total[segment], row_kept + kept[segment], segment + 1
+            covered, segment = covered + total[segment], segment + 1
+            members.append(own[segment - 1])
         if covered != need:
             break
-        rows.append(row_kept)
+        rows.append(members)
     if len(rows) != len(placeholders) or segment != len(total):
         raise RuntimeError(
             f"The selection's {modality} segments (sizes {total}) do not cover the batch's {modality} placeholders "
@@ -76,6 +82,7 @@ def account_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     batch = input_ids.shape[0]
     total = [sum(placeholders[m][row] for m in placeholders) for row in range(batch)]
     kept = list(total)
+    skipped = [0] * batch
     if selection is not None:
         kept = [0] * batch
         for modality in set(selection.modalities or ()):
@@ -85,8 +92,16 @@ def account_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
             if modality not in (selection.modalities or ()):
                 kept = [k + c for k, c in zip(kept, counts)]  # a modality the call did not prune: all kept
                 continue
-            kept = [k + c for k, c in zip(kept, _kept_per_row(selection, modality, counts))]
+            rows = _segments_per_row(selection, modality, counts)
+            kept = [k + sum(int(selection.num_kept[i]) for i in members) for k, members in zip(kept, rows)]
+            tiles = selection.skipped_tiles
+            if tiles is not None:
+                skipped = [
+                    s + sum(0 if tiles[i] is None else int(tiles[i].numel()) for i in members)
+                    for s, members in zip(skipped, rows)
+                ]
     text_config = model.config.text_config
+    crop_flops = vision_tower_flops(model.config.vision_config) if any(skipped) else 0.0
     accounts = []
     for row in range(batch):
         pruned_length = lengths[row] - total[row] + kept[row]
@@ -98,6 +113,8 @@ def account_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
                 prompt_tokens_unpruned=lengths[row],
                 prefill_flops=prefill_flops(text_config, pruned_length),
                 prefill_flops_unpruned=prefill_flops(text_config, lengths[row]),
+                tiles_skipped=skipped[row],
+                vision_flops_saved=skipped[row] * crop_flops,
             )
         )
     return accounts

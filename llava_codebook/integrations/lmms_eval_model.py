@@ -22,9 +22,11 @@ codebook_repo=org/codebook,dtype=bfloat16,attn_implementation=sdpa \\
 Every request's cost is written into lmms-eval's per-sample log (`--log_samples`), in the sample's `token_counts`:
 `input_tokens` (the prompt length that reached the language model), `output_tokens`, `visual_tokens_kept`,
 `visual_tokens_total`, `prefill_tflops` and `prefill_tflops_unpruned` (`llava_codebook.flops.prefill_flops` of the
-pruned and the full prompt). Their means over the run's requests appear in the results' `throughput` section (printed
+pruned and the full prompt), `tiles_skipped` and `vision_tflops_saved` (the AnyRes tiles `tile_skipping` left
+unencoded, and their vision-tower FLOPs). Their means over the run's requests appear in the results' `throughput` section (printed
 as the "Throughput Summary" under the scores): `avg_visual_tokens_kept`, `avg_visual_tokens_total`,
-`avg_visual_keep_ratio` (over requests with visual input), `avg_prefill_tflops`, `avg_prefill_tflops_unpruned`.
+`avg_visual_keep_ratio`, `avg_tiles_skipped`, `avg_vision_tflops_saved` (these three over requests with visual input),
+`avg_prefill_tflops`, `avg_prefill_tflops_unpruned`.
 
 `loglikelihood` returns, per request, the continuation's mean negative log-likelihood per token (a loss, as
 lmms-eval's own models return and its multiple-choice scoring expects: it picks the choice with the lowest value)
@@ -63,6 +65,8 @@ SUMMARY_KEYS = (
     "visual_keep_ratio",
     "prefill_tflops",
     "prefill_tflops_unpruned",
+    "tiles_skipped",
+    "vision_tflops_saved",
 )
 
 
@@ -91,6 +95,8 @@ class VisualTokenCounts(TokenCounts):
     visual_tokens_total: int | None = None
     prefill_tflops: float | None = None
     prefill_tflops_unpruned: float | None = None
+    tiles_skipped: int | None = None
+    vision_tflops_saved: float | None = None
 
     @classmethod
     def from_account(cls, account: RowAccount, output_tokens: int | None = None) -> "VisualTokenCounts":
@@ -101,11 +107,13 @@ class VisualTokenCounts(TokenCounts):
             visual_tokens_total=account.visual_tokens_total,
             prefill_tflops=account.prefill_flops / 1e12,
             prefill_tflops_unpruned=account.prefill_flops_unpruned / 1e12,
+            tiles_skipped=account.tiles_skipped,
+            vision_tflops_saved=account.vision_flops_saved / 1e12,
         )
 
     def to_dict(self) -> dict:
         out = super().to_dict()
-        for key in ("visual_tokens_kept", "visual_tokens_total", "prefill_tflops", "prefill_tflops_unpruned"):
+        for key in (key for key in SUMMARY_KEYS if key != "visual_keep_ratio"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -117,6 +125,8 @@ class VisualTokenCounts(TokenCounts):
             metrics["visual_tokens_kept"] = self.visual_tokens_kept
             metrics["visual_tokens_total"] = self.visual_tokens_total
             metrics["visual_keep_ratio"] = self.visual_tokens_kept / self.visual_tokens_total
+            metrics["tiles_skipped"] = self.tiles_skipped or 0
+            metrics["vision_tflops_saved"] = self.vision_tflops_saved or 0.0
         return metrics
 
 
