@@ -255,6 +255,8 @@ def open_space(browser, url: str):
     from selenium.webdriver.common.by import By
 
     browser.get(url)
+    # The page renders its components progressively: under load the upload input can exist before the question box.
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#question textarea"), "the question box")
     return wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#input-image input[type=file]"), "upload")[0]
 
 
