@@ -479,9 +479,10 @@ class PruningModelMixin(PruningMixin, CodebookHolderMixin):
             if n_placeholders != n_features:
                 raise ValueError(
                     f"The prompt holds {n_placeholders} {visual.modality} placeholder tokens but the "
-                    f"{len(visual.packed)} {visual.modality}(s) give {n_features} visual tokens. Each {visual.modality} "
-                    f"needs exactly one `<{visual.modality}>` in the text, expanded by the processor: build inputs "
-                    f"with the model's processor and as many `<{visual.modality}>` as {visual.modality}s."
+                    f"{len(visual.packed)} {visual.modality}(s) give {n_features} visual tokens. "
+                    f"Each {visual.modality} needs exactly one `<{visual.modality}>` in the text, expanded by the "
+                    f"processor: build inputs with the model's processor and as many `<{visual.modality}>` as "
+                    f"{visual.modality}s."
                 )
             placeholder[visual.modality] = mask
         segments = [segment for visual in encoded for segment in visual.segments()]

@@ -129,7 +129,8 @@ def check_image(image, allowed_dirs=None) -> Image.Image:
     if width * height > limits.MAX_IMAGE_PIXELS or max(width, height) > limits.MAX_IMAGE_SIDE:
         raise InputError(
             f"That image is {width}x{height} pixels; this Space accepts up to "
-            f"{limits.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels and {limits.MAX_IMAGE_SIDE} px a side. Downscale it first (the model sees at most 1008 px a side anyway)."
+            f"{limits.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels and {limits.MAX_IMAGE_SIDE} px a side. "
+            "Downscale it first (the model sees at most 1008 px a side anyway)."
         )
     try:
         return ImageOps.exif_transpose(source).convert("RGB")

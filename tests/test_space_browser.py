@@ -565,7 +565,7 @@ def served_video_family(tmp_path_factory):
     section."""
     from test_space_families import family_backend
 
-    from spaces_app import app, model
+    from spaces_app import app
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache-video")))
