@@ -13,11 +13,11 @@ prompt, passed as `position_ids`) for every row.
 import contextlib
 
 import hub_fixtures
-import numpy as np
 import pytest
 import qwen_fixtures
 import torch
 import torch.nn.functional as F
+from noise_images import picture
 from PIL import Image
 
 from llava_codebook import RedundancyCodebook, load_pruned_model
@@ -42,10 +42,6 @@ def families(tmp_path_factory):
             stock = fixtures.stock_class(name).from_pretrained(directory, dtype=torch.float32).eval()
             out[name] = (model, stock, fixtures.build_stock_processor(name))
     return out
-
-
-def picture(height: int, width: int, seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def clip(seed: int) -> list[Image.Image]:

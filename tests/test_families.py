@@ -8,12 +8,11 @@ so every image and every video loses tokens at threshold 0.99.
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hub_fixtures import OTHER_FAMILIES, build_stock_checkpoints, build_stock_processor, stock_class
-from PIL import Image
+from noise_images import clip, picture
 
 from llava_codebook import RedundancyCodebook, UnsupportedModelError, load_pruned_model
 
@@ -37,15 +36,6 @@ def families(checkpoints):
         stock = stock_class(name).from_pretrained(directory, dtype=torch.float32).eval()
         out[name] = (model, stock, build_stock_processor(name))
     return out
-
-
-def picture(height: int, width: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def clip(frames: int, seed: int) -> list[Image.Image]:
-    return [picture(60, 80, seed + i) for i in range(frames)]
 
 
 def prompt(processor, *kinds: str, text: str = "what is this ?") -> str:

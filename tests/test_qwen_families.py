@@ -11,10 +11,9 @@ prompt, passed as `position_ids`). Greedy tokens must be identical and logits eq
 model's prefill must be as wide as the longest kept row, and its positions those of the full prompt.
 """
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from noise_images import clip, picture
 from qwen_fixtures import QWEN_FAMILIES, build_stock_checkpoints, build_stock_processor, stock_class
 
 from llava_codebook import RedundancyCodebook, load_pruned_model
@@ -40,15 +39,6 @@ def families(checkpoints):
         stock = stock_class(name).from_pretrained(directory, dtype=torch.float32).eval()
         out[name] = (model, stock, build_stock_processor(name))
     return out
-
-
-def picture(height: int, width: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def clip(frames: int, seed: int) -> list[Image.Image]:
-    return [picture(60, 80, seed + i) for i in range(frames)]
 
 
 def metadata(frames: int) -> dict:

@@ -5,7 +5,7 @@ forward pass), and the processor it loads where the stock video processor needs 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from noise_images import picture
 
 pytest.importorskip("lmms_eval", reason="lmms-eval comes with `bash scripts/setup-env.sh test`")
 
@@ -18,11 +18,6 @@ from llava_codebook.integrations.lmms_eval_model import LlavaCodebook
 TASK, SPLIT = "toy", "test"
 GREEDY = {"max_new_tokens": 4, "temperature": 0, "do_sample": False, "until": ["."]}
 NAMES = ["qwen2.5-vl-3b", "qwen3-vl-2b"]
-
-
-def picture(height, width, seed) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module")

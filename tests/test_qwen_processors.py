@@ -2,10 +2,9 @@
 processor: a still video (every frame the same image) is what the stock Qwen image processor makes of that image,
 which repeats it over the temporal patch; and `load_processor` on a replica gives the stock processor class."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from noise_images import picture
 from qwen_fixtures import (
     QWEN_FAMILIES,
     _write_hub_processor_config,
@@ -16,11 +15,6 @@ from qwen_fixtures import (
 from transformers import Qwen2VLImageProcessorPil
 
 from llava_codebook.processors import load_processor, qwen_frame_video_processor
-
-
-def picture(height, width, seed) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 @pytest.mark.parametrize("name", ["qwen2-vl-2b", "qwen3-vl-2b"])

@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from noise_images import picture
 from test_families import (  # noqa: F401 (families, checkpoints: the fixtures)
     GREEDY,
     attach_codebook_from,
@@ -17,7 +18,6 @@ from test_families import (  # noqa: F401 (families, checkpoints: the fixtures)
     encode,
     families,
     oracle_generate,
-    picture,
     prompt,
 )
 
